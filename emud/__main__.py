@@ -1,0 +1,5 @@
+import sys
+
+from emud.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Command line: `emud run IMAGE …`.  Parsing only; the work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+
+from emud.chardev import open_backend
+from emud.daemon import Daemon, terminal_cbreak
+from emud.loader import ImageError, load_elf
+from emud.machine import DEFAULT_RAM_SIZE, Machine
+
+_SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
+
+
+def parse_size(text: str) -> int:
+    """QEMU's -m syntax: a number with an optional K/M/G suffix; no suffix means MiB."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid memory size {text!r} (e.g. 16M, 1G)")
+    unit = {"": 20, "K": 10, "M": 20, "G": 30}[match.group(2).upper()]
+    size = int(match.group(1)) << unit
+    if size < 64 << 10 or size % 4096 or size > 2 << 30:
+        raise argparse.ArgumentTypeError(
+            f"memory size {text!r} must be a multiple of 4 KiB between 64K and 2G"
+        )
+    return size
+
+
+def parse_icount(text: str) -> int:
+    match = re.fullmatch(r"(?:shift=)?(\d+)", text)
+    if not match or int(match.group(1)) > 10:
+        raise argparse.ArgumentTypeError(f"invalid --icount {text!r} (use shift=N, N in 0..10)")
+    return int(match.group(1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an ELF image")
+    run.add_argument("image", help="RISC-V RV32 ELF file")
+    run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
+                     metavar="SIZE", help="RAM size (default 16M)")
+    run.add_argument("-serial", "--serial", dest="serial", default="stdio", metavar="DEV",
+                     help="PL011 backend: stdio (default), file:PATH, ringbuf, null")
+    run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
+                     help="virtual time per instruction is 2**N ns (default 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        serial = open_backend(args.serial)
+        machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount)
+        machine.load(load_elf(args.image))
+    except (ImageError, ValueError) as e:
+        print(f"emud: {e}", file=sys.stderr)
+        return 1
+    try:
+        with terminal_cbreak():
+            return asyncio.run(Daemon(machine).run())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        serial.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The one virtual clock that drives the machine, and its timers.
+
+In icount mode every retired instruction advances virtual time by 2**shift ns,
+so a run is a pure function of its inputs.  When the hart waits for an
+interrupt the clock jumps straight to the next timer deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+NEVER = 1 << 63  # expire_time of a timer that is not armed (like QEMU's -1)
+
+
+class Timer:
+    """A one-shot callback at an absolute virtual time in ns."""
+
+    def __init__(self, clock: VirtualClock, callback: Callable[[], None]) -> None:
+        self._clock = clock
+        self.callback = callback
+        self.expire_time = NEVER
+        self.order = clock._next_order()  # tie-break for equal deadlines, stable across runs
+
+    @property
+    def pending(self) -> bool:
+        return self.expire_time != NEVER
+
+    def modify(self, deadline_ns: int) -> None:
+        self.expire_time = max(0, deadline_ns)
+        self._clock._timers.add(self)
+
+    def cancel(self) -> None:
+        self.expire_time = NEVER
+        self._clock._timers.discard(self)
+
+
+class VirtualClock:
+    def __init__(self, shift: int = 0) -> None:
+        if not 0 <= shift <= 10:
+            raise ValueError(f"icount shift must be 0..10, not {shift}")
+        self.shift = shift
+        self.now_ns = 0
+        self.icount = 0  # instructions retired since reset of the clock
+        self._timers: set[Timer] = set()
+        self._created = 0
+
+    def _next_order(self) -> int:
+        self._created += 1
+        return self._created
+
+    def timer(self, callback: Callable[[], None]) -> Timer:
+        return Timer(self, callback)
+
+    def next_deadline(self) -> int:
+        return min((t.expire_time for t in self._timers), default=NEVER)
+
+    def insns_until_deadline(self, limit: int) -> int:
+        """How many instructions may run before the earliest deadline (at least 1)."""
+        deadline = self.next_deadline()
+        if deadline == NEVER:
+            return limit
+        step = 1 << self.shift
+        gap = deadline - self.now_ns
+        return max(1, min(limit, -(-gap // step)))
+
+    def advance_insns(self, count: int) -> None:
+        self.icount += count
+        self.now_ns += count << self.shift
+        self.run_timers()
+
+    def jump_to_next_deadline(self) -> bool:
+        """Idle until the next deadline (WFI).  False when no timer is armed."""
+        deadline = self.next_deadline()
+        if deadline == NEVER:
+            return False
+        self.now_ns = max(self.now_ns, deadline)
+        self.run_timers()
+        return True
+
+    def run_timers(self) -> None:
+        # Callbacks may re-arm their own or other timers, so look again each time.
+        while self._timers:
+            due = min(self._timers, key=lambda t: (t.expire_time, t.order))
+            if due.expire_time > self.now_ns:
+                return
+            due.cancel()
+            due.callback()

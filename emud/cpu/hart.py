@@ -1,0 +1,308 @@
+"""One RV32IMAC hart in machine mode: architectural state, CSRs, traps, run loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from emud.clock import VirtualClock
+from emud.cpu import interp
+from emud.cpu.csr import (
+    INTERRUPT_BIT,
+    IRQ_PRIORITY,
+    MIE_WRITABLE,
+    MISA_VALUE,
+    MSTATUS_MIE,
+    MSTATUS_MPIE,
+    MSTATUS_MPP,
+    MSTATUS_WRITABLE,
+    Cause,
+    Csr,
+    is_read_only,
+)
+from emud.cpu.decode import ILLEGAL, expand_compressed
+from emud.cpu.interp import NeedsSync, Op, Trap
+from emud.memory import PAGE_CODE, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
+
+M = 0xFFFF_FFFF
+
+
+class Hart:
+    def __init__(self, bus: AddressSpace, clock: VirtualClock, hartid: int = 0) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.hartid = hartid
+        self.x = [0] * 32
+        self.pc = 0
+        self.mstatus = MSTATUS_MPP
+        self.mie = 0
+        self.mip = 0  # driven by interrupt lines, read-only to software
+        self.mtvec = 0
+        self.mscratch = 0
+        self.mepc = 0
+        self.mcause = 0
+        self.mtval = 0
+        self.cycle_offset = 0  # mcycle/minstret = icount + offset (they are writable)
+        self.instret_offset = 0
+        self.reservation: int | None = None
+        self.time_source: Callable[[], int] = lambda: clock.now_ns // 100  # 10 MHz mtime
+        # Run-loop flags
+        self.synced = False  # the clock is exact: a NeedsSync instruction may run
+        self.waiting = False  # in WFI with nothing to wake it
+        self.stop_requested = False  # leave the run loop after this instruction
+        # Predecoded instructions
+        self.cache: dict[int, Op] = {}
+        self._page_pcs: dict[int, list[int]] = {}
+        bus.on_code_write = self.invalidate_page
+
+    def reset(self, entry: int) -> None:
+        self.x[:] = [0] * 32
+        self.x[10] = self.hartid
+        self.pc = entry
+        self.mstatus = MSTATUS_MPP
+        self.mie = self.mtvec = self.mscratch = self.mepc = self.mcause = self.mtval = 0
+        self.cycle_offset = self.instret_offset = 0
+        self.reservation = None
+        self.waiting = False
+        self.flush_code()
+
+    # --- interrupts ------------------------------------------------------------
+
+    def set_irq(self, bit: int, level: bool) -> None:
+        if level:
+            self.mip |= 1 << bit
+        else:
+            self.mip &= ~(1 << bit)
+
+    def _deliverable_irq(self) -> int | None:
+        pending = self.mip & self.mie
+        if not pending or not self.mstatus & MSTATUS_MIE:
+            return None
+        return next(bit for bit in IRQ_PRIORITY if pending >> bit & 1)
+
+    def enter_trap(self, cause: int, tval: int, pc: int) -> int:
+        """Take a trap at `pc`; returns the handler address."""
+        self.mepc = pc
+        self.mcause = cause
+        self.mtval = tval
+        mie = self.mstatus & MSTATUS_MIE
+        self.mstatus = (self.mstatus & ~(MSTATUS_MIE | MSTATUS_MPIE)) | (MSTATUS_MPIE if mie else 0)
+        self.mstatus |= MSTATUS_MPP
+        self.reservation = None
+        base = self.mtvec & ~3
+        if cause & INTERRUPT_BIT and self.mtvec & 1:
+            return (base + 4 * (cause & ~INTERRUPT_BIT)) & M
+        return base
+
+    def mret(self) -> int:
+        mpie = self.mstatus & MSTATUS_MPIE
+        self.mstatus = (self.mstatus & ~MSTATUS_MIE) | (MSTATUS_MIE if mpie else 0) | MSTATUS_MPIE
+        return self.mepc
+
+    def wait_for_interrupt(self) -> None:
+        # WFI is a no-op when an enabled interrupt is pending, even with MIE clear.
+        self.waiting = not self.mip & self.mie
+
+    # --- CSRs ------------------------------------------------------------------
+
+    def csr_read(self, csr: int, insn: int) -> int:
+        icount = self.clock.icount
+        match csr:
+            case Csr.MSTATUS:
+                return self.mstatus
+            case Csr.MISA:
+                return MISA_VALUE
+            case Csr.MIE:
+                return self.mie
+            case Csr.MIP:
+                return self.mip
+            case Csr.MTVEC:
+                return self.mtvec
+            case Csr.MSTATUSH | Csr.MCOUNTINHIBIT | Csr.MVENDORID | Csr.MARCHID | Csr.MIMPID:
+                return 0
+            case Csr.MHARTID:
+                return self.hartid
+            case Csr.MSCRATCH:
+                return self.mscratch
+            case Csr.MEPC:
+                return self.mepc
+            case Csr.MCAUSE:
+                return self.mcause
+            case Csr.MTVAL:
+                return self.mtval
+            case Csr.MCYCLE | Csr.CYCLE:
+                return (icount + self.cycle_offset) & M
+            case Csr.MCYCLEH | Csr.CYCLEH:
+                return ((icount + self.cycle_offset) >> 32) & M
+            case Csr.MINSTRET | Csr.INSTRET:
+                return (icount + self.instret_offset) & M
+            case Csr.MINSTRETH | Csr.INSTRETH:
+                return ((icount + self.instret_offset) >> 32) & M
+            case Csr.TIME:
+                return self.time_source() & M
+            case Csr.TIMEH:
+                return (self.time_source() >> 32) & M
+        raise Trap(Cause.ILLEGAL_INSN, insn)
+
+    def csr_write(self, csr: int, value: int, insn: int) -> None:
+        if is_read_only(csr):
+            raise Trap(Cause.ILLEGAL_INSN, insn)
+        icount = self.clock.icount
+        match csr:
+            case Csr.MSTATUS:
+                self.mstatus = (value & MSTATUS_WRITABLE) | MSTATUS_MPP
+            case Csr.MIE:
+                self.mie = value & MIE_WRITABLE
+            case Csr.MTVEC:
+                if value & 3 < 2:  # modes 2 and 3 are reserved: keep the old value
+                    self.mtvec = value
+            case Csr.MSCRATCH:
+                self.mscratch = value
+            case Csr.MEPC:
+                self.mepc = value & ~1
+            case Csr.MCAUSE:
+                self.mcause = value
+            case Csr.MTVAL:
+                self.mtval = value
+            case Csr.MISA | Csr.MIP | Csr.MSTATUSH | Csr.MCOUNTINHIBIT:
+                pass  # WARL fields we keep fixed; mip bits are driven by devices
+            case Csr.MCYCLE:
+                cycle = icount + self.cycle_offset
+                self.cycle_offset = ((cycle & ~M) | value) - icount
+            case Csr.MCYCLEH:
+                cycle = icount + self.cycle_offset
+                self.cycle_offset = ((value << 32) | (cycle & M)) - icount
+            case Csr.MINSTRET:
+                # The writing instruction itself must not count (it retires after the write).
+                instret = icount + self.instret_offset
+                self.instret_offset = ((instret & ~M) | value) - icount - 1
+            case Csr.MINSTRETH:
+                instret = icount + self.instret_offset
+                self.instret_offset = ((value << 32) | (instret & M)) - icount - 1
+            case _:
+                raise Trap(Cause.ILLEGAL_INSN, insn)
+
+    # --- memory slow paths (called from closures) ----------------------------------
+
+    def load_slow(self, addr: int, size: int, signed: bool) -> int:
+        if addr & (size - 1):
+            raise Trap(Cause.LOAD_MISALIGNED, addr)
+        ram = self.bus.ram
+        if not ram.contains(addr, size):
+            if not self.synced:
+                raise NeedsSync
+            try:
+                value = self.bus.read(addr, size)
+            except BusError:
+                raise Trap(Cause.LOAD_ACCESS, addr) from None
+        else:
+            offset = addr - ram.base
+            value = int.from_bytes(ram.data[offset : offset + size], "little")
+        if signed and value >> (8 * size - 1):
+            value -= 1 << (8 * size)
+        return value & M
+
+    def store_slow(self, addr: int, value: int, size: int) -> None:
+        if addr & (size - 1):
+            raise Trap(Cause.STORE_MISALIGNED, addr)
+        ram = self.bus.ram
+        if ram.contains(addr, size):
+            if ram.page_flags[(addr - ram.base) >> PAGE_SHIFT] & PAGE_WATCH and not self.synced:
+                raise NeedsSync
+            self.bus.store_ram(addr, value, size)
+            return
+        if not self.synced:
+            raise NeedsSync
+        try:
+            self.bus.write(addr, value, size)
+        except BusError:
+            raise Trap(Cause.STORE_ACCESS, addr) from None
+
+    def amo_load(self, addr: int) -> int:
+        try:
+            return self.load_slow(addr, 4, False)
+        except Trap as trap:  # an AMO reports its faults as store/AMO faults
+            raise Trap(Cause.STORE_ACCESS, addr) from trap
+
+    # --- predecoded code -------------------------------------------------------
+
+    def raw_halfword(self, pc: int) -> int:
+        ram = self.bus.ram
+        if not ram.contains(pc, 2):
+            raise Trap(Cause.INSN_ACCESS, pc)
+        return ram.u16[(pc - ram.base) >> 1]
+
+    def decode(self, pc: int) -> Op:
+        """Predecode the instruction at pc and remember it.  Fetch faults raise Trap."""
+        ram = self.bus.ram
+        low = self.raw_halfword(pc)
+        if low & 3 == 3:
+            insn, length = low | (self.raw_halfword(pc + 2) << 16), 4
+        else:
+            insn, length = expand_compressed(low), 2
+        op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
+        self.cache[pc] = op
+        for page in {(pc - ram.base) >> PAGE_SHIFT, (pc + length - 1 - ram.base) >> PAGE_SHIFT}:
+            ram.page_flags[page] |= PAGE_CODE
+            self._page_pcs.setdefault(page, []).append(pc)
+        return op
+
+    def invalidate_page(self, page: int) -> None:
+        for pc in self._page_pcs.pop(page, ()):
+            self.cache.pop(pc, None)
+        self.bus.ram.page_flags[page] &= ~PAGE_CODE
+
+    def flush_code(self) -> None:
+        for page in list(self._page_pcs):
+            self.invalidate_page(page)
+        self.cache.clear()
+
+    # --- the run loop ------------------------------------------------------------
+
+    def run(self, budget: int) -> int:
+        """Execute up to `budget` instructions; returns how many were consumed.
+
+        Stops early on WFI with nothing pending or when `stop_requested` is set.
+        The clock advances as instructions retire (an instruction that traps
+        also takes one step, so a trap storm still makes progress).
+        """
+        cache, decode, clock = self.cache, self.decode, self.clock
+        pc = self.pc
+        done = 0
+        while done < budget and not self.stop_requested and not self.waiting:
+            irq = self._deliverable_irq()
+            if irq is not None:
+                pc = self.enter_trap(INTERRUPT_BIT | irq, 0, pc)
+            i = 0
+            try:
+                # Ops raise only Trap and NeedsSync; a KeyError can only be a cache miss.
+                for i in range(budget - done):  # noqa: B007 - i is read on exceptions
+                    pc = cache[pc]()
+                i = budget - done
+            except KeyError:
+                try:
+                    decode(pc)
+                except Trap as trap:  # fetch fault
+                    clock.advance_insns(i)
+                    done += i
+                    i = 1
+                    pc = self.enter_trap(trap.cause, trap.tval, pc)
+            except NeedsSync:
+                clock.advance_insns(i)
+                done += i
+                i = 1
+                self.synced = True
+                try:
+                    pc = cache[pc]()
+                except Trap as trap:
+                    pc = self.enter_trap(trap.cause, trap.tval, pc)
+                finally:
+                    self.synced = False
+            except Trap as trap:
+                clock.advance_insns(i)
+                done += i
+                i = 1
+                pc = self.enter_trap(trap.cause, trap.tval, pc)
+            clock.advance_insns(i)
+            done += i
+        self.pc = pc
+        return done

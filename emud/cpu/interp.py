@@ -1,0 +1,494 @@
+"""The reference interpreter: each instruction predecoded into a closure.
+
+`build(hart, insn, pc, length)` returns a zero-argument function that executes
+the instruction and returns the next pc.  Registers are kept unsigned in
+0..2**32-1.  Closures capture everything they need as free variables, which
+is the fastest thing CPython offers for this shape of code.
+
+Control leaves a closure by an exception only in rare cases: `Trap` (a
+synchronous exception, the instruction did not retire) and `NeedsSync` (the
+instruction must run with the clock and counters exact: CSR accesses, MMIO,
+WFI, MRET; the run loop commits progress and calls it again with
+`hart.synced` set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from emud.cpu import decode as d
+from emud.cpu.csr import Cause
+
+if TYPE_CHECKING:
+    from emud.cpu.hart import Hart
+
+Op = Callable[[], int]
+M = d.MASK32
+SIGN = 0x8000_0000
+
+
+class Trap(Exception):
+    def __init__(self, cause: int, tval: int = 0) -> None:
+        super().__init__(cause, tval)
+        self.cause = cause
+        self.tval = tval
+
+
+class NeedsSync(Exception):
+    """Re-run this instruction with `hart.synced` set, after committing progress."""
+
+
+def _signed(v: int) -> int:
+    return v - ((v & SIGN) << 1)
+
+
+def div(a: int, b: int) -> int:
+    if b == 0:
+        return M
+    sa, sb = _signed(a), _signed(b)
+    if sa == -SIGN and sb == -1:
+        return a
+    q = abs(sa) // abs(sb)
+    return (-q if (sa < 0) != (sb < 0) else q) & M
+
+
+def rem(a: int, b: int) -> int:
+    if b == 0:
+        return a
+    sa, sb = _signed(a), _signed(b)
+    if sa == -SIGN and sb == -1:
+        return 0
+    r = abs(sa) % abs(sb)
+    return (-r if sa < 0 else r) & M
+
+
+# Register-register and register-immediate ALU semantics, keyed by (funct7, funct3).
+ALU_RR: dict[tuple[int, int], Callable[[int, int], int]] = {
+    (0x00, 0): lambda a, b: (a + b) & M,
+    (0x20, 0): lambda a, b: (a - b) & M,
+    (0x00, 1): lambda a, b: (a << (b & 31)) & M,
+    (0x00, 2): lambda a, b: int((a ^ SIGN) < (b ^ SIGN)),
+    (0x00, 3): lambda a, b: int(a < b),
+    (0x00, 4): lambda a, b: a ^ b,
+    (0x00, 5): lambda a, b: a >> (b & 31),
+    (0x20, 5): lambda a, b: (_signed(a) >> (b & 31)) & M,
+    (0x00, 6): lambda a, b: a | b,
+    (0x00, 7): lambda a, b: a & b,
+    (0x01, 0): lambda a, b: (a * b) & M,
+    (0x01, 1): lambda a, b: ((_signed(a) * _signed(b)) >> 32) & M,
+    (0x01, 2): lambda a, b: ((_signed(a) * b) >> 32) & M,
+    (0x01, 3): lambda a, b: (a * b) >> 32,
+    (0x01, 4): div,
+    (0x01, 5): lambda a, b: a // b if b else M,
+    (0x01, 6): rem,
+    (0x01, 7): lambda a, b: a % b if b else a,
+}
+
+AMO: dict[int, Callable[[int, int], int]] = {  # funct5 -> new memory value from (old, rs2)
+    0x01: lambda old, src: src,
+    0x00: lambda old, src: (old + src) & M,
+    0x04: lambda old, src: old ^ src,
+    0x0C: lambda old, src: old & src,
+    0x08: lambda old, src: old | src,
+    0x10: lambda old, src: old if (old ^ SIGN) < (src ^ SIGN) else src,
+    0x14: lambda old, src: old if (old ^ SIGN) > (src ^ SIGN) else src,
+    0x18: lambda old, src: min(old, src),
+    0x1C: lambda old, src: max(old, src),
+}
+
+
+def build(hart: Hart, insn: int, pc: int, length: int) -> Op:
+    """Predecode one instruction (already expanded from RVC) into a closure."""
+    npc = (pc + length) & M
+    opcode = insn & 0x7F
+    factory = _FACTORIES.get(opcode)
+    op = factory(hart, insn, pc, npc) if factory else None
+    if op is None:
+        raw = insn if length == 4 else hart.raw_halfword(pc)
+        return _illegal(raw)
+    return op
+
+
+def _illegal(raw: int) -> Op:
+    def op() -> int:
+        raise Trap(Cause.ILLEGAL_INSN, raw)
+
+    return op
+
+
+def _nop(npc: int) -> Op:
+    return lambda: npc
+
+
+# --- integer computation ---------------------------------------------------------
+
+
+def _constant(x: list[int], rd: int, value: int, npc: int) -> Op:
+    if rd == 0:
+        return _nop(npc)
+
+    def op() -> int:
+        x[rd] = value
+        return npc
+
+    return op
+
+
+def _lui(hart: Hart, insn: int, pc: int, npc: int) -> Op:
+    return _constant(hart.x, d.rd(insn), d.imm_u(insn), npc)
+
+
+def _auipc(hart: Hart, insn: int, pc: int, npc: int) -> Op:
+    return _constant(hart.x, d.rd(insn), (pc + d.imm_u(insn)) & M, npc)
+
+
+def _op_imm(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    x, rd, rs1, f3, imm = hart.x, d.rd(insn), d.rs1(insn), d.funct3(insn), d.imm_i(insn)
+    if f3 in (1, 5):  # shifts: imm[11:5] selects the kind, shamt is 5 bits on RV32
+        f7, shamt = d.funct7(insn), imm & 31
+        if (f3, f7) not in ((1, 0x00), (5, 0x00), (5, 0x20)):
+            return None
+    if rd == 0:
+        return _nop(npc)
+    uimm = imm & M
+    if f3 == 0:
+        if rs1 == 0:
+            def op() -> int:
+                x[rd] = uimm
+                return npc
+        elif uimm == 0:
+            def op() -> int:
+                x[rd] = x[rs1]
+                return npc
+        else:
+            def op() -> int:
+                x[rd] = (x[rs1] + uimm) & M
+                return npc
+    elif f3 == 1:
+        def op() -> int:
+            x[rd] = (x[rs1] << shamt) & M
+            return npc
+    elif f3 == 2:
+        simm = uimm ^ SIGN
+
+        def op() -> int:
+            x[rd] = int((x[rs1] ^ SIGN) < simm)
+            return npc
+    elif f3 == 3:
+        def op() -> int:
+            x[rd] = int(x[rs1] < uimm)
+            return npc
+    elif f3 == 4:
+        def op() -> int:
+            x[rd] = x[rs1] ^ uimm
+            return npc
+    elif f3 == 5 and f7 == 0:
+        def op() -> int:
+            x[rd] = x[rs1] >> shamt
+            return npc
+    elif f3 == 5:
+        def op() -> int:
+            v = x[rs1]
+            x[rd] = ((v ^ SIGN) - SIGN >> shamt) & M
+            return npc
+    elif f3 == 6:
+        def op() -> int:
+            x[rd] = x[rs1] | uimm
+            return npc
+    else:
+        def op() -> int:
+            x[rd] = x[rs1] & uimm
+            return npc
+    return op
+
+
+def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    x, rd, rs1, rs2 = hart.x, d.rd(insn), d.rs1(insn), d.rs2(insn)
+    fn = ALU_RR.get((d.funct7(insn), d.funct3(insn)))
+    if fn is None:
+        return None
+    if rd == 0:
+        return _nop(npc)
+    key = (d.funct7(insn), d.funct3(insn))
+    # The commonest operations are inlined; the rest call their semantic function.
+    if key == (0, 0):
+        def op() -> int:
+            x[rd] = (x[rs1] + x[rs2]) & M
+            return npc
+    elif key == (0x20, 0):
+        def op() -> int:
+            x[rd] = (x[rs1] - x[rs2]) & M
+            return npc
+    elif key == (0, 4):
+        def op() -> int:
+            x[rd] = x[rs1] ^ x[rs2]
+            return npc
+    elif key == (0, 6):
+        def op() -> int:
+            x[rd] = x[rs1] | x[rs2]
+            return npc
+    elif key == (0, 7):
+        def op() -> int:
+            x[rd] = x[rs1] & x[rs2]
+            return npc
+    elif key == (0, 3):
+        def op() -> int:
+            x[rd] = int(x[rs1] < x[rs2])
+            return npc
+    else:
+        def op() -> int:
+            x[rd] = fn(x[rs1], x[rs2])
+            return npc
+    return op
+
+
+# --- control transfer ------------------------------------------------------------
+
+
+def _jal(hart: Hart, insn: int, pc: int, npc: int) -> Op:
+    x, rd, target = hart.x, d.rd(insn), (pc + d.imm_j(insn)) & M
+    if rd == 0:
+        return lambda: target
+
+    def op() -> int:
+        x[rd] = npc
+        return target
+
+    return op
+
+
+def _jalr(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    if d.funct3(insn) != 0:
+        return None
+    x, rd, rs1, imm = hart.x, d.rd(insn), d.rs1(insn), d.imm_i(insn)
+    if rd == 0:
+        def op() -> int:
+            return (x[rs1] + imm) & 0xFFFF_FFFE
+    else:
+        def op() -> int:
+            target = (x[rs1] + imm) & 0xFFFF_FFFE
+            x[rd] = npc
+            return target
+    return op
+
+
+def _branch(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    x, rs1, rs2, f3 = hart.x, d.rs1(insn), d.rs2(insn), d.funct3(insn)
+    t = (pc + d.imm_b(insn)) & M
+    if f3 == 0:
+        def op() -> int:
+            return t if x[rs1] == x[rs2] else npc
+    elif f3 == 1:
+        def op() -> int:
+            return t if x[rs1] != x[rs2] else npc
+    elif f3 == 4:
+        def op() -> int:
+            return t if (x[rs1] ^ SIGN) < (x[rs2] ^ SIGN) else npc
+    elif f3 == 5:
+        def op() -> int:
+            return t if (x[rs1] ^ SIGN) >= (x[rs2] ^ SIGN) else npc
+    elif f3 == 6:
+        def op() -> int:
+            return t if x[rs1] < x[rs2] else npc
+    elif f3 == 7:
+        def op() -> int:
+            return t if x[rs1] >= x[rs2] else npc
+    else:
+        return None
+    return op
+
+
+# --- memory ----------------------------------------------------------------------
+
+# funct3 -> (size, signed) for loads
+LOADS = {0: (1, True), 1: (2, True), 2: (4, False), 4: (1, False), 5: (2, False)}
+STORES = {0: 1, 1: 2, 2: 4}
+
+
+def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    kind = LOADS.get(d.funct3(insn))
+    if kind is None:
+        return None
+    size, signed = kind
+    x, rd, rs1, imm = hart.x, d.rd(insn), d.rs1(insn), d.imm_i(insn)
+    ram, slow = hart.bus.ram, hart.load_slow
+    base, limit, align = ram.base, ram.size, size - 1
+    view = {(1, True): ram.s8, (1, False): ram.u8, (2, True): ram.s16,
+            (2, False): ram.u16, (4, False): ram.u32}[kind]
+    shift = size >> 1  # log2(size) for 1, 2, 4
+
+    if rd == 0:  # still performs the access: it may fault or touch a device
+        def op() -> int:
+            slow((x[rs1] + imm) & M, size, signed)
+            return npc
+    elif size == 4:
+        def op() -> int:
+            a = (x[rs1] + imm) & M
+            o = a - base
+            if 0 <= o < limit and not a & 3:
+                x[rd] = view[o >> 2]
+            else:
+                x[rd] = slow(a, 4, False)
+            return npc
+    else:
+        def op() -> int:
+            a = (x[rs1] + imm) & M
+            o = a - base
+            if 0 <= o < limit and not a & align:
+                x[rd] = view[o >> shift] & M
+            else:
+                x[rd] = slow(a, size, signed)
+            return npc
+    return op
+
+
+def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    size = STORES.get(d.funct3(insn))
+    if size is None:
+        return None
+    x, rs1, rs2, imm = hart.x, d.rs1(insn), d.rs2(insn), d.imm_s(insn)
+    ram, slow = hart.bus.ram, hart.store_slow
+    base, limit, flags, align = ram.base, ram.size, ram.page_flags, size - 1
+    view = {1: ram.u8, 2: ram.u16, 4: ram.u32}[size]
+    shift, vmask = size >> 1, (1 << (8 * size)) - 1
+
+    def op() -> int:
+        a = (x[rs1] + imm) & M
+        o = a - base
+        if 0 <= o < limit and not a & align and not flags[o >> 12]:
+            view[o >> shift] = x[rs2] & vmask
+        else:
+            slow(a, x[rs2], size)
+        return npc
+
+    return op
+
+
+def _amo(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    if d.funct3(insn) != 2:
+        return None
+    x, rd, rs1, rs2, f5 = hart.x, d.rd(insn), d.rs1(insn), d.rs2(insn), insn >> 27
+    if f5 == 0x02:  # LR.W
+        if rs2 != 0:
+            return None
+
+        def op() -> int:
+            a = x[rs1]
+            value = hart.load_slow(a, 4, False)
+            hart.reservation = a
+            if rd:
+                x[rd] = value
+            return npc
+        return op
+    if f5 == 0x03:  # SC.W
+        def op() -> int:
+            a = x[rs1]
+            if a & 3:
+                raise Trap(Cause.STORE_MISALIGNED, a)
+            ok = hart.reservation == a
+            if ok:  # may raise NeedsSync or Trap: nothing has changed yet
+                hart.store_slow(a, x[rs2], 4)
+            hart.reservation = None
+            if rd:
+                x[rd] = 0 if ok else 1
+            return npc
+        return op
+    fn = AMO.get(f5)
+    if fn is None:
+        return None
+
+    def amo() -> int:
+        a = x[rs1]
+        if a & 3:
+            raise Trap(Cause.STORE_MISALIGNED, a)
+        old = hart.amo_load(a)
+        hart.store_slow(a, fn(old, x[rs2]), 4)
+        if rd:
+            x[rd] = old
+        return npc
+
+    return amo
+
+
+def _misc_mem(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    f3 = d.funct3(insn)
+    if f3 == 0:  # FENCE: one hart, accesses are already in order
+        return _nop(npc)
+    if f3 == 1:  # FENCE.I: drop every predecoded instruction after this one
+        def op() -> int:
+            hart.flush_code()
+            return npc
+        return op
+    return None
+
+
+# --- system ----------------------------------------------------------------------
+
+
+def _system(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    f3 = d.funct3(insn)
+    if f3 == 0:
+        return _privileged(hart, insn, pc, npc)
+    if f3 == 4:
+        return None
+    x, rd, rs1, csr = hart.x, d.rd(insn), d.rs1(insn), insn >> 20
+    immediate, kind = f3 & 4, f3 & 3  # kind: 1 write, 2 set, 3 clear
+    # csrrs/csrrc with x0 (or uimm 0) do not write; csrrw with rd=x0 does not read.
+    writes = kind == 1 or rs1 != 0
+    reads = kind != 1 or rd != 0
+
+    def op() -> int:
+        if not hart.synced:
+            raise NeedsSync
+        src = rs1 if immediate else x[rs1]
+        old = hart.csr_read(csr, insn) if reads else 0
+        if writes:
+            new = src if kind == 1 else (old | src) if kind == 2 else (old & ~src)
+            hart.csr_write(csr, new & M, insn)
+        if rd:
+            x[rd] = old
+        return npc
+
+    return op
+
+
+def _privileged(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
+    if insn == 0x0000_0073:  # ECALL
+        def op() -> int:
+            raise Trap(Cause.ECALL_M)
+        return op
+    if insn == d.EBREAK:
+        def op() -> int:
+            raise Trap(Cause.BREAKPOINT, pc)
+        return op
+    if insn == 0x3020_0073:  # MRET
+        def op() -> int:
+            if not hart.synced:
+                raise NeedsSync
+            return hart.mret()
+        return op
+    if insn == 0x1050_0073:  # WFI
+        def op() -> int:
+            if not hart.synced:
+                raise NeedsSync
+            hart.wait_for_interrupt()
+            return npc
+        return op
+    return None
+
+
+_FACTORIES: dict[int, Callable[[Hart, int, int, int], Op | None]] = {
+    d.OP_LUI: _lui,
+    d.OP_AUIPC: _auipc,
+    d.OP_IMM: _op_imm,
+    d.OP_OP: _op,
+    d.OP_JAL: _jal,
+    d.OP_JALR: _jalr,
+    d.OP_BRANCH: _branch,
+    d.OP_LOAD: _load,
+    d.OP_STORE: _store,
+    d.OP_AMO: _amo,
+    d.OP_MISC_MEM: _misc_mem,
+    d.OP_SYSTEM: _system,
+}

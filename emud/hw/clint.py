@@ -1,0 +1,82 @@
+"""CLINT (SiFive-compatible core-local interruptor): msip, mtimecmp, mtime.
+
+mtime counts at 10 MHz of virtual time (QEMU virt's timebase).
+"""
+
+from __future__ import annotations
+
+from emud.clock import NEVER, VirtualClock
+from emud.device import Device
+from emud.irq import IRQ
+
+# Register map
+MSIP = 0x0000
+MTIMECMP = 0x4000  # 64-bit, hart 0
+MTIME = 0xBFF8  # 64-bit
+
+NS_PER_TICK = 100
+ALL_ONES = (1 << 64) - 1
+
+
+class Clint(Device):
+    name = "clint"
+
+    def __init__(self, clock: VirtualClock, msip: IRQ, mtip: IRQ) -> None:
+        self.clock = clock
+        self.msip_irq = msip
+        self.mtip_irq = mtip
+        self.timer = clock.timer(self._update_mtip)
+        self.msip = 0
+        self.mtimecmp = ALL_ONES
+        self.mtime_offset = 0  # mtime = now/100 + offset; software may write mtime
+
+    def reset(self) -> None:
+        self.msip = 0
+        self.mtimecmp = ALL_ONES
+        self.mtime_offset = 0
+        self.msip_irq.set(False)
+        self._update_mtip()
+
+    @property
+    def mtime(self) -> int:
+        return (self.clock.now_ns // NS_PER_TICK + self.mtime_offset) & ALL_ONES
+
+    def _update_mtip(self) -> None:
+        due = self.mtime >= self.mtimecmp
+        self.mtip_irq.set(due)
+        if due:
+            self.timer.cancel()
+            return
+        now = self.clock.now_ns
+        deadline = now - now % NS_PER_TICK + (self.mtimecmp - self.mtime) * NS_PER_TICK
+        if deadline < NEVER:
+            self.timer.modify(deadline)
+        else:  # beyond the end of virtual time (mtimecmp = all ones): never
+            self.timer.cancel()
+
+    def _reg64(self, offset: int, base: int, size: int) -> tuple[int, int]:
+        """(shift, mask) of a 32- or 64-bit access within a 64-bit register."""
+        shift = 8 * (offset - base)
+        return shift, ((1 << (8 * size)) - 1) << shift
+
+    def peek(self, offset: int, size: int) -> int:
+        if offset == MSIP:
+            return self.msip
+        for base, value in ((MTIMECMP, self.mtimecmp), (MTIME, self.mtime)):
+            if base <= offset < base + 8:
+                return value >> (8 * (offset - base))
+        return 0
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        if offset == MSIP:
+            self.msip = value & 1
+            self.msip_irq.set(bool(self.msip))
+        elif MTIMECMP <= offset < MTIMECMP + 8:
+            shift, mask = self._reg64(offset, MTIMECMP, size)
+            self.mtimecmp = (self.mtimecmp & ~mask) | ((value << shift) & mask)
+            self._update_mtip()
+        elif MTIME <= offset < MTIME + 8:
+            shift, mask = self._reg64(offset, MTIME, size)
+            new = (self.mtime & ~mask) | ((value << shift) & mask)
+            self.mtime_offset = new - self.clock.now_ns // NS_PER_TICK
+            self._update_mtip()

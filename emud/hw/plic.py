@@ -1,0 +1,107 @@
+"""PLIC (SiFive layout) with one context: hart 0 in machine mode.
+
+Level-triggered sources through the standard gateway: a source becomes
+pending while its line is high and it is not being serviced; completing it
+re-samples the line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from emud.device import Device
+from emud.irq import IRQ
+
+# Register map
+PRIORITY = 0x000000  # + 4 * source
+PENDING = 0x001000  # bit array
+ENABLE = 0x002000  # context 0 bit array
+THRESHOLD = 0x200000  # context 0
+CLAIM = 0x200004  # context 0: read claims, write completes
+
+NUM_SOURCES = 64  # 1..63 usable; source 0 does not exist
+PRIORITY_MASK = 7
+
+
+class Plic(Device):
+    name = "plic"
+
+    def __init__(self, meip: IRQ) -> None:
+        self.meip = meip
+        self.inputs = [IRQ(f"plic.{n}", self._line_handler(n)) for n in range(NUM_SOURCES)]
+        self.priority = [0] * NUM_SOURCES
+        self.pending = 0
+        self.enable = 0
+        self.threshold = 0
+        self.claimed = 0
+
+    def reset(self) -> None:
+        self.priority = [0] * NUM_SOURCES
+        self.pending = self.enable = self.threshold = self.claimed = 0
+        for source, line in enumerate(self.inputs):  # re-sample levels that are still high
+            if source and line.level:
+                self.pending |= 1 << source
+        self._update()
+
+    def _line_handler(self, source: int) -> Callable[[bool], None]:
+        def handler(level: bool) -> None:
+            if source and level and not self.claimed >> source & 1:
+                self.pending |= 1 << source
+            elif source and not level:
+                self.pending &= ~(1 << source)
+            self._update()
+
+        return handler
+
+    def _best(self) -> int:
+        """Highest-priority pending, enabled source above threshold (lowest id wins ties)."""
+        best, best_prio = 0, self.threshold
+        candidates = self.pending & self.enable & ~self.claimed
+        for source in range(1, NUM_SOURCES):
+            if candidates >> source & 1 and self.priority[source] > best_prio:
+                best, best_prio = source, self.priority[source]
+        return best
+
+    def _update(self) -> None:
+        self.meip.set(self._best() != 0)
+
+    def peek(self, offset: int, size: int) -> int:
+        if PRIORITY <= offset < PRIORITY + 4 * NUM_SOURCES:
+            return self.priority[offset // 4]
+        if PENDING <= offset < PENDING + NUM_SOURCES // 8:
+            return (self.pending >> (8 * (offset - PENDING))) & 0xFFFF_FFFF
+        if ENABLE <= offset < ENABLE + NUM_SOURCES // 8:
+            return (self.enable >> (8 * (offset - ENABLE))) & 0xFFFF_FFFF
+        if offset == THRESHOLD:
+            return self.threshold
+        if offset == CLAIM:
+            return self._best()
+        return 0
+
+    def read(self, offset: int, size: int) -> int:
+        if offset != CLAIM:
+            return self.peek(offset, size)
+        source = self._best()
+        if source:
+            self.pending &= ~(1 << source)
+            self.claimed |= 1 << source
+            self._update()
+        return source
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        if PRIORITY <= offset < PRIORITY + 4 * NUM_SOURCES:
+            if offset:
+                self.priority[offset // 4] = value & PRIORITY_MASK
+        elif ENABLE <= offset < ENABLE + NUM_SOURCES // 8:
+            shift = 8 * (offset - ENABLE)
+            self.enable = (self.enable & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)
+            self.enable &= ~1
+        elif offset == THRESHOLD:
+            self.threshold = value & PRIORITY_MASK
+        elif offset == CLAIM:
+            source = value
+            if 0 < source < NUM_SOURCES and self.claimed >> source & 1:
+                self.claimed &= ~(1 << source)
+                if self.inputs[source].level:
+                    self.pending |= 1 << source
+        self._update()

@@ -1,0 +1,32 @@
+"""SiFive test finisher ("syscon"): the guest powers off or resets the machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from emud.device import Device
+
+# Register map: one 32-bit register at offset 0.
+FINISHER_FAIL = 0x3333  # (code << 16) | 0x3333: power off, exit status `code`
+FINISHER_PASS = 0x5555
+FINISHER_RESET = 0x7777
+
+
+class Syscon(Device):
+    name = "syscon"
+
+    def __init__(self, on_poweroff: Callable[[int], None], on_reset: Callable[[], None]) -> None:
+        self.on_poweroff = on_poweroff
+        self.on_reset = on_reset
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        if offset != 0 or size != 4:
+            return
+        status = value & 0xFFFF
+        if status == FINISHER_PASS:
+            self.on_poweroff(0)
+        elif status == FINISHER_FAIL:
+            self.on_poweroff(value >> 16)
+        elif status == FINISHER_RESET:
+            self.on_reset()
+        # anything else is ignored, as on QEMU's sifive_test

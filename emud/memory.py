@@ -1,0 +1,185 @@
+"""The physical address space: one RAM block and MMIO windows of devices.
+
+The CPU reaches RAM directly through typed memoryviews (its fast path) and
+everything else through `AddressSpace.read`/`write`.  Debugger and monitor
+accesses go through `peek`/`poke`, which never have device side effects.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+# Per-page flags in `Ram.page_flags`: a store to a flagged page takes the slow path.
+PAGE_SHIFT = 12
+PAGE_CODE = 1  # holds decoded instructions: a store must invalidate them
+PAGE_WATCH = 2  # a store watcher (HTIF tohost, debugger watchpoint) covers it
+
+
+class BusError(Exception):
+    """An access to an address no region claims."""
+
+    def __init__(self, addr: int) -> None:
+        super().__init__(f"no device or memory at {addr:#010x}")
+        self.addr = addr
+
+
+class Mmio(Protocol):
+    def read(self, offset: int, size: int) -> int: ...
+    def write(self, offset: int, value: int, size: int) -> None: ...
+    def peek(self, offset: int, size: int) -> int: ...
+
+
+@dataclass
+class Region:
+    name: str
+    base: int
+    size: int
+    device: Mmio | None  # None for RAM
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+StoreWatcher = Callable[[int, int, int], None]  # (addr, value, size), after the store
+
+
+class Ram:
+    def __init__(self, base: int, size: int) -> None:
+        if size <= 0 or size % (1 << PAGE_SHIFT):
+            raise ValueError("RAM size must be a positive multiple of 4 KiB")
+        self.base = base
+        self.size = size
+        self.data = bytearray(size)
+        self.u8 = memoryview(self.data)
+        self.s8 = self.u8.cast("b")
+        self.u16 = self.u8.cast("H")
+        self.s16 = self.u8.cast("h")
+        self.u32 = self.u8.cast("I")
+        self.page_flags = bytearray(size >> PAGE_SHIFT)
+
+    def contains(self, addr: int, length: int = 1) -> bool:
+        return self.base <= addr and addr + length <= self.base + self.size
+
+
+class AddressSpace:
+    def __init__(self, ram: Ram) -> None:
+        self.ram = ram
+        self.regions: list[Region] = []
+        self._bases: list[int] = []
+        self._watchers: list[tuple[int, int, StoreWatcher]] = []
+        self.on_code_write: Callable[[int], None] = lambda page: None
+        self.add(Region("ram", ram.base, ram.size, None))
+
+    def add(self, region: Region) -> None:
+        i = bisect.bisect(self._bases, region.base)
+        before = self.regions[i - 1] if i else None
+        after = self.regions[i] if i < len(self.regions) else None
+        if (before and before.end > region.base) or (after and region.end > after.base):
+            raise ValueError(f"region {region.name} overlaps another")
+        self.regions.insert(i, region)
+        self._bases.insert(i, region.base)
+
+    def find(self, addr: int) -> Region | None:
+        i = bisect.bisect(self._bases, addr) - 1
+        if i >= 0 and addr < self.regions[i].end:
+            return self.regions[i]
+        return None
+
+    def _mmio(self, addr: int, size: int) -> tuple[Mmio, int]:
+        region = self.find(addr)
+        if region is None or region.device is None or addr + size > region.end:
+            raise BusError(addr)
+        return region.device, addr - region.base
+
+    # --- guest accesses (side effects allowed) ---------------------------------
+
+    def read(self, addr: int, size: int) -> int:
+        if self.ram.contains(addr, size):
+            return int.from_bytes(self.ram.data[addr - self.ram.base : addr - self.ram.base + size],
+                                  "little")
+        device, offset = self._mmio(addr, size)
+        return device.read(offset, size) & ((1 << (8 * size)) - 1)
+
+    def write(self, addr: int, value: int, size: int) -> None:
+        if self.ram.contains(addr, size):
+            self.store_ram(addr, value, size)
+            return
+        device, offset = self._mmio(addr, size)
+        device.write(offset, value & ((1 << (8 * size)) - 1), size)
+
+    def store_ram(self, addr: int, value: int, size: int) -> None:
+        """A RAM store that honours page flags (code invalidation, watchers)."""
+        ram = self.ram
+        offset = addr - ram.base
+        value &= (1 << (8 * size)) - 1
+        ram.data[offset : offset + size] = value.to_bytes(size, "little")
+        self._after_ram_write(addr, size, value)
+
+    def _after_ram_write(self, addr: int, size: int, value: int) -> None:
+        ram = self.ram
+        first = (addr - ram.base) >> PAGE_SHIFT
+        last = (addr - ram.base + size - 1) >> PAGE_SHIFT
+        for page in range(first, last + 1):
+            flags = ram.page_flags[page]
+            if flags & PAGE_CODE:
+                self.on_code_write(page)
+            if flags & PAGE_WATCH:
+                for lo, hi, watcher in self._watchers:
+                    if addr < hi and lo < addr + size:
+                        watcher(addr, value, size)
+                break  # watchers were told once for the whole access
+
+    def watch_stores(self, addr: int, length: int, watcher: StoreWatcher) -> None:
+        """Call `watcher` after every guest store overlapping [addr, addr+length) in RAM."""
+        if not self.ram.contains(addr, length):
+            raise ValueError(f"{addr:#x} is not in RAM")
+        self._watchers.append((addr, addr + length, watcher))
+        self._flag_pages(addr, length, PAGE_WATCH)
+
+    def _flag_pages(self, addr: int, length: int, flag: int) -> None:
+        first = (addr - self.ram.base) >> PAGE_SHIFT
+        last = (addr - self.ram.base + length - 1) >> PAGE_SHIFT
+        for page in range(first, last + 1):
+            self.ram.page_flags[page] |= flag
+
+    # --- debugger / monitor / loader accesses (no device side effects) ----------
+
+    def peek(self, addr: int, size: int) -> int:
+        if self.ram.contains(addr, size):
+            return self.read(addr, size)
+        device, offset = self._mmio(addr, size)
+        return device.peek(offset, size) & ((1 << (8 * size)) - 1)
+
+    def read_bytes(self, addr: int, length: int) -> bytes:
+        """Side-effect-free read of a range; RAM fast, devices by 32-bit peeks."""
+        if self.ram.contains(addr, length):
+            offset = addr - self.ram.base
+            return bytes(self.ram.data[offset : offset + length])
+        out = bytearray()
+        for a in range(addr, addr + length):
+            out.append(self.peek(a & ~3, 4) >> (8 * (a & 3)) & 0xFF)
+        return bytes(out)
+
+    def write_bytes(self, addr: int, data: bytes) -> None:
+        """Debugger/loader write to RAM; keeps decoded code coherent."""
+        if not self.ram.contains(addr, len(data)):
+            raise BusError(addr)
+        offset = addr - self.ram.base
+        self.ram.data[offset : offset + len(data)] = data
+        first, last = offset >> PAGE_SHIFT, (offset + max(len(data), 1) - 1) >> PAGE_SHIFT
+        for page in range(first, last + 1):
+            if self.ram.page_flags[page] & PAGE_CODE:
+                self.on_code_write(page)
+
+    def mtree(self) -> str:
+        """`info mtree`-style listing of the system address space."""
+        lines = ["address-space: memory",
+                 "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
+        for r in self.regions:
+            kind = "ram" if r.device is None else "i/o"
+            lines.append(f"    {r.base:016x}-{r.end - 1:016x} (prio 0, {kind}): {r.name}")
+        return "\n".join(lines)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from emud.chardev import RingBackend
+from emud.loader import load_elf
+from emud.machine import Machine
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "images"
+MARCH = ["-march=rv32imac_zicsr_zifencei", "-mabi=ilp32"]
+
+
+def boot(image: str | Path, **kwargs: int) -> Machine:
+    """A machine with `image` loaded and a ring-buffer serial port."""
+    machine = Machine(RingBackend(), **kwargs)
+    machine.load(load_elf(image))
+    return machine
+
+
+def serial_text(machine: Machine) -> str:
+    assert isinstance(machine.serial, RingBackend)
+    return machine.serial.read().decode()
+
+
+@pytest.fixture
+def build_asm(tmp_path: Path) -> Callable[[str], Path]:
+    """Assemble and link a bare-metal program (entry `_start` at 0x80000000)."""
+
+    def build(source: str, name: str = "prog") -> Path:
+        src = tmp_path / f"{name}.S"
+        elf = tmp_path / f"{name}.elf"
+        src.write_text(source)
+        subprocess.run(
+            ["riscv64-unknown-elf-gcc", *MARCH, "-nostdlib", "-nostartfiles", "-Wl,-N",
+             "-Wl,-Ttext=0x80000000", "-Wl,--no-warn-rwx-segments", "-o", str(elf), str(src)],
+            check=True,
+        )
+        return elf
+
+    return build
