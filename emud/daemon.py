@@ -1,7 +1,9 @@
 """Wires a machine and its I/O into one asyncio event loop (one thread, no locks).
 
-The CPU runs in slices; between slices the loop serves file descriptors.
-Control planes (gdb, QMP) attach here as they arrive.
+The CPU runs in slices; between slices the loop serves sockets and file
+descriptors.  Run control (stop, cont, step, reset, quit) lives here, so the
+monitor, QMP and the gdb stub all drive the machine the same way, and every
+change of run state is announced to the listeners as a QMP-style event.
 """
 
 from __future__ import annotations
@@ -12,16 +14,80 @@ import os
 import sys
 import termios
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from emud.chardev import StdioBackend
 from emud.machine import Machine, RunState
 
+# A listener gets (event name, data), e.g. ("STOP", {}), ("SHUTDOWN", {"guest": True}).
+Listener = Callable[[str, dict[str, Any]], None]
+
 
 class Daemon:
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, *, start_paused: bool = False,
+                 exit_on_poweroff: bool = True) -> None:
         self.machine = machine
-        self.wake = asyncio.Event()  # set by any input that may end an idle wait
+        self.running = not start_paused
+        # Foreground `emud run` ends with the guest; a daemon with control planes stays up.
+        self.exit_on_poweroff = exit_on_poweroff
+        self.status = "prelaunch" if start_paused else "running"  # QMP's RunState name
+        self.listeners: list[Listener] = []
+        self.wake = asyncio.Event()  # set by anything that may end an idle or paused wait
+        self.quit_requested = False
+
+    # --- events and run control ---------------------------------------------------
+
+    def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
+        for listener in list(self.listeners):
+            listener(event, data or {})
+
+    def stop(self, status: str = "paused") -> None:
+        """Pause the guest at the current slice boundary (QMP `stop`)."""
+        if self.running:
+            self.running = False
+            self.status = status
+            self.emit("STOP")
+        self.wake.set()
+
+    def cont(self) -> None:
+        """Resume the guest (QMP `cont`). A powered-off guest stays off until reset."""
+        if not self.running and self.machine.exit_code is None:
+            self.running = True
+            self.status = "running"
+            self.emit("RESUME")
+        self.wake.set()
+
+    def system_reset(self) -> None:
+        self.machine.reset()
+        if self.status == "shutdown":
+            self.status = "paused"
+        self.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        self.wake.set()
+
+    def quit(self) -> None:
+        self.quit_requested = True
+        self.wake.set()
+
+    def step(self, count: int = 1) -> RunState:
+        """Execute `count` instructions while paused (monitor `step`, gdb `s`)."""
+        state = RunState.RUNNING
+        for _ in range(count):
+            state = self.machine.run_slice(1)
+            if state is not RunState.RUNNING:
+                break
+        self._after_slice(state)
+        return state
+
+    def _after_slice(self, state: RunState) -> None:
+        if state is RunState.POWEROFF and self.status != "shutdown":
+            self.running = False
+            self.status = "shutdown"
+            self.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+            if self.exit_on_poweroff:
+                self.quit_requested = True
+
+    # --- the loop -----------------------------------------------------------------
 
     def _on_stdin(self) -> None:
         try:
@@ -35,7 +101,7 @@ class Daemon:
         self.wake.set()
 
     async def run(self) -> int:
-        """Run the guest until it powers off; returns its exit code."""
+        """Serve until quit; returns the guest's exit code (0 if it never powered off)."""
         machine = self.machine
         loop = asyncio.get_running_loop()
         reading_stdin = isinstance(machine.serial, StdioBackend) and _has_fd(sys.stdin)
@@ -46,11 +112,13 @@ class Daemon:
                 reading_stdin = False
                 machine.serial.feed(sys.stdin.buffer.read())
         try:
-            while True:
+            while not self.quit_requested:
+                if not self.running:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
                 state = machine.run_slice()
-                if state is RunState.POWEROFF:
-                    assert machine.exit_code is not None
-                    return machine.exit_code
+                self._after_slice(state)
                 if state is RunState.IDLE:
                     self.wake.clear()
                     await self.wake.wait()
@@ -59,6 +127,7 @@ class Daemon:
         finally:
             if reading_stdin:
                 loop.remove_reader(sys.stdin.fileno())
+        return machine.exit_code or 0
 
 
 def _has_fd(stream: object) -> bool:
