@@ -51,7 +51,8 @@ def test_overwrite_replaces_the_tag_and_frees_pages(tmp_path: Path) -> None:
     assert store.load("t").ram == ram_with((1, 8))
     assert store.db.execute("SELECT COUNT(*) FROM pages").fetchone() == (1,)
     store.delete("t")
-    assert store.snapshots() == [] and store.db.execute("SELECT COUNT(*) FROM pages").fetchone() == (0,)
+    assert store.snapshots() == []
+    assert store.db.execute("SELECT COUNT(*) FROM pages").fetchone() == (0,)
 
 
 def test_errors_are_clear(tmp_path: Path) -> None:
