@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
 import sys
 
 from emud.chardev import open_backend
 from emud.daemon import Daemon, terminal_cbreak
+from emud.gdbserver import start_gdb_server
 from emud.loader import ImageError, load_elf
 from emud.machine import DEFAULT_RAM_SIZE, Machine
+from gdbstub.server import Address, parse_address
 
+GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
 
 
@@ -36,6 +40,26 @@ def parse_icount(text: str) -> int:
     return int(match.group(1))
 
 
+def parse_gdb_address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+async def serve(daemon: Daemon, gdb: Address | None) -> int:
+    """Start the control planes, then run the machine until quit."""
+    server = await start_gdb_server(daemon, gdb) if gdb else None
+    if server:
+        print(f"emud: gdb server listening on {server.address}", file=sys.stderr, flush=True)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit)
+    try:
+        return await daemon.run()
+    finally:
+        if server:
+            await server.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="PL011 backend: stdio (default), file:PATH, ringbuf, null")
     run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
                      help="virtual time per instruction is 2**N ns (default 0)")
+    run.add_argument("--gdb", type=parse_gdb_address, metavar="tcp:HOST:PORT|unix:PATH",
+                     help="serve the GDB remote protocol (the daemon outlives gdb sessions)")
+    run.add_argument("-s", dest="gdb", action="store_const", const=parse_gdb_address(GDB_DEFAULT),
+                     help=f"shorthand for --gdb {GDB_DEFAULT}")
+    run.add_argument("-S", dest="paused", action="store_true",
+                     help="start with the guest paused (e.g. until gdb continues)")
     return parser
 
 
@@ -61,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         with terminal_cbreak():
-            return asyncio.run(Daemon(machine).run())
+            # With a debugger attached, guest power-off is reported to gdb, not the end.
+            daemon = Daemon(machine, start_paused=args.paused, exit_on_poweroff=not args.gdb)
+            return asyncio.run(serve(daemon, args.gdb))
     except KeyboardInterrupt:
         return 130
     finally:

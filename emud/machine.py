@@ -36,6 +36,7 @@ class RunState(Enum):
     RUNNING = "running"  # more work to do
     IDLE = "idle"  # WFI with no timer armed: only outside input can wake the hart
     POWEROFF = "poweroff"  # the guest ended the run (see exit_code)
+    DEBUG = "debug"  # a breakpoint or watchpoint stopped the hart (see hart.debug_stop)
 
 
 class Machine:
@@ -127,6 +128,8 @@ class Machine:
         if hart.waiting and (state := self._wait()) is not None:
             return state
         hart.run(self.clock.insns_until_deadline(limit))
+        if hart.debug_stop is not None:
+            return RunState.DEBUG
         if self._reset_requested:
             self._reset_requested = False
             self.reset()

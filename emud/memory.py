@@ -15,7 +15,8 @@ from typing import Protocol
 # Per-page flags in `Ram.page_flags`: a store to a flagged page takes the slow path.
 PAGE_SHIFT = 12
 PAGE_CODE = 1  # holds decoded instructions: a store must invalidate them
-PAGE_WATCH = 2  # a store watcher (HTIF tohost, debugger watchpoint) covers it
+PAGE_WATCH = 2  # a store watcher (HTIF tohost) covers it
+PAGE_DEBUG = 4  # a debugger write watchpoint covers it (the hart checks it before the store)
 
 
 class BusError(Exception):

@@ -19,9 +19,10 @@ from emud.cpu.csr import (
     Csr,
     is_read_only,
 )
+from emud.cpu.debug import BREAK, DebugStop, Watchpoint
 from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
-from emud.memory import PAGE_CODE, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
+from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
 
 M = 0xFFFF_FFFF
 
@@ -49,6 +50,13 @@ class Hart:
         self.synced = False  # the clock is exact: a NeedsSync instruction may run
         self.waiting = False  # in WFI with nothing to wake it
         self.stop_requested = False  # leave the run loop after this instruction
+        # Debugger (emud/cpu/debug.py)
+        self.breakpoints: set[int] = set()
+        self.watchpoints: list[Watchpoint] = []
+        self.watch_loads = False  # a read watchpoint exists: loads are built to take load_slow
+        self.debug_stop: DebugStop | None = None  # why the last run stopped early
+        self.debug_bypass = False  # running the instruction of the last debug stop unchecked
+        self.irqs_masked = False  # set while a debugger single-steps
         # Predecoded instructions
         self.cache: dict[int, Op] = {}
         self._page_pcs: dict[int, list[int]] = {}
@@ -63,6 +71,7 @@ class Hart:
         self.cycle_offset = self.instret_offset = 0
         self.reservation = None
         self.waiting = False
+        self.debug_stop = None
         self.flush_code()
 
     # --- interrupts ------------------------------------------------------------
@@ -75,7 +84,7 @@ class Hart:
 
     def _deliverable_irq(self) -> int | None:
         pending = self.mip & self.mie
-        if not pending or not self.mstatus & MSTATUS_MIE:
+        if not pending or not self.mstatus & MSTATUS_MIE or self.irqs_masked:
             return None
         return next(bit for bit in IRQ_PRIORITY if pending >> bit & 1)
 
@@ -186,6 +195,9 @@ class Hart:
     def load_slow(self, addr: int, size: int, signed: bool) -> int:
         if addr & (size - 1):
             raise Trap(Cause.LOAD_MISALIGNED, addr)
+        if self.watchpoints and not self.debug_bypass:
+            for w in self.watchpoints:
+                w.check(addr, size, False)
         ram = self.bus.ram
         if not ram.contains(addr, size):
             if not self.synced:
@@ -204,6 +216,9 @@ class Hart:
     def store_slow(self, addr: int, value: int, size: int) -> None:
         if addr & (size - 1):
             raise Trap(Cause.STORE_MISALIGNED, addr)
+        if self.watchpoints and not self.debug_bypass:
+            for w in self.watchpoints:
+                w.check(addr, size, True)
         ram = self.bus.ram
         if ram.contains(addr, size):
             if ram.page_flags[(addr - ram.base) >> PAGE_SHIFT] & PAGE_WATCH and not self.synced:
@@ -240,6 +255,8 @@ class Hart:
         else:
             insn, length = expand_compressed(low), 2
         op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
+        if pc in self.breakpoints:
+            op = self._breakpoint(op, pc)
         self.cache[pc] = op
         for page in {(pc - ram.base) >> PAGE_SHIFT, (pc + length - 1 - ram.base) >> PAGE_SHIFT}:
             ram.page_flags[page] |= PAGE_CODE
@@ -256,15 +273,62 @@ class Hart:
             self.invalidate_page(page)
         self.cache.clear()
 
+    # --- debugger --------------------------------------------------------------
+
+    def _breakpoint(self, op: Op, pc: int) -> Op:
+        def stop() -> int:
+            if self.debug_bypass:
+                return op()
+            raise DebugStop(BREAK, pc)
+
+        return stop
+
+    def set_breakpoint(self, pc: int, present: bool) -> None:
+        """Breakpoints never touch guest memory: the op at pc is rebuilt with a stop."""
+        (self.breakpoints.add if present else self.breakpoints.discard)(pc)
+        self.cache.pop(pc, None)
+
+    def set_watchpoints(self, watchpoints: list[Watchpoint]) -> None:
+        """Stores to watched RAM pages take the slow path (PAGE_DEBUG); while any
+        read watchpoint exists, every load is built to go through load_slow."""
+        ram = self.bus.ram
+        for old, flagged in ((self.watchpoints, False), (watchpoints, True)):
+            for w in old:
+                lo = max(w.addr, ram.base) - ram.base
+                hi = min(w.addr + w.length, ram.base + ram.size) - ram.base
+                for page in range(lo >> PAGE_SHIFT, (hi - 1 >> PAGE_SHIFT) + 1):
+                    if flagged and w.writes:
+                        ram.page_flags[page] |= PAGE_DEBUG
+                    elif not flagged:
+                        ram.page_flags[page] &= ~PAGE_DEBUG
+        self.watchpoints = list(watchpoints)
+        loads = any(w.reads for w in watchpoints)
+        if loads != self.watch_loads:
+            self.watch_loads = loads
+            self.flush_code()
+
     # --- the run loop ------------------------------------------------------------
 
     def run(self, budget: int) -> int:
         """Execute up to `budget` instructions; returns how many were consumed.
 
-        Stops early on WFI with nothing pending or when `stop_requested` is set.
-        The clock advances as instructions retire (an instruction that traps
-        also takes one step, so a trap storm still makes progress).
+        Stops early on WFI with nothing pending, when `stop_requested` is set, or
+        on a breakpoint or watchpoint (`debug_stop`).  The clock advances as
+        instructions retire (an instruction that traps also takes one step, so a
+        trap storm still makes progress).
         """
+        stop, self.debug_stop = self.debug_stop, None
+        if stop is not None and stop.pc == self.pc and budget and self._deliverable_irq() is None:
+            # Resuming from a debug stop: its instruction runs once without the checks.
+            self.debug_bypass = True
+            try:
+                done = self._run(1)
+            finally:
+                self.debug_bypass = False
+            return done + self._run(budget - done)
+        return self._run(budget)
+
+    def _run(self, budget: int) -> int:
         cache, decode, clock = self.cache, self.decode, self.clock
         pc = self.pc
         done = 0
@@ -302,6 +366,12 @@ class Hart:
                 done += i
                 i = 1
                 pc = self.enter_trap(trap.cause, trap.tval, pc)
+            except DebugStop as stop:
+                clock.advance_insns(i)
+                done += i
+                stop.pc = pc
+                self.debug_stop = stop
+                break
             clock.advance_insns(i)
             done += i
         self.pc = pc

@@ -318,9 +318,11 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             (2, False): ram.u16, (4, False): ram.u32}[kind]
     shift = size >> 1  # log2(size) for 1, 2, 4
 
-    if rd == 0:  # still performs the access: it may fault or touch a device
+    if rd == 0 or hart.watch_loads:  # the access may fault, touch a device or be watched
         def op() -> int:
-            slow((x[rs1] + imm) & M, size, signed)
+            value = slow((x[rs1] + imm) & M, size, signed)
+            if rd:
+                x[rd] = value
             return npc
     elif size == 4:
         def op() -> int:

@@ -1,0 +1,277 @@
+"""The daemon's side of the gdb stub: emud-virt as a `gdbstub.Target`.
+
+Run control goes through the Daemon, so gdb, QMP and the monitor see the same
+run state; the stop of a running guest reaches gdb through the daemon's events.
+
+Policy (README, "Debugging with gdb"): attaching stops the machine; detaching
+or dropping the connection removes gdb's breakpoints and watchpoints and lets
+the guest run; `kill` resets the guest and leaves it paused.  The daemon
+outlives every gdb session.  Single steps mask interrupts (`step_irqs`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from emud.cpu.csr import Csr
+from emud.cpu.debug import BREAK, Watchpoint
+from emud.cpu.disasm import ABI_NAMES
+from emud.cpu.interp import Trap
+from emud.daemon import Daemon
+from emud.machine import RunState
+from emud.memory import BusError
+from emud.monitor import Monitor, MonitorError, hmp_error_text
+from gdbstub.server import Address, GdbServer
+from gdbstub.target import (
+    BreakpointHit,
+    Exited,
+    Halted,
+    Interrupted,
+    Stepped,
+    StopReason,
+    WatchKind,
+    WatchpointHit,
+)
+
+M = 0xFFFF_FFFF
+PC_REGNUM = 32
+CSR_REGBASE = 65  # gdb's own numbering of RISC-V CSRs without a description: 65 + number
+PRIV_REGNUM = CSR_REGBASE + 4096
+CSRS = frozenset(int(csr) for csr in Csr)
+
+
+def target_xml() -> str:
+    """riscv:rv32 with `osabi none`, so gdb single-steps with `s` (not temporary breakpoints)."""
+    cpu = "".join(
+        f'<reg name="{name}" bitsize="32" regnum="{n}" type="{_gpr_type(n)}"/>'
+        for n, name in enumerate(ABI_NAMES))
+    cpu += f'<reg name="pc" bitsize="32" regnum="{PC_REGNUM}" type="code_ptr"/>'
+    csrs = "".join(
+        f'<reg name="{csr.name.lower()}" bitsize="32" regnum="{CSR_REGBASE + csr}" group="csr"/>'
+        for csr in sorted(Csr))
+    return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
+            "<target><architecture>riscv:rv32</architecture><osabi>none</osabi>"
+            f'<feature name="org.gnu.gdb.riscv.cpu">{cpu}</feature>'
+            f'<feature name="org.gnu.gdb.riscv.csr">{csrs}</feature>'
+            '<feature name="org.gnu.gdb.riscv.virtual">'
+            f'<reg name="priv" bitsize="32" regnum="{PRIV_REGNUM}" group="general"/>'
+            "</feature></target>")
+
+
+def _gpr_type(n: int) -> str:
+    return "code_ptr" if n == 1 else "data_ptr" if n in (2, 8) else "int"
+
+
+class EmudTarget:
+    register_size = 4
+    gdb_register_count = 33  # x0..x31, pc
+    pc_regnum = PC_REGNUM
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.machine = daemon.machine
+        self.hart = daemon.machine.hart
+        self.server = GdbServer(self)
+        self.step_irqs = False  # take interrupts during a single step (QEMU: sstep bits)
+        self._sw: Counter[int] = Counter()
+        self._hw: Counter[int] = Counter()
+        self._watch: Counter[tuple[WatchKind, int, int]] = Counter()
+        self._monitor = Monitor(daemon)
+        self._xml = target_xml()
+        daemon.listeners.append(self._on_event)
+
+    # --- events from the daemon -------------------------------------------------------
+
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        if event == "STOP":
+            self.server.report_stop(self._debug_reason() or Interrupted())
+        elif event == "SHUTDOWN" and data.get("guest"):
+            self.server.report_stop(Exited(self.machine.exit_code or 0))
+
+    def _debug_reason(self) -> StopReason | None:
+        stop = self.hart.debug_stop
+        if stop is None:
+            return None
+        if stop.kind == BREAK:
+            return BreakpointHit(hardware=stop.addr in self._hw and stop.addr not in self._sw)
+        return WatchpointHit(WatchKind(stop.kind), stop.addr)
+
+    # --- run control ----------------------------------------------------------------
+
+    def attach(self) -> StopReason:
+        self.daemon.stop()
+        if self.machine.exit_code is not None:
+            return Exited(self.machine.exit_code)
+        return Halted()
+
+    def resume(self, step: bool) -> StopReason | None:
+        if self.machine.exit_code is not None:
+            return Exited(self.machine.exit_code)
+        if not step:
+            self.daemon.cont()
+            return None
+        self.hart.irqs_masked = not self.step_irqs
+        try:
+            state = self.daemon.step(1)
+        finally:
+            self.hart.irqs_masked = False
+        if state is RunState.POWEROFF:
+            return Exited(self.machine.exit_code or 0)
+        return self._debug_reason() or Stepped()
+
+    def interrupt(self) -> None:
+        if self.daemon.running:
+            self.daemon.stop()  # the STOP event reports Interrupted
+        else:
+            self.server.report_stop(Interrupted())
+
+    def detach(self) -> None:
+        self.daemon.cont()
+
+    def kill(self) -> None:
+        self.daemon.system_reset()
+
+    # --- registers --------------------------------------------------------------------
+
+    def read_register(self, regnum: int) -> int | None:
+        hart = self.hart
+        if regnum < 32:
+            return hart.x[regnum]
+        if regnum == PC_REGNUM:
+            return hart.pc
+        if regnum == PRIV_REGNUM:
+            return 3  # machine mode, always
+        csr = regnum - CSR_REGBASE
+        if csr in CSRS:
+            try:
+                return hart.csr_read(csr, 0)
+            except Trap:
+                return None
+        return None
+
+    def write_register(self, regnum: int, value: int) -> bool:
+        hart = self.hart
+        value &= M
+        if 0 < regnum < 32:
+            hart.x[regnum] = value
+        elif regnum == PC_REGNUM:
+            hart.pc = value & ~1
+        elif regnum == 0 or regnum == PRIV_REGNUM:
+            pass  # x0 is zero and priv is M: writes are ignored, as on hardware
+        elif regnum - CSR_REGBASE in CSRS:
+            try:
+                hart.csr_write(regnum - CSR_REGBASE, value, 0)
+            except Trap:
+                return False
+        else:
+            return False
+        return True
+
+    # --- memory (side-effect free reads) -------------------------------------------------
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        bus = self.machine.bus
+        out = bytearray()
+        end = min(addr + length, 1 << 32)
+        while addr < end:
+            region = bus.find(addr)
+            if region is None:
+                break
+            stop = min(end, region.end)
+            if region.device is None:
+                out += bus.read_bytes(addr, stop - addr)
+            else:
+                while addr < stop:
+                    word = addr & ~3
+                    value = bus.peek(word, 4).to_bytes(4, "little")
+                    chunk = value[addr - word : min(stop, word + 4) - word]
+                    out += chunk
+                    addr += len(chunk)
+            addr = stop
+        return bytes(out)
+
+    def write_memory(self, addr: int, data: bytes) -> bool:
+        bus = self.machine.bus
+        try:
+            if bus.ram.contains(addr, len(data)):
+                bus.write_bytes(addr, data)
+                return True
+            # Device registers: a real write, as the user asked for it (gdb `set *reg = v`).
+            i = 0
+            while i < len(data):
+                size = 4 if not (addr + i) & 3 and len(data) - i >= 4 else 1
+                bus.write(addr + i, int.from_bytes(data[i : i + size], "little"), size)
+                i += size
+        except BusError:
+            return False
+        return True
+
+    def target_xml(self) -> str:
+        return self._xml
+
+    def memory_map(self) -> str:
+        regions = "".join(f'<memory type="ram" start="{r.base:#x}" length="{r.size:#x}"/>'
+                          for r in self.machine.bus.regions)
+        return ('<?xml version="1.0"?><!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD '
+                'GDB Memory Map V1.0//EN" "http://sourceware.org/gdb/gdb-memory-map.dtd">'
+                f"<memory-map>{regions}</memory-map>")
+
+    # --- breakpoints and watchpoints ------------------------------------------------------
+
+    def breakpoints(self) -> EmudTarget:
+        return self
+
+    def watchpoints(self) -> EmudTarget:
+        return self
+
+    def add_breakpoint(self, addr: int, hardware: bool) -> bool:
+        (self._hw if hardware else self._sw)[addr] += 1
+        self.hart.set_breakpoint(addr, True)
+        return True
+
+    def remove_breakpoint(self, addr: int, hardware: bool) -> bool:
+        points = self._hw if hardware else self._sw
+        if points[addr] <= 0:
+            return False
+        points[addr] -= 1
+        if not self._hw[addr] and not self._sw[addr]:
+            self.hart.set_breakpoint(addr, False)
+        return True
+
+    def add_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
+        if length <= 0 or addr + length > 1 << 32:
+            return False
+        self._watch[(kind, addr, length)] += 1
+        self._update_watchpoints()
+        return True
+
+    def remove_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
+        if self._watch[(kind, addr, length)] <= 0:
+            return False
+        self._watch[(kind, addr, length)] -= 1
+        self._update_watchpoints()
+        return True
+
+    def _update_watchpoints(self) -> None:
+        self.hart.set_watchpoints([Watchpoint(addr, length, kind.value)
+                                   for (kind, addr, length), n in self._watch.items() if n > 0])
+
+    # --- monitor ----------------------------------------------------------------------
+
+    def monitor(self) -> EmudTarget:
+        return self
+
+    def monitor_command(self, command: str) -> str:
+        """gdb's `monitor …`: the same HMP registry as the shell and QMP."""
+        try:
+            return self._monitor.execute_hmp_now(command)
+        except MonitorError as e:
+            return hmp_error_text(e)
+
+
+async def start_gdb_server(daemon: Daemon, address: Address) -> GdbServer:
+    target = EmudTarget(daemon)
+    await target.server.listen(address)
+    return target.server
+

@@ -1,0 +1,137 @@
+"""The asyncio side: listen on TCP or a Unix socket and move bytes to and from a Session.
+
+One gdb at a time; a second connection is refused while one is attached.
+A connection that misbehaves is dropped; the server keeps listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gdbstub.session import Session
+from gdbstub.target import StopReason, Target
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: str  # "tcp" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """`tcp:HOST:PORT`, `tcp::PORT`/`:PORT`/`PORT` (loopback) or `unix:PATH`."""
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("unix: needs a path")
+        return Address("unix", path=text[5:])
+    rest = text[4:] if text.startswith("tcp:") else text
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid gdb address {text!r} (use tcp:HOST:PORT or unix:PATH)")
+    return Address("tcp", host=host, port=int(port))
+
+
+def _log(message: str) -> None:
+    print(f"emud: gdb: {message}", file=sys.stderr, flush=True)
+
+
+class GdbServer:
+    def __init__(self, target: Target, log: Callable[[str], None] = _log) -> None:
+        self.target = target
+        self.log = log
+        self.session: Session | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self.address: Address | None = None
+
+    async def listen(self, address: Address) -> Address:
+        """Start listening; returns the bound address (port 0 picks a free port)."""
+        if address.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.isdir(address.path):
+                    os.unlink(address.path)  # a stale socket from an earlier run
+            self._server = await asyncio.start_unix_server(self._serve, address.path)
+            self.address = address
+        else:
+            self._server = await asyncio.start_server(self._serve, address.host, address.port)
+            host, port = self._server.sockets[0].getsockname()[:2]
+            self.address = Address("tcp", host=host, port=port)
+        return self.address
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            if self.address is not None and self.address.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(self.address.path)
+
+    def report_stop(self, reason: StopReason) -> None:
+        """The target stopped (or exited): tell the attached gdb, if it is waiting."""
+        if self.session is not None:
+            self.session.stopped(reason)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.session is not None and self._writer is not None:
+            data = self.session.drain()
+            if data and not self._writer.is_closing():
+                self._writer.write(data)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.session is not None:
+            self.log("refused a second connection: a debugger is already attached")
+            writer.close()
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername") or "unix socket"
+        try:
+            self.session = Session(self.target)
+        except Exception:  # the target refused to attach: drop this client, keep serving
+            self.log("attach failed:\n" + traceback.format_exc())
+            writer.close()
+            return
+        self._writer = writer
+        self.log(f"debugger attached from {peer}")
+        session = self.session
+        try:
+            while not session.closed:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                session.feed(data)
+                self._flush()
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:  # a bug in a handler must not take the daemon down
+            self.log("dropping the connection after an internal error:\n"
+                     + traceback.format_exc())
+        finally:
+            try:
+                session.close()
+            except Exception:
+                self.log("detach failed:\n" + traceback.format_exc())
+            self._flush()
+            self.session = self._writer = None
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.drain()
+            writer.close()
+            self.log("debugger detached")
