@@ -80,7 +80,9 @@ class Daemon:
         return state
 
     def _after_slice(self, state: RunState) -> None:
-        if state is RunState.POWEROFF and self.status != "shutdown":
+        if state is RunState.DEBUG:
+            self.stop("debug")  # QMP's RunState for a debugger stop
+        elif state is RunState.POWEROFF and self.status != "shutdown":
             self.running = False
             self.status = "shutdown"
             self.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
