@@ -35,6 +35,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.wake = asyncio.Event()  # set by anything that may end an idle or paused wait
         self.quit_requested = False
+        self.quit_reason = ""
 
     # --- events and run control ---------------------------------------------------
 
@@ -65,8 +66,10 @@ class Daemon:
         self.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
         self.wake.set()
 
-    def quit(self) -> None:
+    def quit(self, reason: str = "host-qmp-quit") -> None:
+        """End `run()`; it announces SHUTDOWN with `reason` (QMP's ShutdownCause) as it returns."""
         self.quit_requested = True
+        self.quit_reason = reason
         self.wake.set()
 
     def step(self, count: int = 1) -> RunState:
@@ -129,6 +132,8 @@ class Daemon:
         finally:
             if reading_stdin:
                 loop.remove_reader(sys.stdin.fileno())
+        if self.quit_reason:
+            self.emit("SHUTDOWN", {"guest": False, "reason": self.quit_reason})
         return machine.exit_code or 0
 
 

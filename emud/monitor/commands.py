@@ -1,0 +1,708 @@
+"""The monitor commands: structured handlers and their HMP renderers.
+
+QEMU's name and output wherever QEMU has the command; `x-emud-*` QMP names
+for the structured twins QEMU lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from emud import trace
+from emud.chardev import RingBackend
+from emud.clock import NEVER
+from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
+from emud.hw import pl011
+from emud.hw.plic import NUM_SOURCES, Plic
+from emud.memory import BusError
+from emud.monitor.errors import MonitorError
+from emud.monitor.hmpparse import MASK64, Format, parse_duration
+from emud.monitor.registry import Registry
+
+if TYPE_CHECKING:
+    from emud.monitor.core import Monitor
+
+REGISTRY = Registry()
+command = REGISTRY.command
+
+# The QEMU release whose QMP behaviour emud copies (clients gate features on it).
+QEMU_VERSION = {"major": 10, "minor": 1, "micro": 0}
+try:
+    EMUD_VERSION = metadata.version("emud")
+except metadata.PackageNotFoundError:  # running from a source tree
+    EMUD_VERSION = "0.1.0"
+
+# `info registers`: QEMU's M-mode CSR subset for riscv32, in QEMU's order.
+DUMP_CSRS = ("mhartid", "mstatus", "mstatush", "mip", "mie", "mtvec", "mepc", "mcause", "mtval",
+             "mscratch")
+
+
+class IrqCounter:
+    """Counts rising edges on every PLIC source (`info irq`), from monitor start-up."""
+
+    def __init__(self, plic: Plic) -> None:
+        self.counts = [0] * NUM_SOURCES
+        for source, line in enumerate(plic.inputs):
+            line.sink = self._counting(source, line.sink)
+
+    def _counting(self, source: int,
+                  sink: Callable[[bool], None] | None) -> Callable[[bool], None]:
+        def count(level: bool) -> None:
+            if level:
+                self.counts[source] += 1
+            if sink is not None:
+                sink(level)
+
+        return count
+
+
+# --- help and session --------------------------------------------------------------------
+
+
+def _help_line(prefix: str, name: str, params: str, text: str) -> str:
+    return f"{prefix}{name} {params} -- {text}"
+
+
+def _render_lines(lines: list[str]) -> str:
+    return "\n".join(lines)
+
+
+@command("help|?", args="name:S?", params="[cmd]", render=_render_lines,
+         help="show the help for all commands or just for command 'cmd'", complete="commands")
+def help_(m: Monitor, name: str = "") -> list[str]:
+    reg = m.registry
+    info = [_help_line("info ", c.name, c.params, c.help) for c in reg.info.values()]
+    if name in ("info", "info "):
+        return info
+    if name.startswith("info "):
+        sub = reg.info.get(name[5:].strip())
+        if sub is None:
+            raise MonitorError(f"unknown command: '{name}'")
+        return [_help_line("info ", sub.name, sub.params, sub.help)]
+    lines = []
+    for cmd in reg.hmp_commands():
+        if not name or name in (cmd.name, *cmd.aliases):
+            lines.append(_help_line("", cmd.spelling, cmd.params, cmd.help))
+    if name and not lines:
+        raise MonitorError(f"unknown command: '{name}'")
+    return lines
+
+
+@command("info", params="[subcommand]", help="show various information about the system state",
+         render=_render_lines, complete="info")
+def info(m: Monitor) -> list[str]:
+    lines: list[str] = help_(m, "info")
+    return lines
+
+
+@command(info="version", qmp="query-version", help="show the version of QEMU",
+         render=lambda r: "{major}.{minor}.{micro}".format(**r["qemu"]) + f" ({r['package']})")
+def info_version(m: Monitor) -> dict[str, Any]:
+    return {"qemu": dict(QEMU_VERSION), "package": f"emud {EMUD_VERSION}"}
+
+
+@command(qmp="query-commands")
+def query_commands(m: Monitor) -> list[dict[str, str]]:
+    return [{"name": name} for name in ("qmp_capabilities", *m.registry.qmp)]
+
+
+@command(qmp="x-emud-query-hmp-commands")
+def query_hmp_commands(m: Monitor) -> list[dict[str, Any]]:
+    """Everything a client needs for completion and help: names, params, help, hooks."""
+    out = []
+    reg = m.registry
+    for prefix, cmds in (("", reg.hmp_commands()), ("info ", list(reg.info.values()))):
+        for cmd in cmds:
+            out.append({"name": prefix + cmd.name, "aliases": list(cmd.aliases),
+                        "params": cmd.params, "help": cmd.help, "complete": cmd.complete})
+    return out
+
+
+@command(qmp="x-emud-query-completions")
+def query_completions(m: Monitor) -> dict[str, list[str]]:
+    """Dynamic completion sets: devices, registers, snapshot tags, trace events, chardevs."""
+    tags = [s["tag"] for s in m.snapshots.list()] if m.snapshots is not None else []
+    return {"devices": [d.name for d in m.machine.devices],
+            "registers": ["pc", *(f"x{i}" for i in range(32)), *ABI_NAMES, *DUMP_CSRS],
+            "tags": tags, "events": [ev.name for ev in trace.events()],
+            "chardevs": list(m.chardevs)}
+
+
+@command(info="status", qmp="query-status", help="show the current VM status (running|paused)",
+         render=lambda r: "VM status: running" if r["running"] else
+         "VM status: paused" + ("" if r["status"] == "paused" else f" ({r['status']})"))
+def info_status(m: Monitor) -> dict[str, Any]:
+    return {"running": m.daemon.running, "status": m.daemon.status}
+
+
+# --- run control ------------------------------------------------------------------------
+
+
+@command("stop|s", qmp="stop", help="stop emulation")
+def stop(m: Monitor) -> None:
+    m.daemon.stop()
+
+
+@command("cont|c", qmp="cont", help="resume emulation")
+def cont(m: Monitor) -> None:
+    if m.daemon.status == "shutdown":
+        raise MonitorError("Resetting the Virtual Machine is required")
+    m.daemon.cont()
+
+
+@command("system_reset", qmp="system_reset", help="reset the system")
+def system_reset(m: Monitor) -> None:
+    m.daemon.system_reset()
+
+
+@command("system_powerdown", qmp="system_powerdown",
+         help="send the POWERDOWN event (emud-virt has no power button: the guest does not see it)")
+def system_powerdown(m: Monitor) -> None:
+    m.daemon.emit("POWERDOWN")
+
+
+@command("quit|q", qmp="quit", help="quit the emulator")
+def quit_(m: Monitor) -> None:
+    m.daemon.quit()
+
+
+def _where(m: Monitor) -> dict[str, Any]:
+    machine = m.machine
+    pc = machine.hart.pc
+    return {"pc": pc, "insn": _disas_at(m, pc)[1], "status": m.daemon.status,
+            "ns": machine.clock.now_ns, "icount": machine.clock.icount}
+
+
+def _render_where(r: dict[str, Any]) -> str:
+    return f"0x{r['pc']:08x}:  {r['insn']}"
+
+
+@command("step", args="count:l?", params="[n]", qmp="x-emud-step",
+         help="execute n instructions (default 1) while the VM is stopped", render=_render_where)
+def step(m: Monitor, count: int = 1) -> dict[str, Any]:
+    if m.daemon.running:
+        raise MonitorError("The VM is running; stop it first")
+    if not 0 < count <= 10_000_000:
+        raise MonitorError("step count must be between 1 and 10000000")
+    m.daemon.step(count)
+    return _where(m)
+
+
+@command("run-for", args="duration:s", params="DURATION", qmp="x-emud-run-for",
+         help="run for a span of virtual time (10ms, 5us, 1000ns, 2s), then stop",
+         render=_render_where)
+async def run_for(m: Monitor, duration: str) -> dict[str, Any]:
+    ns = parse_duration(duration)
+    daemon, clock = m.daemon, m.machine.clock
+    if daemon.status == "shutdown":
+        raise MonitorError("Resetting the Virtual Machine is required")
+    done = asyncio.Event()
+
+    def listener(event: str, data: dict[str, Any]) -> None:
+        if event in ("STOP", "SHUTDOWN"):
+            done.set()
+
+    timer = clock.timer(daemon.stop)
+    timer.modify(clock.now_ns + ns)
+    daemon.listeners.append(listener)
+    try:
+        if daemon.running:
+            await done.wait()
+        else:
+            daemon.cont()
+            await done.wait()
+    finally:
+        timer.cancel()
+        daemon.listeners.remove(listener)
+    return _where(m)
+
+
+# --- registers and memory ---------------------------------------------------------------
+
+
+@command(info="registers", qmp="x-emud-query-registers", help="show the cpu registers",
+         args="all:-a", params="[-a]",
+         render=lambda r: "\nCPU#0\n" + "\n".join(_register_lines(r)))
+def info_registers(m: Monitor, all: bool = False) -> dict[str, Any]:  # noqa: A002 - QEMU's -a
+    hart = m.machine.hart
+    return {"pc": hart.pc, "csrs": {name: m.register_value(name) for name in DUMP_CSRS},
+            "gpr": list(hart.x)}
+
+
+def _register_lines(r: dict[str, Any]) -> list[str]:
+    lines = [f" {'pc':<8} {r['pc']:08x}"]
+    lines += [f" {name:<8} {value:08x}" for name, value in r["csrs"].items()]
+    cells = [f" {f'x{i}/{ABI_NAMES[i]}':<8} {v:08x}" for i, v in enumerate(r["gpr"])]
+    lines += ["".join(cells[i : i + 4]) for i in range(0, 32, 4)]
+    return lines
+
+
+def _disas_at(m: Monitor, addr: int) -> tuple[int, str]:
+    """(length, text) of the instruction at addr, or (0, error) if it cannot be read."""
+    try:
+        low = m.machine.bus.peek(addr, 2)
+        length = insn_length(low)
+        insn = low if length == 2 else low | m.machine.bus.peek(addr + 2, 2) << 16
+    except BusError:
+        return 0, "Cannot access memory"
+    return length, disassemble(insn, addr)
+
+
+def _c_octal(value: int, width: int) -> str:
+    return (("0" + format(value, "o")) if value else "0").rjust(width)
+
+
+def _printc(value: int) -> str:
+    special = {ord("'"): "\\'", ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r"}
+    if value in special:
+        return f"'{special[value]}'"
+    return f"'{chr(value)}'" if 32 <= value <= 126 else f"'\\x{value:02x}'"
+
+
+def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]:
+    """QEMU's memory_dump layout: 16 bytes a line (8 for bytes), address prefix."""
+    addr &= 0xFFFF_FFFF
+    width = 16 if physical else 8
+    if fmt.letter == "i":
+        lines = []
+        for _ in range(fmt.count):
+            length, text = _disas_at(m, addr)
+            lines.append(f"0x{addr:0{width}x}:  {text}")
+            if not length:
+                break
+            addr += length
+        return lines
+    size = 1 if fmt.letter == "c" else fmt.size
+    digits = {"o": -(-size * 8 // 3), "u": -(-size * 80 // 33), "d": -(-size * 80 // 33)}.get(
+        fmt.letter, size * 2)
+    line_size = 8 if size == 1 else 16
+    remaining = size * fmt.count
+    lines = []
+    while remaining > 0:
+        chunk = min(remaining, line_size)
+        prefix = f"{addr:0{width}x}:"
+        try:
+            data = m.machine.bus.read_bytes(addr, chunk)
+        except BusError:
+            lines.append(prefix + " Cannot access memory")
+            break
+        items = []
+        for i in range(0, chunk, size):
+            v = int.from_bytes(data[i : i + size], "little")
+            if fmt.letter == "o":
+                items.append(_c_octal(v, digits))
+            elif fmt.letter == "u":
+                items.append(f"{v:>{digits}}")
+            elif fmt.letter == "d":
+                signed = v - (1 << 64) if size == 8 and v >> 63 else v
+                items.append(f"{signed:>{digits}}")
+            elif fmt.letter == "c":
+                items.append(_printc(v))
+            else:
+                items.append(f"0x{v:0{digits}x}")
+        lines.append(prefix + "".join(" " + item for item in items))
+        addr += chunk
+        remaining -= chunk
+    return lines
+
+
+@command("x", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
+         help="virtual memory dump starting at 'addr'")
+def x(m: Monitor, fmt: Format, addr: int) -> list[str]:
+    m.fmt = fmt
+    return memory_dump(m, fmt, addr, physical=False)
+
+
+@command("xp", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
+         help="physical memory dump starting at 'addr'")
+def xp(m: Monitor, fmt: Format, addr: int) -> list[str]:
+    m.fmt = fmt
+    return memory_dump(m, fmt, addr, physical=True)
+
+
+def format_value(letter: str, value: int) -> str:
+    """`print` of a 64-bit value: C's %#x / %#o (zero is plain 0), %u, %d, or a char."""
+    value &= MASK64
+    if letter == "x":
+        return f"{value:#x}" if value else "0"
+    if letter == "o":
+        return _c_octal(value, 0)
+    if letter == "u":
+        return str(value)
+    if letter == "c":
+        return _printc(value & 0xFF)
+    return str(value - (1 << 64) if value >> 63 else value)
+
+
+@command("print|p", args="fmt:/,value:l", params="/fmt expr",
+         help="print expression value (use $reg for CPU register access)",
+         render=lambda r: r["text"], complete="registers")
+def print_(m: Monitor, fmt: Format, value: int) -> dict[str, Any]:
+    m.fmt = fmt
+    return {"value": value, "text": format_value(fmt.letter, value)}
+
+
+@command("write", args="addr:l,value:l,size:l?", params="addr value [size]",
+         help="write a value of 'size' bytes (1, 2, 4 or 8; default 4) at 'addr'")
+def write(m: Monitor, addr: int, value: int, size: int = 4) -> None:
+    if size not in (1, 2, 4, 8):
+        raise MonitorError("size must be 1, 2, 4 or 8")
+    _write_memory(m, addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+
+
+def _write_memory(m: Monitor, addr: int, data: bytes) -> None:
+    bus = m.machine.bus
+    try:
+        if bus.ram.contains(addr, len(data)):
+            bus.write_bytes(addr, data)
+        elif len(data) in (1, 2, 4):  # one device register: a real store, side effects and all
+            bus.write(addr, int.from_bytes(data, "little"), len(data))
+        else:
+            raise BusError(addr)
+    except BusError:
+        raise MonitorError(f"Cannot access memory at 0x{addr:x}") from None
+
+
+@command(qmp="x-emud-memory-read", args="addr:l,size:l,physical:b?")
+def memory_read(m: Monitor, addr: int, size: int, physical: bool = True) -> dict[str, Any]:
+    if not 0 < size <= 1 << 22:
+        raise MonitorError("size must be between 1 and 4194304")
+    try:
+        data = m.machine.bus.read_bytes(addr, size)
+    except BusError as e:
+        raise MonitorError(f"Cannot access memory at 0x{e.addr:x}") from None
+    return {"data": data.hex()}
+
+
+@command(qmp="x-emud-memory-write", args="addr:l,data:s")
+def memory_write(m: Monitor, addr: int, data: str) -> None:
+    try:
+        raw = bytes.fromhex(data)
+    except ValueError:
+        raise MonitorError("data must be a string of hex digits") from None
+    _write_memory(m, addr, raw)
+
+
+# --- the machine ------------------------------------------------------------------------
+
+
+@command(info="clock", qmp="x-emud-query-clock",
+         help="show virtual time, instruction count and the next timer deadline",
+         render=lambda r: "\n".join(_clock_lines(r)))
+def info_clock(m: Monitor) -> dict[str, Any]:
+    clock = m.machine.clock
+    deadline = clock.next_deadline()
+    return {"mode": "icount", "shift": clock.shift, "ns": clock.now_ns, "icount": clock.icount,
+            "next-deadline": None if deadline == NEVER else deadline}
+
+
+def _clock_lines(r: dict[str, Any]) -> list[str]:
+    deadline = r["next-deadline"]
+    return [f"clock: {r['mode']} (shift={r['shift']}, {1 << r['shift']} ns per instruction)",
+            f"virtual time: {r['ns']} ns",
+            f"instructions: {r['icount']}",
+            "next deadline: " + ("--" if deadline is None else
+                                 f"{deadline} ns (+{deadline - r['ns']} ns)")]
+
+
+@command(info="mtree", qmp="x-emud-query-mtree", help="show memory tree",
+         render=lambda r: "\n".join(_mtree_lines(r)))
+def info_mtree(m: Monitor) -> list[dict[str, Any]]:
+    return [{"name": r.name, "base": r.base, "size": r.size,
+             "kind": "ram" if r.device is None else "i/o"} for r in m.machine.bus.regions]
+
+
+def _mtree_lines(regions: list[dict[str, Any]]) -> list[str]:
+    lines = ["address-space: memory", "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
+    for r in regions:
+        end = r["base"] + r["size"] - 1
+        lines.append(f"    {r['base']:016x}-{end:016x} (prio 0, {r['kind']}): {r['name']}")
+    return lines
+
+
+@command(info="qtree", qmp="x-emud-query-qtree", help="show device tree",
+         render=lambda r: "\n".join(_qtree_lines(r)))
+def info_qtree(m: Monitor) -> list[dict[str, Any]]:
+    regions = {r.device: r for r in m.machine.bus.regions if r.device is not None}
+    devices = []
+    for device in m.machine.devices:
+        region = regions.get(device)
+        props: dict[str, Any] = {}
+        if device is m.machine.uart0:
+            props["chardev"] = "serial0"
+        devices.append({"type": device.name, "id": "", "properties": props,
+                        "mmio": None if region is None else [region.base, region.size]})
+    return devices
+
+
+def _qtree_lines(devices: list[dict[str, Any]]) -> list[str]:
+    lines = ["bus: main-system-bus", "  type System"]
+    for dev in devices:
+        lines.append(f'  dev: {dev["type"]}, id "{dev["id"]}"')
+        for name, value in dev["properties"].items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int):
+                text = f"{value} ({value:#x})"
+            else:
+                text = f'"{value}"'
+            lines.append(f"    {name} = {text}")
+        if dev["mmio"]:
+            lines.append(f"    mmio {dev['mmio'][0]:016x}/{dev['mmio'][1]:016x}")
+    return lines
+
+
+@command(info="irq", qmp="x-emud-query-irq", help="show the interrupts statistics (if available)",
+         render=lambda r: "\n".join(["IRQ statistics for plic:",
+                                     *(f"{s:2d}: {n}" for s, n in r["counts"].items())]))
+def info_irq(m: Monitor) -> dict[str, Any]:
+    counts = m.irq_counter.counts
+    return {"controller": "plic", "counts": {s: n for s, n in enumerate(counts) if n}}
+
+
+def _sources(mask: int) -> list[int]:
+    return [s for s in range(NUM_SOURCES) if mask >> s & 1]
+
+
+@command(info="pic", qmp="x-emud-query-pic", help="show PIC state",
+         render=lambda r: "\n".join(_pic_lines(r)))
+def info_pic(m: Monitor) -> dict[str, Any]:
+    plic = m.machine.plic
+    levels = [s for s, line in enumerate(plic.inputs) if s and line.level]
+    return {"threshold": plic.threshold, "meip": plic.meip.level,
+            "priority": {s: p for s, p in enumerate(plic.priority) if p},
+            "pending": _sources(plic.pending), "enabled": _sources(plic.enable),
+            "claimed": _sources(plic.claimed), "level": levels}
+
+
+def _pic_lines(r: dict[str, Any]) -> list[str]:
+    def show(sources: list[int]) -> str:
+        return " ".join(map(str, sources)) or "-"
+
+    prios = " ".join(f"{s}={p}" for s, p in r["priority"].items()) or "-"
+    return [f"plic: context 0 (hart 0, M-mode) threshold {r['threshold']} "
+            f"meip {int(r['meip'])}",
+            f"  priority  {prios}", f"  level     {show(r['level'])}",
+            f"  pending   {show(r['pending'])}", f"  enabled   {show(r['enabled'])}",
+            f"  claimed   {show(r['claimed'])}"]
+
+
+# --- devices ------------------------------------------------------------------------------
+
+
+def _bits(value: int, names: tuple[tuple[int, str], ...]) -> list[str]:
+    return [name for bit, name in names if value >> bit & 1]
+
+
+FR_BITS = ((0, "CTS"), (1, "DSR"), (2, "DCD"), (3, "BUSY"), (4, "RXFE"), (5, "TXFF"),
+           (6, "RXFF"), (7, "TXFE"), (8, "RI"))
+CR_BITS = ((0, "UARTEN"), (1, "SIREN"), (2, "SIRLP"), (7, "LBE"), (8, "TXE"), (9, "RXE"),
+           (10, "DTR"), (11, "RTS"), (12, "OUT1"), (13, "OUT2"), (14, "RTSEN"), (15, "CTSEN"))
+LCR_BITS = ((0, "BRK"), (1, "PEN"), (2, "EPS"), (3, "STP2"), (4, "FEN"), (7, "SPS"))
+INT_BITS = ((0, "RI"), (1, "CTS"), (2, "DCD"), (3, "DSR"), (4, "RX"), (5, "TX"), (6, "RT"),
+            (7, "FE"), (8, "PE"), (9, "BE"), (10, "OE"))
+
+
+@command(info="pl011", qmp="x-emud-query-pl011",
+         help="show the PL011 UART registers, decoded, and its receive FIFO",
+         render=lambda r: "\n".join(_pl011_lines(r)))
+def info_pl011(m: Monitor) -> dict[str, Any]:
+    uart = m.machine.uart0
+    regs = {name: uart.peek(reg, 4) for name, reg in (
+        ("FR", pl011.Reg.FR), ("CR", pl011.Reg.CR), ("LCR_H", pl011.Reg.LCR_H),
+        ("IBRD", pl011.Reg.IBRD), ("FBRD", pl011.Reg.FBRD), ("IFLS", pl011.Reg.IFLS),
+        ("IMSC", pl011.Reg.IMSC), ("RIS", pl011.Reg.RIS), ("MIS", pl011.Reg.MIS),
+        ("DMACR", pl011.Reg.DMACR))}
+    return {"base": 0x1000_0000, "registers": regs,
+            "fields": {"FR": _bits(regs["FR"], FR_BITS), "CR": _bits(regs["CR"], CR_BITS),
+                       "LCR_H": [*_bits(regs["LCR_H"], LCR_BITS),
+                                 f"WLEN={5 + (regs['LCR_H'] >> 5 & 3)}"],
+                       "IMSC": _bits(regs["IMSC"], INT_BITS), "RIS": _bits(regs["RIS"], INT_BITS),
+                       "MIS": _bits(regs["MIS"], INT_BITS)},
+            "rx-fifo": {"count": uart.read_count, "depth": uart.fifo_depth,
+                        "trigger": uart.read_trigger},
+            "irq": uart.irq.level, "chardev": "serial0"}
+
+
+def _pl011_lines(r: dict[str, Any]) -> list[str]:
+    regs, fields = r["registers"], r["fields"]
+    fifo = r["rx-fifo"]
+    lines = [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, irq level {int(r['irq'])}"]
+    for name, value in regs.items():
+        decoded = fields.get(name)
+        text = f" [{' '.join(decoded)}]" if decoded is not None else ""
+        lines.append(f"  {name:<6} 0x{value:04x}{text}")
+    lines.append(f"  RX FIFO {fifo['count']}/{fifo['depth']} (trigger {fifo['trigger']})")
+    return lines
+
+
+@command(info="hpet", qmp="x-emud-query-hpet",
+         help="show the HPET timers: mode, comparator, route and next deadline (virtual ns)")
+def info_hpet(m: Monitor) -> dict[str, Any]:
+    raise MonitorError("this machine has no HPET", "DeviceNotFound")
+
+
+@command(info="chardev", qmp="query-chardev", help="show the character devices",
+         render=lambda r: "\n".join(f"{c['label']}: filename={c['filename']}" for c in r))
+def info_chardev(m: Monitor) -> list[dict[str, Any]]:
+    return [{"label": label, "filename": dev.describe(), "frontend-open": True}
+            for label, dev in m.chardevs.items()]
+
+
+def _ring(m: Monitor, device: str) -> RingBackend:
+    dev = m.chardevs.get(device)
+    if dev is None:
+        raise MonitorError(f"Device '{device}' not found", "DeviceNotFound")
+    if not isinstance(dev, RingBackend):
+        raise MonitorError(f"{device} is not a ringbuf device")
+    return dev
+
+
+def _escape_ring(data: bytes) -> str:
+    """HMP ringbuf_read: printable text as is, `\\` doubled, the rest as \\uXXXX."""
+    text = data.decode("utf-8", errors="replace")
+    return "".join("\\\\" if c == "\\" else c if c.isprintable() or c == "\n" else
+                   f"\\u{ord(c):04x}" for c in text)
+
+
+@command("ringbuf_read", args="device:s,size:l", params="device size",
+         help="Read from a ring buffer character device", complete="chardevs",
+         render=_escape_ring)
+def ringbuf_read(m: Monitor, device: str, size: int) -> bytes:
+    if size > 1 << 24:
+        raise MonitorError("size is too large")
+    return _ring(m, device).read(size)
+
+
+@command(qmp="ringbuf-read", args="device:s,size:l,format:s?")
+def qmp_ringbuf_read(m: Monitor, device: str, size: int, format: str = "utf8") -> str:  # noqa: A002
+    data = ringbuf_read(m, device, size)
+    if format == "base64":
+        return base64.b64encode(data).decode()
+    if format != "utf8":
+        raise MonitorError(f"Parameter 'format' does not accept value '{format}'")
+    return data.decode("utf-8", errors="replace")
+
+
+@command("ringbuf_write", args="device:s,data:s", params="device data",
+         help="Send data to the guest through a ring buffer character device "
+              "(it arrives in the PL011's receive FIFO)", complete="chardevs")
+def ringbuf_write(m: Monitor, device: str, data: str) -> None:
+    _ring(m, device).feed(data.encode())
+    m.daemon.wake.set()
+
+
+@command(qmp="ringbuf-write", args="device:s,data:s,format:s?")
+def qmp_ringbuf_write(m: Monitor, device: str, data: str, format: str = "utf8") -> None:  # noqa: A002
+    if format == "base64":
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise MonitorError("data is not valid base64") from None
+    elif format == "utf8":
+        raw = data.encode()
+    else:
+        raise MonitorError(f"Parameter 'format' does not accept value '{format}'")
+    _ring(m, device).feed(raw)
+    m.daemon.wake.set()
+
+
+# --- tracing ------------------------------------------------------------------------------
+
+
+@command(info="trace-events", args="name:s?", params="[name]", qmp="trace-event-get-state",
+         help="show available trace-events & their state",
+         render=lambda r: "\n".join(f"{e['name']} : state {int(e['state'] == 'enabled')}"
+                                    for e in r))
+def info_trace_events(m: Monitor, name: str = "*") -> list[dict[str, Any]]:
+    matched = trace.events(name)
+    if not matched and name != "*":
+        raise MonitorError(f'unknown event "{name}"')
+    return [{"name": ev.name, "state": "enabled" if ev.enabled else "disabled", "vcpu": False}
+            for ev in matched]
+
+
+@command("trace-event", args="name:s,enable:b", params="name on|off", qmp="trace-event-set-state",
+         help="changes status of a specific trace event", complete="events")
+def trace_event(m: Monitor, name: str, enable: bool) -> None:
+    if not trace.set_state(name, enable):
+        raise MonitorError(f'unknown event "{name}"')
+
+
+# --- snapshots ----------------------------------------------------------------------------
+
+
+def _store(m: Monitor) -> Any:
+    if m.snapshots is None:
+        raise MonitorError("Snapshots are not available: this daemon has no snapshot store")
+    return m.snapshots
+
+
+@command("savevm", args="name:s?", params="tag", complete="tags",
+         help="save a VM snapshot. If no tag is provided, a new snapshot is created")
+def savevm(m: Monitor, name: str = "") -> Any:
+    return _store(m).save(name or time.strftime("vm-%Y%m%d%H%M%S"))
+
+
+@command("loadvm", args="name:s", params="tag", complete="tags",
+         help="restore a VM snapshot from its tag")
+def loadvm(m: Monitor, name: str) -> Any:
+    return _store(m).load(name)
+
+
+@command("delvm", args="name:s", params="tag", complete="tags",
+         help="delete a VM snapshot from its tag")
+def delvm(m: Monitor, name: str) -> Any:
+    return _store(m).delete(name)
+
+
+@command(info="snapshots", qmp="x-emud-query-snapshots",
+         help="show the currently saved VM snapshots",
+         render=lambda r: "\n".join(_snapshot_lines(r)))
+def info_snapshots(m: Monitor) -> list[dict[str, Any]]:
+    return list(_store(m).list())
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.3g} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _snapshot_lines(snaps: list[dict[str, Any]]) -> list[str]:
+    if not snaps:
+        return ["There is no snapshot available."]
+    lines = ["List of snapshots present on all disks:",
+             f"{'ID':<7} {'TAG':<16} {'VM_SIZE':>8} {'DATE':>19} {'VM_CLOCK':>15} {'ICOUNT':>10}"]
+    for s in snaps:
+        ns = s["vm-clock-nsec"]
+        clock = (f"{ns // 3_600_000_000_000:04d}:{ns // 60_000_000_000 % 60:02d}:"
+                 f"{ns // 1_000_000_000 % 60:02d}.{ns // 1_000_000 % 1000:03d}")
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["date-sec"]))
+        icount = "--" if s.get("icount") is None else str(s["icount"])
+        lines.append(f"{str(s['id']):<7} {s['tag']:<16} {_human_size(s['vm-state-size']):>8} "
+                     f"{date:>19} {clock:>15} {icount:>10}")
+    return lines
+
+
+# --- QMP-only -----------------------------------------------------------------------------
+
+
+@command(qmp="human-monitor-command", args="command-line:S,cpu-index:l?")
+async def human_monitor_command(m: Monitor, **args: Any) -> str:
+    text: str = await m.human_monitor_command(args["command-line"])
+    return text.replace("\n", "\r\n")
+
+
+@command(qmp="x-emud-hmp", args="command-line:S")
+async def hmp(m: Monitor, **args: Any) -> str:
+    """An HMP line whose failure is a real QMP error (the shell relies on it)."""
+    text: str = await m.execute_hmp(args["command-line"])
+    return text

@@ -1,0 +1,153 @@
+"""The Monitor: one session's view of the registry (sticky /fmt) over a running Daemon."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Protocol
+
+from emud.chardev import CharBackend
+from emud.cpu.csr import Csr
+from emud.cpu.disasm import ABI_NAMES, CSR_NAMES
+from emud.monitor.errors import MonitorError
+from emud.monitor.hmpparse import Format, ParseError
+from emud.monitor.registry import ArgContext, Command, check_qmp_args, parse_hmp_args
+
+if TYPE_CHECKING:
+    from emud.daemon import Daemon
+
+REG_ALIASES = {"fp": 8}
+CSR_BY_NAME = {name: num for num, name in CSR_NAMES.items()} | {c.name.lower(): c for c in Csr}
+
+
+class SnapshotHook(Protocol):
+    """What savevm/loadvm/delvm/info snapshots need; the snapshot issue provides it.
+
+    `list` returns dicts with id, tag, vm-state-size, date-sec, vm-clock-nsec
+    and icount (None when not recorded).  Errors are MonitorError.
+    """
+
+    def save(self, tag: str) -> Any: ...
+    def load(self, tag: str) -> Any: ...
+    def delete(self, tag: str) -> Any: ...
+    def list(self) -> list[dict[str, Any]]: ...
+
+
+class Monitor(ArgContext):
+    """See the package docstring.  `fork()` gives a new session sharing everything else."""
+
+    def __init__(self, daemon: Daemon, snapshots: SnapshotHook | None = None) -> None:
+        from emud.monitor.commands import REGISTRY, IrqCounter
+
+        self.daemon = daemon
+        self.machine = daemon.machine
+        self.snapshots = snapshots
+        self.registry = REGISTRY
+        self.irq_counter = IrqCounter(self.machine.plic)
+        self.fmt = Format()
+
+    def fork(self) -> Monitor:
+        session = object.__new__(Monitor)
+        session.__dict__.update(self.__dict__)
+        session.fmt = Format()
+        return session
+
+    @property
+    def chardevs(self) -> dict[str, CharBackend]:
+        return {"serial0": self.machine.serial}
+
+    # --- argument lookups -----------------------------------------------------------
+
+    def register_value(self, name: str) -> int:
+        hart = self.machine.hart
+        lname = name.lower()
+        if lname == "pc":
+            return hart.pc
+        if lname in ABI_NAMES or lname in REG_ALIASES:
+            return hart.x[REG_ALIASES.get(lname) or ABI_NAMES.index(lname)]
+        if lname[:1] == "x" and lname[1:].isdigit() and int(lname[1:]) < 32:
+            return hart.x[int(lname[1:])]
+        if lname in CSR_BY_NAME:
+            return hart.csr_read(CSR_BY_NAME[lname], 0)
+        raise ParseError("unknown register")
+
+    def symbol_value(self, name: str) -> int:
+        image = self.machine.image
+        if image is not None and name in image.symbols:
+            return image.symbols[name]
+        raise ParseError(f"unknown symbol '{name}'")
+
+    # --- the doors ------------------------------------------------------------------
+
+    def _resolve_hmp(self, line: str) -> tuple[Command, str]:
+        text = line.strip()
+        end = 0
+        while end < len(text) and not text[end].isspace() and text[end] != "/":
+            end += 1
+        name, rest = text[:end], text[end:]
+        if name == "info" and rest.strip():
+            sub, _, rest = rest.strip().partition(" ")
+            if sub not in self.registry.info:
+                raise MonitorError(f"unknown command: 'info {sub}'")
+            return self.registry.info[sub], rest
+        if name not in self.registry.hmp:
+            raise MonitorError(f"unknown command: '{name}'")
+        return self.registry.hmp[name], rest
+
+    def _bind(self, line: str) -> tuple[Command, dict[str, Any]]:
+        cmd, rest = self._resolve_hmp(line)
+        try:
+            return cmd, parse_hmp_args(cmd, rest, self)
+        except ParseError as e:
+            raise ParseError(f'{e.desc}\nTry "help {cmd.name}" for more information') from None
+
+    async def execute_hmp(self, line: str) -> str:
+        """Run one HMP line; returns its text (lines end in \\n).  Raises MonitorError."""
+        if not line.strip():
+            return ""
+        cmd, args = self._bind(line)
+        result = cmd.handler(self, **args)
+        if inspect.isawaitable(result):
+            result = await result
+        return _lines(cmd.render(result))
+
+    def execute_hmp_now(self, line: str) -> str:
+        """execute_hmp for synchronous callers (gdb's `monitor`).  Commands that must
+        wait for the guest (run-for) are refused instead of blocking the loop."""
+        if not line.strip():
+            return ""
+        cmd, args = self._bind(line)
+        if inspect.iscoroutinefunction(cmd.handler):
+            raise MonitorError(f"'{cmd.name}' waits for the guest and is not available here")
+        return _lines(cmd.render(cmd.handler(self, **args)))
+
+    async def human_monitor_command(self, line: str) -> str:
+        """QEMU's semantics: errors come back as text, never as an exception."""
+        try:
+            return await self.execute_hmp(line)
+        except ParseError as e:
+            return e.desc + "\n"
+        except MonitorError as e:
+            return _error_text(e)
+
+    async def execute_qmp(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Run one QMP command by name; returns its JSON-able result. Raises MonitorError."""
+        cmd = self.registry.qmp.get(name)
+        if cmd is None:
+            raise MonitorError(f"The command {name} has not been found", "CommandNotFound")
+        result = cmd.handler(self, **check_qmp_args(cmd, arguments))
+        if inspect.isawaitable(result):
+            result = await result
+        return {} if result is None else result
+
+
+def _lines(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+def _error_text(e: MonitorError) -> str:
+    return e.desc + "\n" if e.desc.startswith("unknown command") else f"Error: {e.desc}\n"
+
+
+def hmp_error_text(e: MonitorError) -> str:
+    """How HMP shows an error: parse errors and unknown commands bare, others `Error: …`."""
+    return e.desc + "\n" if isinstance(e, ParseError) else _error_text(e)

@@ -1,0 +1,274 @@
+"""The QMP server, driven by the unmodified qemu.qmp client and by raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import EventListener, ExecuteError, QMPClient
+
+from conftest import boot
+from emud.daemon import Daemon
+from emud.monitor import Monitor
+from emud.monitor.qmp import QmpServer
+
+# Counts in a0 forever; `count` is a word the host can read and write.
+LOOP = """
+    .globl _start
+_start:
+    la t0, count
+1:  lw a0, 0(t0)
+    addi a0, a0, 1
+    sw a0, 0(t0)
+    j 1b
+    .data
+    .balign 4096  # its own page: stores to it do not flush decoded code
+    .globl count
+count: .word 0
+"""
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class Vm:
+    daemon: Daemon
+    server: QmpServer
+    path: str
+    elf: Path
+
+
+@pytest.fixture
+async def vm(build_asm: Callable[[str], Path]) -> AsyncIterator[Vm]:
+    elf = build_asm(LOOP)
+    daemon = Daemon(boot(elf), exit_on_poweroff=False)
+    path = os.path.join(tempfile.mkdtemp(prefix="emud-qmp-"), "qmp.sock")
+    server = QmpServer(Monitor(daemon), f"unix:{path}")
+    await server.start()
+    task = asyncio.create_task(daemon.run())
+    yield Vm(daemon, server, path, elf)
+    daemon.quit()
+    await asyncio.wait_for(task, TIMEOUT)
+    await server.close()
+
+
+@pytest.fixture
+async def client(vm: Vm) -> AsyncIterator[QMPClient]:
+    qmp = QMPClient("test")
+    await asyncio.wait_for(qmp.connect(vm.path), TIMEOUT)
+    yield qmp
+    await qmp.disconnect()
+
+
+async def next_event(qmp: QMPClient, name: str) -> dict[str, Any]:
+    async def wait() -> dict[str, Any]:
+        async for event in qmp.events:
+            if event["event"] == name:
+                return dict(event)
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(wait(), TIMEOUT)
+
+
+class RawClient:
+    """A plain socket client: to see exactly what goes over the wire."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, path: str, negotiate: bool = True) -> tuple[RawClient, bytes]:
+        reader, writer = await asyncio.open_unix_connection(path)
+        raw = cls(reader, writer)
+        greeting = await raw.read_line()
+        if negotiate:
+            assert await raw.send({"execute": "qmp_capabilities"}) == {"return": {}}
+        return raw, greeting
+
+    async def read_line(self) -> bytes:
+        return await asyncio.wait_for(self.reader.readuntil(b"\r\n"), TIMEOUT)
+
+    async def send_raw(self, data: bytes) -> dict[str, Any]:
+        self.writer.write(data)
+        while True:
+            message: dict[str, Any] = json.loads(await self.read_line())
+            if "event" not in message:
+                return message
+
+    async def send(self, message: dict[str, Any]) -> dict[str, Any]:
+        return await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_qemu_qmp_client_runs_commands_and_sees_events(client: QMPClient, vm: Vm) -> None:
+    version = (await client.execute("query-version"))["qemu"]
+    assert set(version) == {"major", "minor", "micro"}
+    assert await client.execute("query-status") == {"running": True, "status": "running"}
+    with client.listen(listener := EventListener()):
+        await client.execute("stop")
+        stop = await asyncio.wait_for(listener.get(), TIMEOUT)
+        assert stop["event"] == "STOP"
+        assert set(stop["timestamp"]) == {"seconds", "microseconds"}
+        assert await client.execute("query-status") == {"running": False, "status": "paused"}
+        await client.execute("cont")
+        assert (await asyncio.wait_for(listener.get(), TIMEOUT))["event"] == "RESUME"
+        await client.execute("system_reset")
+        reset = await asyncio.wait_for(listener.get(), TIMEOUT)
+        assert reset["event"] == "RESET"
+        assert reset["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
+        await client.execute("system_powerdown")
+        assert (await asyncio.wait_for(listener.get(), TIMEOUT))["event"] == "POWERDOWN"
+    assert vm.daemon.running
+
+
+async def test_errors_carry_qemu_classes(client: QMPClient) -> None:
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("no-such-command")
+    assert e.value.error_class == "CommandNotFound"
+    assert e.value.error.error.desc == "The command no-such-command has not been found"
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("human-monitor-command", {"command-line": 5})
+    assert e.value.error.error.desc == "Invalid parameter type for 'command-line', expected: string"
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("human-monitor-command")
+    assert e.value.error.error.desc == "Parameter 'command-line' is missing"
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("query-status", {"verbose": True})
+    assert e.value.error.error.desc == "Parameter 'verbose' is unexpected"
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("x-emud-memory-read", {"addr": 0x1000, "size": 4})
+    assert e.value.error.error.desc == "Cannot access memory at 0x1000"
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("ringbuf-read", {"device": "nope", "size": 4})
+    assert e.value.error_class == "DeviceNotFound"
+    assert await client.execute("query-status")  # the session survives all of it
+
+
+async def test_wire_format_ids_and_negotiation(vm: Vm) -> None:
+    raw, greeting = await RawClient.open(vm.path, negotiate=False)
+    assert greeting.endswith(b"\r\n") and greeting.isascii()
+    assert json.loads(greeting)["QMP"]["capabilities"] == []
+    early = await raw.send({"execute": "query-status", "id": 1})
+    assert early == {"id": 1, "error": {
+        "class": "CommandNotFound",
+        "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}
+    oob = await raw.send({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})
+    assert oob == {"error": {"class": "GenericError", "desc": "Capability oob not available"}}
+    assert await raw.send({"execute": "qmp_capabilities", "id": "n"}) == {"return": {}, "id": "n"}
+    again = await raw.send({"execute": "qmp_capabilities"})
+    assert again["error"]["class"] == "CommandNotFound"
+    for ident in ("abc", 7, {"nested": [1, 2]}, None):
+        reply = await raw.send({"execute": "query-status", "id": ident})
+        assert reply["id"] == ident and reply["return"]["status"] == "running"
+    assert "id" not in await raw.send({"execute": "query-status"})
+    bad = await raw.send_raw(b'{"execute": query-status, "id": 3}')
+    assert bad["error"]["class"] == "GenericError" and "id" not in bad
+    assert bad["error"]["desc"].startswith("JSON parse error")
+    assert (await raw.send_raw(b"[1, 2]\n"))["error"]["desc"] == "QMP input must be a JSON object"
+    assert (await raw.send({"id": 9}))["error"]["desc"] == "QMP input lacks member 'execute'"
+    extra = await raw.send({"execute": "stop", "bogus": 1, "id": 4})
+    assert extra == {"id": 4, "error": {"class": "GenericError",
+                                        "desc": "QMP input member 'bogus' is unexpected"}}
+    assert (await raw.send({"execute": "query-status"}))["return"]["running"]
+    raw.close()
+
+
+async def test_hmp_through_qmp(client: QMPClient, vm: Vm) -> None:
+    await client.execute("stop")
+    text = await client.execute("human-monitor-command", {"command-line": "info status"})
+    assert text == "VM status: paused\r\n"
+    listing = await client.execute("human-monitor-command", {"command-line": "help"})
+    lines = listing.split("\r\n")
+    assert "quit|q  -- quit the emulator" in lines
+    assert all(" -- " in line for line in lines if line)
+    # QEMU semantics: an HMP failure is text in a successful reply ...
+    reply = await client.execute("human-monitor-command", {"command-line": "frobnicate"})
+    assert reply == "unknown command: 'frobnicate'\r\n"
+    # ... while x-emud-hmp reports it as a QMP error, for clients that must notice.
+    with pytest.raises(ExecuteError) as e:
+        await client.execute("x-emud-hmp", {"command-line": "x/q 0"})
+    assert e.value.error.error.desc.startswith("invalid char in format: 'q'")
+
+
+async def test_structured_registers_and_memory(client: QMPClient, vm: Vm) -> None:
+    await client.execute("stop")
+    machine = vm.daemon.machine
+    count = machine.image.symbols["count"] if machine.image else 0
+    regs = await client.execute("x-emud-query-registers")
+    assert regs["pc"] == machine.hart.pc and regs["gpr"] == machine.hart.x
+    assert set(regs["csrs"]) >= {"mstatus", "mtvec", "mepc", "mcause"}
+    await client.execute("x-emud-memory-write", {"addr": count, "data": "78563412"})
+    assert machine.bus.read(count, 4) == 0x12345678
+    read = await client.execute("x-emud-memory-read", {"addr": count, "size": 4})
+    assert read == {"data": "78563412"}
+    after = await client.execute("x-emud-step", {"count": 3})
+    assert after["pc"] == machine.hart.pc and after["icount"] == machine.clock.icount
+
+
+async def test_run_for_advances_virtual_time_exactly(client: QMPClient, vm: Vm) -> None:
+    await client.execute("stop")
+    clock = vm.daemon.machine.clock
+    start = clock.now_ns
+    with client.listen(listener := EventListener()):
+        result = await client.execute("x-emud-run-for", {"duration": "20us"})
+        assert (await asyncio.wait_for(listener.get(), TIMEOUT))["event"] == "RESUME"
+        assert (await asyncio.wait_for(listener.get(), TIMEOUT))["event"] == "STOP"
+    assert clock.now_ns - start == 20_000 == result["ns"] - start
+    assert not vm.daemon.running
+
+
+async def test_many_clients_and_vanishing_ones(vm: Vm) -> None:
+    clients = [QMPClient(f"c{i}") for i in range(3)]
+    for qmp in clients:
+        await asyncio.wait_for(qmp.connect(vm.path), TIMEOUT)
+    # A client vanishing mid-session, even with a half-sent command, changes nothing.
+    raw, _ = await RawClient.open(vm.path)
+    raw.writer.write(b'{"execute": "sto')
+    raw.writer.transport.abort()
+    await clients[0].execute("query-status")
+    assert vm.daemon.running
+    waits = [asyncio.ensure_future(next_event(qmp, "STOP")) for qmp in clients[1:]]
+    await asyncio.sleep(0)
+    await clients[0].execute("stop")
+    for wait in waits:
+        assert (await wait)["event"] == "STOP"
+    await clients[2].disconnect()
+    assert await clients[1].execute("query-status") == {"running": False, "status": "paused"}
+    for qmp in clients[:2]:
+        await qmp.disconnect()
+    assert vm.daemon.status == "paused"
+
+
+async def test_quit_replies_then_announces_shutdown(vm: Vm) -> None:
+    raw, _ = await RawClient.open(vm.path)
+    assert await raw.send({"execute": "quit", "id": "q"}) == {"return": {}, "id": "q"}
+    event = json.loads(await raw.read_line())
+    assert event["event"] == "SHUTDOWN"
+    assert event["data"] == {"guest": False, "reason": "host-qmp-quit"}
+
+
+async def test_socket_is_private(vm: Vm) -> None:
+    assert stat.S_IMODE(os.stat(vm.path).st_mode) == 0o600
+
+
+async def test_tcp_port_zero_reports_the_real_port(vm: Vm) -> None:
+    server = QmpServer(Monitor(vm.daemon), "tcp:127.0.0.1:0")
+    await server.start()
+    try:
+        host, port = server.description.removeprefix("tcp:").rsplit(":", 1)
+        qmp = QMPClient("tcp")
+        await asyncio.wait_for(qmp.connect((host, int(port))), TIMEOUT)
+        assert (await qmp.execute("query-status"))["status"] == "running"
+        await qmp.disconnect()
+    finally:
+        await server.close()
