@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from emud.clock import VirtualClock
 from emud.cpu import interp
@@ -25,6 +26,14 @@ from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
 
 M = 0xFFFF_FFFF
+
+
+class Accelerator(Protocol):
+    """A faster run loop (emud/cpu/translate.py) that keeps the interpreter's semantics."""
+
+    def run(self, budget: int) -> int: ...
+    def invalidate_page(self, page: int) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Hart:
@@ -60,6 +69,7 @@ class Hart:
         # Predecoded instructions
         self.cache: dict[int, Op] = {}
         self._page_pcs: dict[int, list[int]] = {}
+        self.accel: Accelerator | None = None  # None: always interpret
         bus.on_code_write = self.invalidate_page
 
     def reset(self, entry: int) -> None:
@@ -267,11 +277,15 @@ class Hart:
         for pc in self._page_pcs.pop(page, ()):
             self.cache.pop(pc, None)
         self.bus.ram.page_flags[page] &= ~PAGE_CODE
+        if self.accel is not None:
+            self.accel.invalidate_page(page)
 
     def flush_code(self) -> None:
         for page in list(self._page_pcs):
             self.invalidate_page(page)
         self.cache.clear()
+        if self.accel is not None:
+            self.accel.flush()
 
     # --- debugger --------------------------------------------------------------
 
@@ -329,6 +343,13 @@ class Hart:
         return self._run(budget)
 
     def _run(self, budget: int) -> int:
+        accel = self.accel
+        if accel is None or self.breakpoints or self.watchpoints or self.debug_bypass:
+            return self.interpret(budget)
+        return accel.run(budget)
+
+    def interpret(self, budget: int) -> int:
+        """The reference interpreter loop; accelerators call it for what they cannot run."""
         cache, decode, clock = self.cache, self.decode, self.clock
         pc = self.pc
         done = 0
@@ -374,5 +395,7 @@ class Hart:
                 break
             clock.advance_insns(i)
             done += i
+            if done < budget:  # a timer armed during this run may be due before its end
+                budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
