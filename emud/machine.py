@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 from emud.chardev import CharBackend
 from emud.clock import VirtualClock
 from emud.cpu.csr import MEI, MSI, MTI
 from emud.cpu.hart import Hart
-from emud.device import Device
+from emud.device import Device, DeviceError
 from emud.hw.clint import Clint
+from emud.hw.hpet import HPET
 from emud.hw.pl011 import PL011
 from emud.hw.plic import Plic
 from emud.hw.syscon import Syscon
 from emud.irq import IRQ
 from emud.loader import ElfImage, ImageError
-from emud.memory import AddressSpace, Ram, Region
+from emud.memory import AddressSpace, BusError, Ram, Region
 
 # Memory map (ARCHITECTURE.md)
 SYSCON_BASE, SYSCON_SIZE = 0x0010_0000, 0x1000
@@ -41,7 +45,14 @@ class RunState(Enum):
 
 class Machine:
     def __init__(self, serial: CharBackend, ram_size: int = DEFAULT_RAM_SIZE,
-                 icount_shift: int = 0) -> None:
+                 icount_shift: int = 0,
+                 device_props: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """`device_props` sets device properties by device name, QEMU's -global style:
+        {"hpet": {"timers": 8, "msi": True}}.  Bad values raise DeviceError."""
+        props = device_props or {}
+        unknown = set(props) - {"hpet", "pl011"}
+        if unknown:
+            raise DeviceError(f"no device {sorted(unknown)[0]!r} takes properties here")
         self.clock = VirtualClock(icount_shift)
         self.ram = Ram(RAM_BASE, ram_size)
         self.bus = AddressSpace(self.ram)
@@ -56,13 +67,17 @@ class Machine:
         hart.time_source = lambda: self.clint.mtime
         self.syscon = Syscon(self.poweroff, self.request_reset)
         self.serial = serial
-        self.uart0 = PL011(self.plic.inputs[UART0_IRQ], serial.write)
-        self.devices: list[Device] = [self.syscon, self.clint, self.plic, self.uart0]
+        self.uart0 = PL011(self.plic.inputs[UART0_IRQ], serial.write, **props.get("pl011", {}))
+        self.hpet = HPET(self.clock, self._fsb_write, **props.get("hpet", {}))
+        for line, irq in enumerate(self.hpet.irqs):
+            irq.sink = self.plic.inputs[HPET_IRQ_BASE + line].set
+        self.devices: list[Device] = [self.syscon, self.clint, self.hpet, self.plic, self.uart0]
         for name, base, size, device in (
             ("syscon", SYSCON_BASE, SYSCON_SIZE, self.syscon),
             ("clint", CLINT_BASE, CLINT_SIZE, self.clint),
             ("plic", PLIC_BASE, PLIC_SIZE, self.plic),
             ("pl011", UART0_BASE, UART0_SIZE, self.uart0),
+            ("hpet", HPET_BASE, HPET_SIZE, self.hpet),
         ):
             self.bus.add(Region(name, base, size, device))
         self.image: ElfImage | None = None
@@ -97,6 +112,11 @@ class Machine:
         self.hart.reset(entry)
         self.exit_code = None
         self.hart.stop_requested = False
+
+    def _fsb_write(self, addr: int, value: int) -> None:
+        """An HPET FSB (MSI) message: a 32-bit store on the system bus."""
+        with contextlib.suppress(BusError):  # QEMU drops a DMA store that hits nothing
+            self.bus.write(addr, value, 4)
 
     def poweroff(self, code: int) -> None:
         self.exit_code = code

@@ -1,15 +1,30 @@
 """ARM PL011 UART, following QEMU's current model (spec/pl011.md).
 
-Characters are instantaneous: there is no TX FIFO and no baud timing.
+Characters are instantaneous: there is no TX FIFO and no baud timing.  The RX
+FIFO is 16 deep with FEN set and 1 deep without.  Differences from Debian's
+QEMU 7.2 (which has no reset handler, no loopback, and no post_load checks) are
+noted where they apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
+from typing import Any
 
-from emud.device import Device
+from emud import trace
+from emud.device import VMSTATE_CLOCK, ClockIn, Device, prop_bool
 from emud.irq import IRQ
+from emud.vmstate import (
+    INT32,
+    UINT32,
+    Field,
+    State,
+    Subsection,
+    VMStateDescription,
+    VMStateError,
+    unused,
+)
 
 # --- register map -----------------------------------------------------------------
 
@@ -33,46 +48,100 @@ class Reg(IntEnum):
 
 ID_BASE = 0xFE0
 ARM_ID = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
+LUMINARY_ID = (0x11, 0x00, 0x18, 0x01, 0x0D, 0xF0, 0x05, 0xB1)
+MMIO_SIZE = 0x1000
+
+# Register names as QEMU's trace events print them
+_REG_NAMES = {0: "DR", 1: "RSR", 6: "FR", 8: "ILPR", 9: "IBRD", 10: "FBRD", 11: "LCRH",
+              12: "CR", 13: "IFLS", 14: "IMSC", 15: "RIS", 16: "MIS", 17: "ICR", 18: "DMACR"}
 
 # FR bits
 FR_CTS, FR_DSR, FR_DCD, FR_BUSY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FR_RXFE, FR_TXFF, FR_RXFF, FR_TXFE, FR_RI = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
+FR_NAMES = ("CTS", "DSR", "DCD", "BUSY", "RXFE", "TXFF", "RXFF", "TXFE", "RI")
 # LCR_H bits
-LCR_BRK, LCR_FEN = 1 << 0, 1 << 4
+LCR_BRK, LCR_PEN, LCR_EPS, LCR_STP2, LCR_FEN, LCR_SPS = 1, 2, 4, 8, 16, 128
+LCR_WLEN_SHIFT = 5
 # CR bits
-CR_LBE, CR_DTR, CR_RTS, CR_OUT1, CR_OUT2 = 1 << 7, 1 << 10, 1 << 11, 1 << 12, 1 << 13
+CR_UARTEN, CR_LBE, CR_TXE, CR_RXE = 1 << 0, 1 << 7, 1 << 8, 1 << 9
+CR_DTR, CR_RTS, CR_OUT1, CR_OUT2 = 1 << 10, 1 << 11, 1 << 12, 1 << 13
+CR_NAMES = {0: "UARTEN", 1: "SIREN", 2: "SIRLP", 7: "LBE", 8: "TXE", 9: "RXE", 10: "DTR",
+            11: "RTS", 12: "OUT1", 13: "OUT2", 14: "RTSEN", 15: "CTSEN"}
 # interrupt bits (RIS/MIS/IMSC/ICR)
 INT_RI, INT_CTS, INT_DCD, INT_DSR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 INT_RX, INT_TX, INT_RT = 1 << 4, 1 << 5, 1 << 6
 INT_MS = INT_RI | INT_CTS | INT_DCD | INT_DSR
 INT_E = 0x780
+INT_NAMES = ("RI", "CTS", "DCD", "DSR", "RX", "TX", "RT", "FE", "PE", "BE", "OE")
 # The six outputs: combined, RX, TX, RT, MS, E
 IRQ_MASKS = (INT_E | INT_MS | INT_RT | INT_TX | INT_RX, INT_RX, INT_TX, INT_RT, INT_MS, INT_E)
+IRQ_OUTPUT_NAMES = ("intr", "rxintr", "txintr", "rtintr", "msintr", "eintr")
 
 FIFO_DEPTH = 16
 DR_BREAK = 0x400
+IBRD_MASK, FBRD_MASK = 0xFFFF, 0x3F  # QEMU >= 9.2 (9.1 had them swapped, 7.2 none)
+
+# --- trace points (hw/char/trace-events) ------------------------------------------
+
+trace_irq_state = trace.event("pl011_irq_state", "irq state %d")
+trace_read = trace.event("pl011_read", "addr 0x%03x value 0x%08x reg %s")
+trace_read_fifo = trace.event("pl011_read_fifo", "RX FIFO read, used %u/%u")
+trace_write = trace.event("pl011_write", "addr 0x%03x value 0x%08x reg %s")
+trace_can_receive = trace.event("pl011_can_receive",
+                                "LCR 0x%02x, RX FIFO used %u/%u, can_receive %u chars")
+trace_fifo_rx_put = trace.event("pl011_fifo_rx_put", "RX FIFO push char [0x%02x] %d/%u depth used")
+trace_fifo_rx_full = trace.event("pl011_fifo_rx_full", "RX FIFO now full, RXFF set")
+trace_baudrate_change = trace.event("pl011_baudrate_change",
+                                    "new baudrate %u (clk: %uhz, ibrd: %u, fbrd: %u)")
+trace_receive = trace.event("pl011_receive", "recv %d chars")
+
+
+def _regname(offset: int) -> str:
+    index = offset >> 2
+    if index in _REG_NAMES:
+        return _REG_NAMES[index]
+    return "ID" if 0x3F8 <= index <= 0x3FF else "UNKN"
+
+
+def _bit_names(value: int, names: Any) -> list[str]:
+    items = names.items() if isinstance(names, dict) else enumerate(names)
+    return [name for bit, name in items if value >> bit & 1]
+
 
 # --- state ------------------------------------------------------------------------
 
 
 class PL011(Device):
     name = "pl011"
+    ids = ARM_ID
 
-    def __init__(self, irq: IRQ, transmit: Callable[[bytes], None]) -> None:
-        self.irq = irq  # output 0, the combined line; the only one the board wires
+    migrate_clk = prop_bool(True, name="migrate-clk",
+                            doc="migrate the clock input (false on machine types <= 5.1)")
+
+    def __init__(self, irq: IRQ, transmit: Callable[[bytes], None], **props: Any) -> None:
+        """`irq` is output 0 (UARTINTR, the only one the board wires)."""
+        self.irq = irq
+        self.irqs = [irq] + [IRQ(f"pl011.{n}") for n in IRQ_OUTPUT_NAMES[1:]]
         self.transmit = transmit
+        self.clk = ClockIn()  # unconnected on emud-virt, like QEMU's virt board (0 Hz)
         self.read_fifo = [0] * FIFO_DEPTH
-        self.reset()
+        self.flags = self.lcr = self.rsr = self.cr = self.dmacr = 0
+        self.int_enabled = self.int_level = 0
+        self.ilpr = self.ibrd = self.fbrd = self.ifl = 0
+        self.read_pos = self.read_count = 0
+        self.read_trigger = 1
+        super().__init__(**props)
+        self.realize()
 
     def reset(self) -> None:
         self.flags = FR_TXFE | FR_RXFE
         self.lcr = self.rsr = self.dmacr = self.ilpr = self.ibrd = self.fbrd = 0
         self.int_enabled = self.int_level = 0
-        self.cr = 0x300
+        self.cr = CR_TXE | CR_RXE
         self.ifl = 0x12
         self.read_trigger = 1
         self.read_pos = self.read_count = 0  # read_fifo keeps stale contents, as in QEMU
-        self._update_irq()
+        self._drive_outputs()
 
     # --- receive FIFO ---------------------------------------------------------------
 
@@ -85,12 +154,21 @@ class PL011(Device):
         return bool(self.cr & CR_LBE)
 
     def can_receive(self) -> int:
-        """How many bytes the backend may deliver now (0 while in loopback)."""
-        return 0 if self.loopback else self.fifo_depth - self.read_count
+        """How many bytes the backend may deliver now (free FIFO slots)."""
+        depth = self.fifo_depth
+        available = max(0, depth - self.read_count)
+        trace_can_receive(self.lcr, self.read_count, depth, available)
+        return available
 
     def receive(self, data: bytes) -> int:
-        """Bytes from the character backend; returns how many were accepted."""
-        accepted = min(len(data), self.can_receive())
+        """Bytes from the character backend; returns how many were consumed.
+
+        In loopback the RX input is disconnected: the bytes are consumed and dropped.
+        """
+        trace_receive(len(data))
+        if self.loopback:
+            return len(data)
+        accepted = min(len(data), max(0, self.fifo_depth - self.read_count))
         for byte in data[:accepted]:
             self._put_fifo(byte)
         return accepted
@@ -104,7 +182,9 @@ class PL011(Device):
         self.read_fifo[(self.read_pos + self.read_count) & (depth - 1)] = value
         self.read_count += 1
         self.flags &= ~FR_RXFE
+        trace_fifo_rx_put(value, self.read_count, depth)
         if self.read_count == depth:
+            trace_fifo_rx_full()
             self.flags |= FR_RXFF
         if self.read_count == self.read_trigger:
             self.int_level |= INT_RX
@@ -120,14 +200,21 @@ class PL011(Device):
             self.flags |= FR_RXFE
         if self.read_count == self.read_trigger - 1:
             self.int_level &= ~INT_RX
+        trace_read_fifo(self.read_count, self.fifo_depth)
         self.rsr = value >> 8
         self._update_irq()
         return value
 
     # --- interrupts -----------------------------------------------------------------
 
+    def _drive_outputs(self) -> None:
+        flags = self.int_level & self.int_enabled
+        for irq, mask in zip(self.irqs, IRQ_MASKS, strict=True):
+            irq.set(bool(flags & mask))
+
     def _update_irq(self) -> None:
-        self.irq.set(bool(self.int_level & self.int_enabled & IRQ_MASKS[0]))
+        trace_irq_state(int(bool(self.int_level & self.int_enabled)))
+        self._drive_outputs()
 
     def _loopback_modem_update(self) -> None:
         fr = 0
@@ -141,16 +228,30 @@ class PL011(Device):
                                 (FR_RI, INT_RI)):
             if fr & fr_bit:
                 ris |= int_bit
-        self.int_level = (self.int_level & ~INT_MS) | ris
-        self._update_irq()
+        level = (self.int_level & ~INT_MS) | ris
+        if level != self.int_level:
+            self.int_level = level
+            self._update_irq()
+
+    # --- baud rate (trace only) ---------------------------------------------------------
+
+    @property
+    def baudrate(self) -> int:
+        if self.ibrd == 0:
+            return 0
+        return (self.clk.hz // ((self.ibrd << 6) + self.fbrd)) << 2
+
+    def _trace_baudrate(self) -> None:
+        if trace_baudrate_change.enabled:
+            trace_baudrate_change(self.baudrate, self.clk.hz, self.ibrd, self.fbrd)
 
     # --- MMIO -----------------------------------------------------------------------
 
     def peek(self, offset: int, size: int) -> int:
         """Register value without side effects (the debugger's view of DR)."""
         offset &= ~3  # any byte of a word selects the register
-        if ID_BASE <= offset < ID_BASE + 4 * len(ARM_ID):
-            return ARM_ID[(offset - ID_BASE) >> 2]
+        if ID_BASE <= offset < ID_BASE + 4 * len(self.ids):
+            return self.ids[(offset - ID_BASE) >> 2]
         values: dict[int, int] = {
             Reg.DR: self.read_fifo[self.read_pos],
             Reg.RSR: self.rsr,
@@ -169,11 +270,13 @@ class PL011(Device):
         return values.get(offset, 0)
 
     def read(self, offset: int, size: int) -> int:
-        if offset & ~3 == Reg.DR:
-            return self._pop_fifo()
-        return self.peek(offset, size)
+        value = self._pop_fifo() if offset & ~3 == Reg.DR else self.peek(offset, size)
+        trace_read(offset, value, _regname(offset))
+        return value
 
     def write(self, offset: int, value: int, size: int) -> None:
+        value &= 0xFFFF_FFFF  # 32-bit registers
+        trace_write(offset, value, _regname(offset))
         match offset & ~3:
             case Reg.DR:
                 self.transmit(bytes([value & 0xFF]))
@@ -186,9 +289,11 @@ class PL011(Device):
             case Reg.ILPR:
                 self.ilpr = value
             case Reg.IBRD:
-                self.ibrd = value & 0xFFFF
+                self.ibrd = value & IBRD_MASK
+                self._trace_baudrate()
             case Reg.FBRD:
-                self.fbrd = value & 0x3F
+                self.fbrd = value & FBRD_MASK
+                self._trace_baudrate()
             case Reg.LCR_H:
                 self._write_lcr(value)
             case Reg.CR:
@@ -214,3 +319,97 @@ class PL011(Device):
         if (self.lcr ^ value) & LCR_BRK and value & LCR_BRK and self.loopback:
             self._put_fifo(DR_BREAK)
         self.lcr = value
+
+    # --- monitor --------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        mis = self.int_level & self.int_enabled
+        pending = [self.read_fifo[(self.read_pos + i) & (self.fifo_depth - 1)]
+                   for i in range(min(self.read_count, self.fifo_depth))]
+        return {
+            "fr": {"value": self.flags, "set": _bit_names(self.flags, FR_NAMES)},
+            "cr": {"value": self.cr, "set": _bit_names(self.cr, CR_NAMES)},
+            "lcr_h": {
+                "value": self.lcr,
+                "word_length": 5 + (self.lcr >> LCR_WLEN_SHIFT & 3),
+                "fifo_enabled": bool(self.lcr & LCR_FEN),
+                "parity": ("none" if not self.lcr & LCR_PEN else
+                           "stick" if self.lcr & LCR_SPS else
+                           "even" if self.lcr & LCR_EPS else "odd"),
+                "stop_bits": 2 if self.lcr & LCR_STP2 else 1,
+                "break": bool(self.lcr & LCR_BRK),
+            },
+            "imsc": {"value": self.int_enabled, "set": _bit_names(self.int_enabled, INT_NAMES)},
+            "ris": {"value": self.int_level, "set": _bit_names(self.int_level, INT_NAMES)},
+            "mis": {"value": mis, "set": _bit_names(mis, INT_NAMES)},
+            "rx_fifo": {"count": self.read_count, "depth": self.fifo_depth,
+                        "read_pos": self.read_pos, "pending": pending},
+            "rsr": self.rsr,
+            "ibrd": self.ibrd,
+            "fbrd": self.fbrd,
+            "ifls": self.ifl,
+            "dmacr": self.dmacr,
+            "baudrate": self.baudrate,
+            "clock_hz": self.clk.hz,
+            "loopback": self.loopback,
+            "irq": self.irq.level,
+        }
+
+    # --- vmstate --------------------------------------------------------------------
+
+    def _loaded(self) -> None:
+        self._drive_outputs()
+
+
+class PL011Luminary(PL011):
+    """QEMU's `pl011_luminary`: the same UART with Luminary Micro's ID registers."""
+
+    name = "pl011_luminary"
+    ids = LUMINARY_ID
+
+
+def _post_load(state: State, version_id: int) -> None:
+    """QEMU >= 8.0: reject impossible FIFO indexes, then fix up what 7.2 could leave."""
+    if not 0 <= state.read_pos < FIFO_DEPTH:
+        raise VMStateError("pl011", f"{state.read_pos} is outside the FIFO (0..15)", "read_pos")
+    if not 0 <= state.read_count <= FIFO_DEPTH:
+        raise VMStateError("pl011", f"{state.read_count} is more than the FIFO holds (0..16)",
+                           "read_count")
+    if not state.lcr & LCR_FEN and state.read_count > 0 and state.read_pos > 0:
+        # 7.2 walked read_pos through all 16 slots in character mode; the character
+        # pending there moves to slot 0 where the 1-deep FIFO expects it.
+        state.read_fifo[0] = state.read_fifo[state.read_pos]
+        state.read_pos = 0
+    state.ibrd &= IBRD_MASK
+    state.fbrd &= FBRD_MASK
+
+
+VMSTATE_PL011_CLOCK = VMStateDescription(
+    "pl011/clock", 1, 1, [Field("clk", VMSTATE_CLOCK)])
+
+VMSTATE_PL011 = VMStateDescription(
+    "pl011", 2, 2,
+    [
+        unused(4),  # 7.2: readbuff, never used
+        Field("flags", UINT32),
+        Field("lcr", UINT32),
+        Field("rsr", UINT32),
+        Field("cr", UINT32),
+        Field("dmacr", UINT32),
+        Field("int_enabled", UINT32),
+        Field("int_level", UINT32),
+        Field("read_fifo", UINT32, num=FIFO_DEPTH),
+        Field("ilpr", UINT32),
+        Field("ibrd", UINT32),
+        Field("fbrd", UINT32),
+        Field("ifl", UINT32),
+        Field("read_pos", INT32),
+        Field("read_count", INT32),
+        Field("read_trigger", INT32),
+    ],
+    subsections=[Subsection(VMSTATE_PL011_CLOCK, lambda s: s.migrate_clk)],
+    post_load=_post_load,
+    loaded=PL011._loaded,
+)
+
+PL011.vmstate = VMSTATE_PL011
