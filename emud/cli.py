@@ -1,18 +1,23 @@
-"""Command line: `emud run IMAGE …`.  Parsing only; the work happens elsewhere."""
+"""Command line: `emud run IMAGE …`, `emud shell`.  Parsing only; the work happens elsewhere."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 
-from emud.chardev import open_backend
-from emud.daemon import Daemon, terminal_cbreak
+from emud.chardev import SocketServerBackend, StdioBackend, open_backend
+from emud.daemon import Daemon, Detached, terminal_cbreak
 from emud.gdbserver import start_gdb_server
 from emud.loader import ImageError, load_elf
 from emud.machine import DEFAULT_RAM_SIZE, Machine
+from emud.monitor import Monitor
+from emud.monitor.qmp import QmpServer, default_socket_path
 from gdbstub.server import Address, parse_address
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
@@ -47,15 +52,35 @@ def parse_gdb_address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-async def serve(daemon: Daemon, gdb: Address | None) -> int:
-    """Start the control planes, then run the machine until quit."""
+async def serve(daemon: Daemon, gdb: Address | None, qmp: str | None = None,
+                ready: Callable[[str], None] | None = None) -> int:
+    """Start the control planes, then run the machine until quit.
+
+    `ready` gets the banner (where everything listens) once all sockets are up.
+    """
+    banner = []
     server = await start_gdb_server(daemon, gdb) if gdb else None
     if server:
-        print(f"emud: gdb server listening on {server.address}", file=sys.stderr, flush=True)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit)
+        banner.append(f"emud: gdb server listening on {server.address}")
+    qmp_server = QmpServer(Monitor(daemon), qmp) if qmp else None
+    if qmp_server:
+        await qmp_server.start()
+        banner.append(f"emud: QMP listening on {qmp_server.description}")
+    serial = daemon.machine.serial
+    await serial.start(daemon.wake.set)
+    if isinstance(serial, SocketServerBackend):
+        banner.append(f"emud: serial0 (PL011) listening on {serial.describe()}")
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
+    text = "".join(line + "\n" for line in banner)
+    if ready:
+        ready(text)
+    else:
+        print(text, end="", file=sys.stderr, flush=True)
     try:
         return await daemon.run()
     finally:
+        if qmp_server:
+            await qmp_server.close()
         if server:
             await server.close()
 
@@ -67,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("image", help="RISC-V RV32 ELF file")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
-    run.add_argument("-serial", "--serial", dest="serial", default="stdio", metavar="DEV",
-                     help="PL011 backend: stdio (default), file:PATH, ringbuf, null")
+    run.add_argument("-serial", "--serial", dest="serial", metavar="DEV",
+                     help="PL011 backend: stdio (default; ringbuf with --daemonize), file:PATH, "
+                          "ringbuf, null, unix:PATH,server, tcp:HOST:PORT,server")
     run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
                      help="virtual time per instruction is 2**N ns (default 0)")
     run.add_argument("--gdb", type=parse_gdb_address, metavar="tcp:HOST:PORT|unix:PATH",
@@ -77,11 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"shorthand for --gdb {GDB_DEFAULT}")
     run.add_argument("-S", dest="paused", action="store_true",
                      help="start with the guest paused (e.g. until gdb continues)")
+    run.add_argument("--qmp", nargs="?", const=default_socket_path(),
+                     metavar="unix:PATH|tcp:HOST:PORT",
+                     help=f"serve QMP (default address {default_socket_path()}, mode 0600)")
+    run.add_argument("--daemonize", "--daemon", action="store_true",
+                     help="detach once the sockets listen; guest power-off does not end emud "
+                          "(stop it with QMP/shell `quit` or SIGTERM)")
+    run.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid to FILE")
+    shell = commands.add_parser("shell", help="interactive monitor shell (a QMP client)")
+    shell.add_argument("--qmp", default=default_socket_path(), metavar="unix:PATH|tcp:HOST:PORT",
+                       help=f"the daemon's QMP socket (default {default_socket_path()})")
+    shell.add_argument("-c", dest="script", metavar="'CMD; CMD'",
+                       help="run these monitor commands and exit (status 1 on the first error)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "shell":
+        from shell.main import run_shell
+
+        return run_shell(args.qmp, args.script)
+    if args.serial is None:
+        args.serial = "ringbuf" if args.daemonize else "stdio"
+    if args.daemonize and args.serial == "stdio":
+        print("emud: --daemonize cannot use -serial stdio (try unix:PATH,server)", file=sys.stderr)
+        return 1
     try:
         serial = open_backend(args.serial)
         machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount)
@@ -89,15 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageError, ValueError) as e:
         print(f"emud: {e}", file=sys.stderr)
         return 1
+    detached = Detached() if args.daemonize else None
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    # With a control plane attached, guest power-off is reported there, not the end.
+    daemon = Daemon(machine, start_paused=args.paused,
+                    exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
     try:
-        with terminal_cbreak():
-            # With a debugger attached, guest power-off is reported to gdb, not the end.
-            daemon = Daemon(machine, start_paused=args.paused, exit_on_poweroff=not args.gdb)
-            return asyncio.run(serve(daemon, args.gdb))
+        with terminal_cbreak() if isinstance(serial, StdioBackend) else contextlib.nullcontext():
+            return asyncio.run(serve(daemon, args.gdb, args.qmp,
+                                     detached.ready if detached else None))
+    except OSError as e:
+        message = f"emud: cannot listen: {e}\n"
+        if detached:
+            detached.fail(message)
+        print(message, end="", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         serial.close()
+        if args.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(args.pidfile)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,43 @@ def _has_fd(stream: object) -> bool:
     return True
 
 
+class Detached:
+    """`emud run --daemonize`: fork into the background once, like QEMU's -daemonize.
+
+    The parent waits until the child calls `ready` (its sockets are listening)
+    and exits 0 after printing the child's banner, or exits 1 with the child's
+    error from `fail`, so `emud run … --daemonize && emud shell` never races.
+    """
+
+    def __init__(self) -> None:
+        read_fd, self._fd = os.pipe()
+        if os.fork():
+            os.close(self._fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                report = pipe.read().decode(errors="replace")
+            ok = report.startswith("+")
+            sys.stderr.write(report[1:] if report else "emud: the daemon died while starting\n")
+            os._exit(0 if ok else 1)
+        os.close(read_fd)
+        os.setsid()
+
+    def _report(self, text: str) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, text.encode())
+            os.close(self._fd)
+            self._fd = -1
+
+    def ready(self, banner: str) -> None:
+        self._report("+" + banner + f"emud: daemon pid {os.getpid()}\n")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the terminal belongs to the user again
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+    def fail(self, message: str) -> None:
+        self._report("-" + message)
+
+
 @contextlib.contextmanager
 def terminal_cbreak() -> Iterator[None]:
     """Character-at-a-time input without echo on a terminal; Ctrl-C still interrupts."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import weakref
 from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,8 @@ from emud import trace
 from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
-from emud.hw import pl011
 from emud.hw.plic import NUM_SOURCES, Plic
+from emud.machine import HPET_BASE, UART0_BASE
 from emud.memory import BusError
 from emud.monitor.errors import MonitorError
 from emud.monitor.hmpparse import MASK64, Format, parse_duration
@@ -43,7 +44,10 @@ DUMP_CSRS = ("mhartid", "mstatus", "mstatush", "mip", "mie", "mtvec", "mepc", "m
 
 
 class IrqCounter:
-    """Counts rising edges on every PLIC source (`info irq`), from monitor start-up."""
+    """Counts rising edges on every PLIC source (`info irq`), from the first monitor on.
+
+    One per PLIC, however many monitors (QMP clients, gdb) look at it: see `irq_counter`.
+    """
 
     def __init__(self, plic: Plic) -> None:
         self.counts = [0] * NUM_SOURCES
@@ -59,6 +63,16 @@ class IrqCounter:
                 sink(level)
 
         return count
+
+
+_irq_counters: weakref.WeakKeyDictionary[Plic, IrqCounter] = weakref.WeakKeyDictionary()
+
+
+def irq_counter(plic: Plic) -> IrqCounter:
+    counter = _irq_counters.get(plic)
+    if counter is None:
+        counter = _irq_counters[plic] = IrqCounter(plic)
+    return counter
 
 
 # --- help and session --------------------------------------------------------------------
@@ -432,7 +446,7 @@ def info_qtree(m: Monitor) -> list[dict[str, Any]]:
     devices = []
     for device in m.machine.devices:
         region = regions.get(device)
-        props: dict[str, Any] = {}
+        props: dict[str, Any] = dict(device.property_values())
         if device is m.machine.uart0:
             props["chardev"] = "serial0"
         devices.append({"type": device.name, "id": "", "properties": props,
@@ -495,56 +509,68 @@ def _pic_lines(r: dict[str, Any]) -> list[str]:
 # --- devices ------------------------------------------------------------------------------
 
 
-def _bits(value: int, names: tuple[tuple[int, str], ...]) -> list[str]:
-    return [name for bit, name in names if value >> bit & 1]
-
-
-FR_BITS = ((0, "CTS"), (1, "DSR"), (2, "DCD"), (3, "BUSY"), (4, "RXFE"), (5, "TXFF"),
-           (6, "RXFF"), (7, "TXFE"), (8, "RI"))
-CR_BITS = ((0, "UARTEN"), (1, "SIREN"), (2, "SIRLP"), (7, "LBE"), (8, "TXE"), (9, "RXE"),
-           (10, "DTR"), (11, "RTS"), (12, "OUT1"), (13, "OUT2"), (14, "RTSEN"), (15, "CTSEN"))
-LCR_BITS = ((0, "BRK"), (1, "PEN"), (2, "EPS"), (3, "STP2"), (4, "FEN"), (7, "SPS"))
-INT_BITS = ((0, "RI"), (1, "CTS"), (2, "DCD"), (3, "DSR"), (4, "RX"), (5, "TX"), (6, "RT"),
-            (7, "FE"), (8, "PE"), (9, "BE"), (10, "OE"))
-
-
 @command(info="pl011", qmp="x-emud-query-pl011",
          help="show the PL011 UART registers, decoded, and its receive FIFO",
          render=lambda r: "\n".join(_pl011_lines(r)))
 def info_pl011(m: Monitor) -> dict[str, Any]:
-    uart = m.machine.uart0
-    regs = {name: uart.peek(reg, 4) for name, reg in (
-        ("FR", pl011.Reg.FR), ("CR", pl011.Reg.CR), ("LCR_H", pl011.Reg.LCR_H),
-        ("IBRD", pl011.Reg.IBRD), ("FBRD", pl011.Reg.FBRD), ("IFLS", pl011.Reg.IFLS),
-        ("IMSC", pl011.Reg.IMSC), ("RIS", pl011.Reg.RIS), ("MIS", pl011.Reg.MIS),
-        ("DMACR", pl011.Reg.DMACR))}
-    return {"base": 0x1000_0000, "registers": regs,
-            "fields": {"FR": _bits(regs["FR"], FR_BITS), "CR": _bits(regs["CR"], CR_BITS),
-                       "LCR_H": [*_bits(regs["LCR_H"], LCR_BITS),
-                                 f"WLEN={5 + (regs['LCR_H'] >> 5 & 3)}"],
-                       "IMSC": _bits(regs["IMSC"], INT_BITS), "RIS": _bits(regs["RIS"], INT_BITS),
-                       "MIS": _bits(regs["MIS"], INT_BITS)},
-            "rx-fifo": {"count": uart.read_count, "depth": uart.fifo_depth,
-                        "trigger": uart.read_trigger},
-            "irq": uart.irq.level, "chardev": "serial0"}
+    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0"}
 
 
 def _pl011_lines(r: dict[str, Any]) -> list[str]:
-    regs, fields = r["registers"], r["fields"]
-    fifo = r["rx-fifo"]
-    lines = [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, irq level {int(r['irq'])}"]
-    for name, value in regs.items():
-        decoded = fields.get(name)
-        text = f" [{' '.join(decoded)}]" if decoded is not None else ""
-        lines.append(f"  {name:<6} 0x{value:04x}{text}")
-    lines.append(f"  RX FIFO {fifo['count']}/{fifo['depth']} (trigger {fifo['trigger']})")
-    return lines
+    def flags(name: str) -> str:
+        reg = r[name.lower()]
+        return f"  {name:<6} 0x{reg['value']:04x} [{' '.join(reg['set'])}]"
+
+    lcr = r["lcr_h"]
+    lcr_fields = [f"WLEN={lcr['word_length']}", f"parity={lcr['parity']}",
+                  f"stop={lcr['stop_bits']}", *(["FEN"] if lcr["fifo_enabled"] else []),
+                  *(["BRK"] if lcr["break"] else [])]
+    fifo = r["rx_fifo"]
+    pending = " ".join(f"{b:02x}" for b in fifo["pending"])
+    baud = f"{r['baudrate']} baud" if r["baudrate"] else "baud rate not set"
+    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, irq {int(r['irq'])}"
+            f"{', loopback' if r['loopback'] else ''}",
+            flags("FR"), flags("CR"),
+            f"  LCR_H  0x{lcr['value']:04x} [{' '.join(lcr_fields)}]",
+            flags("IMSC"), flags("RIS"), flags("MIS"),
+            f"  IBRD   0x{r['ibrd']:04x}  FBRD 0x{r['fbrd']:02x}  ({baud}, "
+            f"clock {r['clock_hz']} Hz)",
+            f"  IFLS   0x{r['ifls']:04x}  DMACR 0x{r['dmacr']:04x}  RSR 0x{r['rsr']:x}",
+            f"  RX FIFO {fifo['count']}/{fifo['depth']}" + (f": {pending}" if pending else "")]
 
 
 @command(info="hpet", qmp="x-emud-query-hpet",
-         help="show the HPET timers: mode, comparator, route and next deadline (virtual ns)")
+         help="show the HPET timers: mode, comparator, route and next deadline (virtual ns)",
+         render=lambda r: "\n".join(_hpet_lines(r)))
 def info_hpet(m: Monitor) -> dict[str, Any]:
-    raise MonitorError("this machine has no HPET", "DeviceNotFound")
+    return m.machine.hpet.info() | {"base": HPET_BASE}
+
+
+def _hpet_route(r: dict[str, Any], t: dict[str, Any]) -> str:
+    if r["legacy"] and t["index"] < 2:
+        return f"legacy line {(2, 8)[t['index']]}"
+    if t["delivery"] == "fsb":
+        return f"fsb 0x{t['fsb_address']:x}"
+    return f"line {t['route']} (plic {t['plic_source']})"
+
+
+def _hpet_lines(r: dict[str, Any]) -> list[str]:
+    now = r["now_ns"]
+    cfg = [name for on, name in ((r["enabled"], "ENABLE_CNF"), (r["legacy"], "LEG_RT_CNF")) if on]
+    lines = [f"hpet @ 0x{r['base']:016x}: CFG [{' '.join(cfg)}], {r['num_timers']} timers, "
+             f"ISR 0x{r['isr']:x}, intcap 0x{r['intcap']:08x}",
+             f" main counter 0x{r['counter']:016x} ({r['counter']} ticks of 10 ns), "
+             f"vclock {now} ns",
+             f" {'timer':<6} {'CONFIG':<10} {'MODE':<18} {'COMPARATOR':<18} "
+             f"{'ROUTE':<24} NEXT DEADLINE"]
+    for t in r["timers"]:
+        mode = (f"{t['mode']}/{t['size']}/{t['trigger']}"
+                + ("" if t["int_enabled"] else " off"))
+        deadline = t["deadline_ns"]
+        when = "--" if deadline is None else f"{deadline} ns (+{deadline - now})"
+        lines.append(f" T{t['index']:<5} 0x{t['config'] & 0xFFFF_FFFF:08x} {mode:<18} "
+                     f"0x{t['comparator']:016x} {_hpet_route(r, t):<24} {when}")
+    return lines
 
 
 @command(info="chardev", qmp="query-chardev", help="show the character devices",

@@ -36,13 +36,13 @@ class Monitor(ArgContext):
     """See the package docstring.  `fork()` gives a new session sharing everything else."""
 
     def __init__(self, daemon: Daemon, snapshots: SnapshotHook | None = None) -> None:
-        from emud.monitor.commands import REGISTRY, IrqCounter
+        from emud.monitor.commands import REGISTRY, irq_counter
 
         self.daemon = daemon
         self.machine = daemon.machine
         self.snapshots = snapshots
         self.registry = REGISTRY
-        self.irq_counter = IrqCounter(self.machine.plic)
+        self.irq_counter = irq_counter(self.machine.plic)
         self.fmt = Format()
 
     def fork(self) -> Monitor:

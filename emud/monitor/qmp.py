@@ -19,11 +19,18 @@ import sys
 import time
 from typing import Any
 
+from emud.chardev import remove_stale_socket
 from emud.monitor.core import Monitor
 from emud.monitor.errors import MonitorError
 
 MAX_MESSAGE = 10 << 20  # qemu.qmp's own read limit
 MAX_BACKLOG = 16 << 20  # unread output after which a client is dropped
+
+
+def default_socket_path() -> str:
+    """Where `emud run --qmp` listens and `emud shell` connects when given no address."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/emud-{os.getuid()}"
+    return os.path.join(runtime, "emud", "qmp.sock")
 
 
 def parse_address(spec: str) -> tuple[str, str | tuple[str, int]]:
@@ -224,9 +231,8 @@ class QmpServer:
     async def start(self) -> None:
         if self.kind == "unix":
             path = str(self.address)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.exists(path) and not os.path.isdir(path):
-                    os.unlink(path)  # a stale socket from an earlier run
+            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+            remove_stale_socket(path)
             old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
             try:
                 self._server = await asyncio.start_unix_server(self._accept, path)

@@ -1,0 +1,74 @@
+"""Tab completion for monitor lines, from a cache the shell refreshes after each command.
+
+No network round trip per keystroke: the command table is fetched once, the
+dynamic sets (snapshot tags, trace events, chardevs, devices) after every command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+
+
+@dataclass
+class CompletionCache:
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # name/alias -> entry
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)  # info sub-commands
+    sets: dict[str, list[str]] = field(default_factory=dict)  # devices, registers, tags, …
+
+    def load_commands(self, entries: list[dict[str, Any]]) -> None:
+        self.commands.clear()
+        self.info.clear()
+        for entry in entries:
+            name: str = entry["name"]
+            if name.startswith("info "):
+                self.info[name[5:]] = entry
+            else:
+                for spelling in (name, *entry["aliases"]):
+                    self.commands[spelling] = entry
+
+
+def _matches(word: str, candidates: Iterable[tuple[str, str]]) -> Iterator[Completion]:
+    for text, meta in sorted(set(candidates)):
+        if text.startswith(word):
+            yield Completion(text, start_position=-len(word), display_meta=meta)
+
+
+class MonitorCompleter(Completer):
+    def __init__(self, cache: CompletionCache) -> None:
+        self.cache = cache
+
+    def get_completions(self, document: Document,
+                        complete_event: CompleteEvent) -> Iterator[Completion]:
+        before = document.text_before_cursor
+        words = before.split()
+        if not before.strip() or (len(words) == 1 and not before[-1].isspace()):
+            word = words[0] if words else ""
+            yield from _matches(word, ((name, entry["help"])
+                                       for name, entry in self.cache.commands.items()))
+            return
+        word = "" if before[-1].isspace() else words[-1]
+        position = len(words) - (0 if before[-1].isspace() else 1)  # index of the current word
+        name = words[0].split("/")[0]
+        sets = self.cache.sets
+        if word.startswith("$"):
+            yield from (Completion("$" + c.text, start_position=-len(word),
+                                   display_meta=c.display_meta)
+                        for c in _matches(word[1:], ((r, "register")
+                                                     for r in sets.get("registers", []))))
+            return
+        if position == 1 and name == "info":
+            devices = set(sets.get("devices", []))
+            yield from _matches(word, ((sub, ("device: " if sub in devices else "") + e["help"])
+                                       for sub, e in self.cache.info.items()))
+        elif position == 1 and name in ("help", "?"):
+            yield from _matches(word, ((c, e["help"]) for c, e in self.cache.commands.items()))
+        elif position == 1 and name in self.cache.commands:
+            hint = self.cache.commands[name]["complete"]
+            meta = {"tags": "snapshot", "events": "trace event", "chardevs": "chardev",
+                    "devices": "device"}.get(hint, "")
+            yield from _matches(word, ((c, meta) for c in sets.get(hint, [])))

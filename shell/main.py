@@ -1,0 +1,185 @@
+"""`emud shell`: the monitor over QMP, interactive (prompt_toolkit) or as a script.
+
+Interactive when stdin is a terminal and no `-c` was given: completion,
+persistent history, a bottom toolbar (run state, virtual time, pc) and QMP
+events printed above the prompt.  Otherwise every line (or `;`-separated
+command of `-c`) runs in order and the first failure ends the shell with
+status 1.  `exit` or Ctrl-D leaves the shell; `quit` stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shell.completion import CompletionCache, MonitorCompleter
+from shell.qmpclient import Disconnected, QmpConnection, QmpError
+
+PROMPT = "(emud) "
+
+
+def history_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "emud" / "shell_history"
+
+
+def split_script(text: str) -> list[str]:
+    """`-c` text: commands separated by `;` outside double quotes."""
+    commands: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == ";" and not quoted:
+            commands.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    commands.append("".join(current))
+    return [c.strip() for c in commands if c.strip()]
+
+
+def error_text(e: QmpError) -> str:
+    # Parse errors and unknown commands read as HMP prints them; the rest get `Error:`.
+    if e.desc.startswith("unknown command") or '\nTry "help' in e.desc:
+        return e.desc
+    return f"Error: {e.desc}"
+
+
+def format_event(event: dict[str, Any]) -> str:
+    data = event.get("data")
+    details = " ".join(f"{k}={v}" for k, v in data.items()) if data else ""
+    return f"[event] {event['event']} {details}".rstrip()
+
+
+class Shell:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.qmp = QmpConnection(self.on_event)
+        self.cache = CompletionCache()
+        self.status: dict[str, Any] = {}
+        self.interactive = False
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if self.interactive:
+            print(format_event(event))  # above the prompt, through patch_stdout
+        if event["event"] in ("STOP", "RESUME", "RESET", "SHUTDOWN"):
+            self.status["state"] = event["event"]
+
+    async def run_line(self, line: str) -> str:
+        """Run one monitor line on the daemon; returns its output.  Raises QmpError."""
+        text: str = await self.qmp.execute("x-emud-hmp", {"command-line": line})
+        return text
+
+    async def run_script(self, commands: list[str]) -> int:
+        for line in commands:
+            if line.startswith("#"):
+                continue
+            if line == "exit":
+                return 0
+            try:
+                sys.stdout.write(await self.run_line(line))
+            except QmpError as e:
+                sys.stdout.flush()
+                print(error_text(e), file=sys.stderr)
+                return 1
+            except Disconnected as e:
+                if line in ("quit", "q"):
+                    return 0
+                print(f"emud shell: {e}", file=sys.stderr)
+                return 1
+        return 0
+
+    # --- interactive ---------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Completion sets and toolbar state (cheap queries, one round trip each)."""
+        self.cache.sets = await self.qmp.execute("x-emud-query-completions")
+        status = await self.qmp.execute("query-status")
+        clock = await self.qmp.execute("x-emud-query-clock")
+        regs = await self.qmp.execute("x-emud-query-registers")
+        self.status = {"state": status["status"], "ns": clock["ns"], "pc": regs["pc"]}
+
+    def toolbar(self) -> str:
+        if not self.qmp.connected:
+            return " disconnected "
+        s = self.status
+        if "pc" not in s:
+            return f" {self.address} "
+        return (f" {s['state']} | vtime {s['ns']} ns | pc 0x{s['pc']:08x} | {self.address} "
+                f"| Tab: complete, Ctrl-D: leave (daemon keeps running)")
+
+    async def _poll(self) -> None:
+        while self.qmp.connected:
+            try:
+                await self.refresh()
+            except (QmpError, Disconnected):
+                return
+            await asyncio.sleep(0.5)
+
+    async def interact(self) -> int:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        path = history_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        session: PromptSession[str] = PromptSession(
+            history=FileHistory(str(path)), completer=MonitorCompleter(self.cache),
+            complete_while_typing=False, auto_suggest=AutoSuggestFromHistory(),
+            bottom_toolbar=self.toolbar, refresh_interval=0.5)
+        self.interactive = True
+        package = self.qmp.greeting.get("QMP", {}).get("version", {}).get("package", "emud")
+        print(f"{package} monitor - type 'help' for more information")
+        print("Ctrl-D or 'exit' leaves the shell; 'quit' stops the daemon.")
+        poll = asyncio.create_task(self._poll())
+        try:
+            with patch_stdout(raw=True):
+                while True:
+                    try:
+                        line = (await session.prompt_async(PROMPT)).strip()
+                    except KeyboardInterrupt:
+                        continue
+                    except EOFError:
+                        return 0
+                    if line == "exit":
+                        return 0
+                    if not line:
+                        continue
+                    try:
+                        print(await self.run_line(line), end="")
+                        await self.refresh()
+                    except QmpError as e:
+                        print(error_text(e))
+                    except Disconnected:
+                        print("The daemon has gone away" if line not in ("quit", "q")
+                              else "The daemon has stopped.")
+                        return 0 if line in ("quit", "q") else 1
+        finally:
+            poll.cancel()
+
+    async def main(self, script: str | None) -> int:
+        try:
+            await self.qmp.connect(self.address)
+        except (OSError, Disconnected, ValueError) as e:
+            print(f"emud shell: cannot connect to {self.address}: {e}", file=sys.stderr)
+            return 1
+        try:
+            if script is not None:
+                return await self.run_script(split_script(script))
+            if not sys.stdin.isatty():
+                return await self.run_script([line.strip() for line in sys.stdin])
+            self.cache.load_commands(await self.qmp.execute("x-emud-query-hmp-commands"))
+            await self.refresh()
+            return await self.interact()
+        finally:
+            await self.qmp.close()
+
+
+def run_shell(address: str, script: str | None = None) -> int:
+    return asyncio.run(Shell(address).main(script))
