@@ -21,7 +21,7 @@
 
 /* General configuration */
 #define HPET_ENABLE     (1u << 0)
-#define HPET_LEGACY     (1u << 1)   /* timer 0 -> line 0, timer 1 -> line 8 */
+#define HPET_LEGACY     (1u << 1)   /* timer 0 -> line 2, timer 1 -> line 8 */
 
 /* Timer configuration */
 #define TN_LEVEL        (1u << 1)
