@@ -202,6 +202,7 @@ class HPET(Device):
         self.pit_enabled = IRQ("hpet.pit_enabled")
         self.pit_in = IRQ("hpet.pit_in", self._pit_input)
         self.rtc_in = IRQ("hpet.rtc_in", self._rtc_input)
+        self.inputs = [self.pit_in, self.rtc_in]  # QEMU's unnamed GPIO inputs 0 and 1
         self.timers = [HPETTimer(self, n) for n in range(MAX_TIMERS)]
         self.capability = 0
         self.config = 0
