@@ -107,6 +107,9 @@ class Hart:
         self.mstatus = (self.mstatus & ~(MSTATUS_MIE | MSTATUS_MPIE)) | (MSTATUS_MPIE if mie else 0)
         self.mstatus |= MSTATUS_MPP
         self.reservation = None
+        if not cause & INTERRUPT_BIT:
+            # The faulting instruction takes a clock step but does not retire.
+            self.instret_offset -= 1
         base = self.mtvec & ~3
         if cause & INTERRUPT_BIT and self.mtvec & 1:
             return (base + 4 * (cause & ~INTERRUPT_BIT)) & M
