@@ -39,6 +39,17 @@ class R:
         return f"read{self.size} {self.offset:#05x}"
 
 
+@dataclass(frozen=True)
+class Dump:
+    """The device's migration payload (QEMU: migrate to a file, with the VM paused).
+
+    It shows hidden state no register reaches (timer deadlines, periods, FIFO slots).
+    Only as a last step: QEMU ends the migration in state postmigrate."""
+
+    def __str__(self) -> str:
+        return "migration payload"
+
+
 Edge = tuple[str, int]  # ("raise" | "lower", line)
 
 
@@ -50,6 +61,7 @@ class Seen:
     value: int | None = None
     irqs: tuple[Edge, ...] = ()
     output: bytes = b""
+    dump: bytes = b""
 
     def __repr__(self) -> str:
         parts = [self.step]
@@ -59,6 +71,8 @@ class Seen:
             parts.append(" ".join(f"{kind} {line}" for kind, line in self.irqs))
         if self.output:
             parts.append(f"out={self.output!r}")
+        if self.dump:
+            parts.append(self.dump.hex(" ", 4))
         return "<" + " | ".join(parts) + ">"
 
 

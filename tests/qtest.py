@@ -284,3 +284,43 @@ class QTest:
 
 
 SIZE_SUFFIX = {1: "b", 2: "w", 4: "l", 8: "q"}
+
+
+def stream_description(stream: bytes) -> Any:
+    """The trailing vmdesc JSON of a migration stream, found as analyze-migration does (A6)."""
+    brace = stream.index(b"{", stream.rindex(b"\x00"))
+    if stream[brace - 5] != 0x06:
+        raise QTestError("no vmdesc at the end of the migration stream")
+    length = int.from_bytes(stream[brace - 4:brace], "big")
+    return json.loads(stream[brace:brace + length])
+
+
+def _described_size(entry: Any) -> int:
+    """Payload bytes of a vmdesc device/subsection entry: fields, then subsections."""
+    size = sum(f["size"] * f.get("array_len", 1) for f in entry["fields"])
+    for sub in entry.get("subsections", ()):
+        size += 1 + 1 + len(sub["vmsd_name"]) + 4 + _described_size(sub)
+    return size
+
+
+def device_sections(stream: bytes) -> dict[str, bytes]:
+    """Payload of every device section (idstr -> bytes), located via the vmdesc JSON.
+
+    Only the first instance of each idstr; the header and footer are checked."""
+    sections = {}
+    for device in stream_description(stream)["devices"]:
+        if device["instance_id"] != 0 or "vmsd_name" not in device:
+            continue
+        name = device["name"].encode()
+        tail = bytes([len(name)]) + name + (0).to_bytes(4, "big") + (
+            device["version"].to_bytes(4, "big"))
+        start = stream.index(tail)
+        if stream[start - 5] != 0x04:
+            raise QTestError(f"section {device['name']} is not a full section")
+        section_id = stream[start - 4:start]
+        payload_at = start + len(tail)
+        end = payload_at + _described_size(device)
+        if stream[end:end + 5] != b"\x7e" + section_id:
+            raise QTestError(f"section {device['name']}: no footer where the vmdesc says")
+        sections[device["name"]] = stream[payload_at:end]
+    return sections

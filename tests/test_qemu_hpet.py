@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from differential import Edge, R, Seen, W, assert_same, value_becomes
-from qtest import QTest
+from differential import Difference, Dump, Edge, R, Seen, W, assert_same, value_becomes
+from qtest import QTest, device_sections
 
 from emud.chardev import RingBackend
+from emud.hw.hpet import VMSTATE_HPET
 from emud.machine import HPET_BASE, HPET_IRQ_BASE, RAM_BASE, Machine
 
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
@@ -133,7 +134,7 @@ class Probe:
         return f"probe {self.name}"
 
 
-Step = W | R | Input | RunUntil | RunThenStop | FsbRoute | Scratch | Probe
+Step = W | R | Input | RunUntil | RunThenStop | FsbRoute | Scratch | Probe | Dump
 
 
 def read64(read: Callable[[int], int], offset: int) -> int:
@@ -181,7 +182,7 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
 
         trace = []
         for step in steps:
-            value = None
+            value, dump = None, b""
             match step:
                 case W(offset, data, size):
                     qemu.write_sized(QEMU_HPET + offset, data, size)
@@ -203,10 +204,12 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
                     value = qemu.readl(FSB_QEMU)
                 case Probe(_, fact):
                     value = fact(read)
+                case Dump():
+                    dump = device_sections(qemu.migrate_to_bytes())["hpet"]
             edges = [(kind, qemu_line(output)) for kind, output in qemu.take_events()]
             if isinstance(step, RunThenStop):
                 edges = sorted(set(edges))
-            trace.append(Seen(str(step), value, tuple(edges)))
+            trace.append(Seen(str(step), value, tuple(edges), dump=dump))
         return trace
 
 
@@ -225,7 +228,7 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
 
     trace = []
     for step in steps:
-        value = None
+        value, dump = None, b""
         match step:
             case W(offset, data, size):
                 bus.write(HPET_BASE + offset, data, size)
@@ -250,9 +253,11 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
                 value = bus.read(FSB_MODEL, 4)
             case Probe(_, fact):
                 value = fact(read)
+            case Dump():
+                dump = VMSTATE_HPET.save(hpet)
         if isinstance(step, RunThenStop):
             edges[:] = sorted(set(edges))
-        trace.append(Seen(str(step), value, tuple(edges)))
+        trace.append(Seen(str(step), value, tuple(edges), dump=dump))
         edges.clear()
     return trace
 
@@ -352,6 +357,56 @@ PAUSED: dict[str, list[Step]] = {
 def test_hpet_registers_match_qemu(name: str) -> None:
     steps = PAUSED[name]
     assert_same(run_qemu(steps), run_model(steps))
+
+
+# Hidden state through the migration payload: timer deadlines (QEMU's clock is at 0,
+# so a deadline is (comparator - counter) * 10 ns), periods, wrap flags, the offset.
+DUMPS: dict[str, list[Step]] = {
+    "armed periodic, 64-bit and 32-bit timers with the counter offset": [
+        W(COUNT, 0x100),
+        W(tconf(0), PERIODIC | VAL_SET | LEVEL | INT_ENB | route(5)), W(tcmp(0) + 4, 0),
+        W(tconf(0), PERIODIC | VAL_SET | LEVEL | INT_ENB | route(5)), W(tcmp(0), 0x1000),
+        W(tcmp(0), 0x800), W(tcmp(0) + 4, 0),
+        W(tconf(1), INT_ENB | route(6)), W(tcmp(1) + 4, 0x2), W(tcmp(1), 0x10),
+        W(tconf(2), MODE32 | INT_ENB | route(7)), W(tcmp(2), 0x5000),
+        W(tfsb(2), 0x1234), W(tfsb(2) + 4, 0xFEE0_0000), W(CONF, ENABLE), Dump(),
+    ],
+    "stopped: counter frozen, timers cancelled, status kept": [
+        W(COUNT, 0x500), W(tconf(0), LEVEL | INT_ENB | route(5)), W(tcmp(0) + 4, 0),
+        W(tcmp(0), 0x600), W(tconf(1), PERIODIC | route(6)), W(tcmp(1), 0x40),
+        W(CONF, ENABLE), W(CONF, 0), R(COUNT), Dump(),
+    ],
+    "legacy mode with the RTC input high": [
+        Input(1, 1), W(CONF, LEGACY), W(COUNT, 0x1234_5678), W(COUNT_HI, 0x9),
+        W(tconf(1), MODE32 | PERIODIC | VAL_SET), W(tcmp(1), 0x7000_0000), Dump(),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", DUMPS)
+def test_hpet_hidden_state_matches_qemu(name: str) -> None:
+    steps = DUMPS[name]
+    assert_same(run_qemu(steps), run_model(steps))
+
+
+def test_32bit_wrap_pop_is_one_tick_later_than_7_2() -> None:
+    steps: list[Step] = [
+        W(COUNT, 0xFFFF_FF00), W(tconf(1), MODE32 | INT_ENB | route(6)), W(tcmp(1), 0x100),
+        W(tcmp(0) + 4, 1), W(tcmp(0), 0x1000), W(tcmp(2) + 4, 1), W(tcmp(2), 0x2000),
+        W(CONF, ENABLE), Dump()]
+    # 7.2 arms the wrap pop when the low counter bits reach 0xffffffff (hpet.md §10.1);
+    # new at the wrap itself (§10.2): timer 1's deadline is 10 ns later.
+    deadline = 25 + 42 * 1 + 34  # payload offset of timer 1's qemu_timer field
+
+    def one_tick_later(trace: Sequence[Seen]) -> Seen:
+        seen = trace[-1]
+        ns = int.from_bytes(seen.dump[deadline:deadline + 8], "big") + 10
+        return replace(seen, dump=seen.dump[:deadline] + ns.to_bytes(8, "big")
+                       + seen.dump[deadline + 8:])
+
+    assert_same(run_qemu(steps), run_model(steps), [
+        Difference(len(steps) - 1, "§10.1/§10.2: wrap pop at 0xffffffff vs at the wrap",
+                   one_tick_later)])
 
 
 def test_32bit_comparator_high_half_is_blocked_unlike_7_2() -> None:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import pytest
-from differential import Difference, R, Seen, W, assert_same, value_becomes
-from qtest import QTest
+from differential import Difference, Dump, R, Seen, W, assert_same, value_becomes
+from qtest import QTest, device_sections
 
 from emud.chardev import RingBackend
-from emud.hw.pl011 import Reg
+from emud.hw.pl011 import VMSTATE_PL011, Reg
 from emud.machine import UART0_BASE, UART0_IRQ, Machine
 
 QEMU = shutil.which("qemu-system-arm") or "qemu-system-arm"
@@ -48,7 +48,7 @@ class Sync:
         return "sync"
 
 
-Step = W | R | RX | Sync
+Step = W | R | RX | Sync | Dump
 
 # FR bits as the spec names them (pl011.md §3.1)
 RXFE, TXFF, RXFF, TXFE = 0x10, 0x20, 0x40, 0x80
@@ -61,7 +61,7 @@ def run_qemu(steps: Sequence[Step]) -> list[Seen]:
         qemu.irq_intercept_in(qemu.find_device("arm_gic"))
         trace = []
         for step in steps:
-            value = None
+            value, dump = None, b""
             match step:
                 case W(offset, data, size):
                     qemu.write_sized(QEMU_UART0 + offset, data, size)
@@ -71,9 +71,11 @@ def run_qemu(steps: Sequence[Step]) -> list[Seen]:
                     qemu.serial_send(data, wait=fits)
                 case Sync():
                     qemu.serial_wait_consumed()
+                case Dump():
+                    dump = device_sections(qemu.migrate_to_bytes())["pl011"]
             irqs = tuple((kind, UART0_IRQ if line == QEMU_UART0_IRQ else -line)
                          for kind, line in qemu.take_events())
-            trace.append(Seen(str(step), value, irqs, qemu.serial_recv()))
+            trace.append(Seen(str(step), value, irqs, qemu.serial_recv(), dump))
         return trace
 
 
@@ -92,7 +94,7 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
     line.sink = spy
     trace = []
     for step in steps:
-        value = None
+        value, dump = None, b""
         match step:
             case W(offset, data, size):
                 machine.bus.write(UART0_BASE + offset, data, size)
@@ -103,7 +105,9 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
                 machine.feed_serial()
             case Sync():
                 machine.feed_serial()
-        trace.append(Seen(str(step), value, tuple(edges), serial.read()))
+            case Dump():
+                dump = VMSTATE_PL011.save(machine.uart0)
+        trace.append(Seen(str(step), value, tuple(edges), serial.read(), dump))
         edges.clear()
     return trace
 
@@ -121,13 +125,13 @@ HOLES = [R(offset) for offset in (0x008, 0x00C, 0x010, 0x014, 0x01C, 0x04C, 0x05
 
 
 SCENARIOS: dict[str, list[Step]] = {
-    "reset values, IDs and holes": [*ALL_REGISTERS, *ID_REGISTERS, *HOLES, R(Reg.DR)],
+    "reset values, IDs and holes": [*ALL_REGISTERS, *ID_REGISTERS, *HOLES, R(Reg.DR), Dump()],
     "registers store what is written": [
         W(Reg.ILPR, 0xA5), W(Reg.IBRD, 0x1A), W(Reg.FBRD, 0x3), W(Reg.LCR_H, 0x70),
         W(Reg.CR, 0xFF01), W(Reg.IFLS, 0x3F), W(Reg.DMACR, 0x4), W(Reg.IMSC, 0xFFFF_FFFF),
         *ALL_REGISTERS,
         W(Reg.LCR_H, 0xFFFF_FF6F), W(Reg.IMSC, 0x12345678), W(Reg.DMACR, 0x7),
-        W(Reg.ILPR, 0xFFFF_FFFF), R(Reg.LCR_H), R(Reg.IMSC), R(Reg.DMACR), R(Reg.ILPR),
+        W(Reg.ILPR, 0xFFFF_FFFF), R(Reg.LCR_H), R(Reg.IMSC), R(Reg.DMACR), R(Reg.ILPR), Dump(),
     ],
     "read-only registers and IDs ignore writes": [
         W(Reg.FR, 0xFFFF), W(Reg.RIS, 0xFFFF), W(Reg.MIS, 0xFFFF), W(0xFE0, 0xFF),
@@ -151,12 +155,12 @@ SCENARIOS: dict[str, list[Step]] = {
         W(Reg.LCR_H, FEN | 0x60), W(Reg.IMSC, INT_RX), RX(b"0123456789abcdef"), R(Reg.FR),
         RX(b"g", fits=False), R(Reg.DR), Sync(), R(Reg.FR), R(Reg.RIS),
         *[R(Reg.DR)] * 8, R(Reg.FR), R(Reg.RIS), *[R(Reg.DR)] * 8, R(Reg.FR), R(Reg.RIS),
-        R(Reg.MIS),
+        R(Reg.MIS), Dump(),
     ],
     "interrupt mask applied after data arrived; ICR of RX while data remains": [
         W(Reg.LCR_H, FEN), RX(b"xyz"), R(Reg.RIS), R(Reg.MIS), W(Reg.IMSC, INT_RX),
         W(Reg.ICR, INT_RX), R(Reg.RIS), R(Reg.DR), R(Reg.DR), R(Reg.RIS), R(Reg.DR),
-        RX(b"w"), R(Reg.RIS), W(Reg.IMSC, 0), R(Reg.MIS), R(Reg.DR),
+        RX(b"w"), R(Reg.RIS), W(Reg.IMSC, 0), R(Reg.MIS), R(Reg.DR), RX(b"uv"), Dump(),
     ],
     "narrow accesses see the whole register": [
         W(Reg.IMSC + 1, 0x30, 1), R(Reg.IMSC), W(Reg.IMSC, 0x1234), R(Reg.IMSC + 1, 1),
