@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 import weakref
 from collections.abc import Callable
@@ -87,7 +88,7 @@ def _render_lines(lines: list[str]) -> str:
 
 
 @command("help|?", args="name:S?", params="[cmd]", render=_render_lines,
-         help="show the help for all commands or just for command 'cmd'", complete="commands")
+         help="show the help", complete="commands")
 def help_(m: Monitor, name: str = "") -> list[str]:
     reg = m.registry
     info = [_help_line("info ", c.name, c.params, c.help) for c in reg.info.values()]
@@ -96,14 +97,14 @@ def help_(m: Monitor, name: str = "") -> list[str]:
     if name.startswith("info "):
         sub = reg.info.get(name[5:].strip())
         if sub is None:
-            raise MonitorError(f"unknown command: '{name}'")
+            raise MonitorError(f"unknown command: '{name}'", plain=True)
         return [_help_line("info ", sub.name, sub.params, sub.help)]
     lines = []
     for cmd in reg.hmp_commands():
         if not name or name in (cmd.name, *cmd.aliases):
             lines.append(_help_line("", cmd.spelling, cmd.params, cmd.help))
     if name and not lines:
-        raise MonitorError(f"unknown command: '{name}'")
+        raise MonitorError(f"unknown command: '{name}'", plain=True)
     return lines
 
 
@@ -175,7 +176,7 @@ def system_reset(m: Monitor) -> None:
 
 
 @command("system_powerdown", qmp="system_powerdown",
-         help="send the POWERDOWN event (emud-virt has no power button: the guest does not see it)")
+         help="send system power down event")
 def system_powerdown(m: Monitor) -> None:
     m.daemon.emit("POWERDOWN")
 
@@ -257,14 +258,14 @@ def _register_lines(r: dict[str, Any]) -> list[str]:
 
 
 def _disas_at(m: Monitor, addr: int) -> tuple[int, str]:
-    """(length, text) of the instruction at addr, or (0, error) if it cannot be read."""
+    """(length, "bits  text") of the instruction at addr (QEMU's x/i layout), or (0, error)."""
     try:
         low = m.machine.bus.peek(addr, 2)
         length = insn_length(low)
         insn = low if length == 2 else low | m.machine.bus.peek(addr + 2, 2) << 16
     except BusError:
         return 0, "Cannot access memory"
-    return length, disassemble(insn, addr)
+    return length, f"{insn:0{2 * length}x}".ljust(18) + disassemble(insn, addr)
 
 
 def _c_octal(value: int, width: int) -> str:
@@ -272,6 +273,8 @@ def _c_octal(value: int, width: int) -> str:
 
 
 def _printc(value: int) -> str:
+    """QEMU's monitor_printc of a C int (so only the low 32 bits count)."""
+    value &= 0xFFFF_FFFF
     special = {ord("'"): "\\'", ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r"}
     if value in special:
         return f"'{special[value]}'"
@@ -291,11 +294,11 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]
                 break
             addr += length
         return lines
-    size = 1 if fmt.letter == "c" else fmt.size
+    line_size = 8 if fmt.size == 1 else 16
+    remaining = fmt.size * fmt.count
+    size = 1 if fmt.letter == "c" else fmt.size  # chars: every byte of the items asked for
     digits = {"o": -(-size * 8 // 3), "u": -(-size * 80 // 33), "d": -(-size * 80 // 33)}.get(
         fmt.letter, size * 2)
-    line_size = 8 if size == 1 else 16
-    remaining = size * fmt.count
     lines = []
     while remaining > 0:
         chunk = min(remaining, line_size)
@@ -328,14 +331,12 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]
 @command("x", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
          help="virtual memory dump starting at 'addr'")
 def x(m: Monitor, fmt: Format, addr: int) -> list[str]:
-    m.fmt = fmt
     return memory_dump(m, fmt, addr, physical=False)
 
 
 @command("xp", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
          help="physical memory dump starting at 'addr'")
 def xp(m: Monitor, fmt: Format, addr: int) -> list[str]:
-    m.fmt = fmt
     return memory_dump(m, fmt, addr, physical=True)
 
 
@@ -349,7 +350,7 @@ def format_value(letter: str, value: int) -> str:
     if letter == "u":
         return str(value)
     if letter == "c":
-        return _printc(value & 0xFF)
+        return _printc(value)
     return str(value - (1 << 64) if value >> 63 else value)
 
 
@@ -357,7 +358,6 @@ def format_value(letter: str, value: int) -> str:
          help="print expression value (use $reg for CPU register access)",
          render=lambda r: r["text"], complete="registers")
 def print_(m: Monitor, fmt: Format, value: int) -> dict[str, Any]:
-    m.fmt = fmt
     return {"value": value, "text": format_value(fmt.letter, value)}
 
 
@@ -646,18 +646,15 @@ def qmp_ringbuf_write(m: Monitor, device: str, data: str, format: str = "utf8") 
          render=lambda r: "\n".join(f"{e['name']} : state {int(e['state'] == 'enabled')}"
                                     for e in r))
 def info_trace_events(m: Monitor, name: str = "*") -> list[dict[str, Any]]:
-    matched = trace.events(name)
-    if not matched and name != "*":
-        raise MonitorError(f'unknown event "{name}"')
     return [{"name": ev.name, "state": "enabled" if ev.enabled else "disabled", "vcpu": False}
-            for ev in matched]
+            for ev in trace.events(name)]
 
 
 @command("trace-event", args="name:s,enable:b", params="name on|off", qmp="trace-event-set-state",
          help="changes status of a specific trace event", complete="events")
 def trace_event(m: Monitor, name: str, enable: bool) -> None:
     if not trace.set_state(name, enable):
-        raise MonitorError(f'unknown event "{name}"')
+        raise MonitorError(f'unknown event "{name}"', plain=True)
 
 
 # --- snapshots ----------------------------------------------------------------------------
@@ -695,11 +692,10 @@ def info_snapshots(m: Monitor) -> list[dict[str, Any]]:
 
 
 def _human_size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.3g} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    raise AssertionError
+    """QEMU's size_to_str: 3 significant digits, the unit changes at 1000 (`892 MiB`)."""
+    exponent = math.frexp(size / (1000 / 1024))[1] if size else 1
+    index = max(0, (exponent - 1) // 10)
+    return f"{size / (1 << (10 * index)):.3g} {('', 'Ki', 'Mi', 'Gi', 'Ti')[index]}B"
 
 
 def _snapshot_lines(snaps: list[dict[str, Any]]) -> list[str]:

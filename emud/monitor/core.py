@@ -78,7 +78,8 @@ class Monitor(ArgContext):
 
     # --- the doors ------------------------------------------------------------------
 
-    def _resolve_hmp(self, line: str) -> tuple[Command, str]:
+    def _resolve_hmp(self, line: str) -> tuple[Command, str, str]:
+        """(command, the name as typed, the rest of the line)."""
         text = line.strip()
         end = 0
         while end < len(text) and not text[end].isspace() and text[end] != "/":
@@ -87,18 +88,18 @@ class Monitor(ArgContext):
         if name == "info" and rest.strip():
             sub, _, rest = rest.strip().partition(" ")
             if sub not in self.registry.info:
-                raise MonitorError(f"unknown command: 'info {sub}'")
-            return self.registry.info[sub], rest
+                raise MonitorError(f"unknown command: 'info {sub}'", plain=True)
+            return self.registry.info[sub], f"info {sub}", rest
         if name not in self.registry.hmp:
-            raise MonitorError(f"unknown command: '{name}'")
-        return self.registry.hmp[name], rest
+            raise MonitorError(f"unknown command: '{name}'", plain=True)
+        return self.registry.hmp[name], name, rest
 
     def _bind(self, line: str) -> tuple[Command, dict[str, Any]]:
-        cmd, rest = self._resolve_hmp(line)
+        cmd, typed, rest = self._resolve_hmp(line)
         try:
             return cmd, parse_hmp_args(cmd, rest, self)
         except ParseError as e:
-            raise ParseError(f'{e.desc}\nTry "help {cmd.name}" for more information') from None
+            raise ParseError(f'{e.desc}\nTry "help {typed}" for more information') from None
 
     async def execute_hmp(self, line: str) -> str:
         """Run one HMP line; returns its text (lines end in \\n).  Raises MonitorError."""
@@ -124,10 +125,8 @@ class Monitor(ArgContext):
         """QEMU's semantics: errors come back as text, never as an exception."""
         try:
             return await self.execute_hmp(line)
-        except ParseError as e:
-            return e.desc + "\n"
         except MonitorError as e:
-            return _error_text(e)
+            return hmp_error_text(e)
 
     async def execute_qmp(self, name: str, arguments: dict[str, Any]) -> Any:
         """Run one QMP command by name; returns its JSON-able result. Raises MonitorError."""
@@ -144,10 +143,6 @@ def _lines(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
 
 
-def _error_text(e: MonitorError) -> str:
-    return e.desc + "\n" if e.desc.startswith("unknown command") else f"Error: {e.desc}\n"
-
-
 def hmp_error_text(e: MonitorError) -> str:
     """How HMP shows an error: parse errors and unknown commands bare, others `Error: …`."""
-    return e.desc + "\n" if isinstance(e, ParseError) else _error_text(e)
+    return e.desc + "\n" if e.plain or isinstance(e, ParseError) else f"Error: {e.desc}\n"

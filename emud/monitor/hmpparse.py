@@ -6,6 +6,7 @@ tested on its own.  Errors are `ParseError` with QEMU's wording.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,7 +95,10 @@ class Format:
 
 
 def parse_format(cur: Cursor, sticky: Format) -> Format:
-    """`/{count}{format}{size}`; omitted parts reuse the last ones given (QEMU's rule)."""
+    """`/{count}{format}{size}`; omitted parts reuse the last ones given (QEMU's rule).
+
+    The caller makes the result the new sticky format, even if the command then fails.
+    """
     if cur.peek() != "/":
         return Format(1, sticky.letter, sticky.size)
     cur.pos += 1
@@ -185,10 +189,12 @@ class _Expr:
             return value
         if ch == "'":
             if cur.pos + 2 >= len(cur.text) or cur.text[cur.pos + 2] != "'":
-                raise ParseError("invalid char constant")
+                raise ParseError("missing terminating ' character")
             value = ord(cur.text[cur.pos + 1])
             cur.pos += 3
             return value
+        if not ch:
+            raise ParseError("unexpected end of expression")
         if ch == "$":
             cur.pos += 1
             return self.register(self._name())
@@ -196,8 +202,6 @@ class _Expr:
             return self._number()
         if ch.isalpha() or ch in "_.":
             return self.symbol(self._name())
-        if not ch:
-            raise ParseError("unexpected end of expression")
         raise ParseError(f"invalid char '{ch}' in expression")
 
     def _name(self) -> str:
@@ -208,17 +212,21 @@ class _Expr:
         return cur.text[start : cur.pos]
 
     def _number(self) -> int:
+        """C's strtoull(base 0): the longest valid prefix; what follows is left for the caller."""
         cur = self.cur
+        text = cur.text
+        if text[cur.pos : cur.pos + 2].lower() == "0x" and text[cur.pos + 2 : cur.pos + 3] and \
+                text[cur.pos + 2] in string.hexdigits:
+            cur.pos += 2
+            base, digits = 16, string.hexdigits
+        elif text[cur.pos] == "0":
+            base, digits = 8, string.octdigits
+        else:
+            base, digits = 10, string.digits
         start = cur.pos
-        while cur.peek() and (cur.peek().isalnum()):
+        while cur.peek() and cur.peek() in digits:
             cur.pos += 1
-        token = cur.text[start : cur.pos]
-        base = 16 if token[:2].lower() == "0x" else 8 if len(token) > 1 and token[0] == "0" else 10
-        digits = token[2:] if base == 16 else token
-        try:
-            return int(digits, base)
-        except ValueError:
-            raise ParseError(f"invalid number '{token}'") from None
+        return int(text[start : cur.pos], base)
 
 
 def expression(cur: Cursor, register: Lookup, symbol: Lookup) -> int:

@@ -130,18 +130,19 @@ def parse_hmp_args(cmd: Command, text: str, ctx: ArgContext) -> dict[str, Any]:
             break
         flag = word(cur)
         if flag not in flags:
-            raise ParseError(f"{cmd.name}: unsupported option {flag}")
+            raise ParseError(f"{cmd.spelling}: unsupported option {flag}")
         values[flags[flag].name] = True
     for param in positional:
         if param.kind == "/":
             cur.skip_space()
-            fmt = parse_format(cur, ctx.fmt)
-            values[param.name] = fmt
+            values[param.name] = ctx.fmt = parse_format(cur, ctx.fmt)
             continue
         if cur.at_end():
             if param.optional:
                 continue
-            raise ParseError(f"{cmd.name}: missing parameter '{param.name}'")
+            if param.kind in ("l", "i"):
+                raise ParseError("unexpected end of expression")
+            raise ParseError(f"{cmd.name}: string expected")
         if param.kind == "S":
             values[param.name] = cur.rest()
         elif param.kind in ("l", "i"):
@@ -149,8 +150,6 @@ def parse_hmp_args(cmd: Command, text: str, ctx: ArgContext) -> dict[str, Any]:
             if param.kind == "i" and value >= 1 << 32 and value < (1 << 64) - (1 << 31):
                 raise ParseError(f"'{cmd.name}' has failed: integer is for 32-bit values")
             values[param.name] = value
-            if cur.peek() and not cur.peek().isspace():
-                raise ParseError(f"invalid char '{cur.peek()}' in expression")
         elif param.kind == "b":
             text = word(cur)
             if text not in ("on", "off"):
@@ -159,7 +158,7 @@ def parse_hmp_args(cmd: Command, text: str, ctx: ArgContext) -> dict[str, Any]:
         else:
             values[param.name] = word(cur)
     if not cur.at_end():
-        raise ParseError(f"{cmd.name}: extraneous characters at the end of line")
+        raise ParseError(f"{cmd.spelling}: extraneous characters at the end of line")
     return values
 
 

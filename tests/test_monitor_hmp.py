@@ -1,0 +1,115 @@
+"""HMP text: QEMU is the oracle for x/xp/print formats, expressions, help and errors.
+
+The same image is loaded into qemu-system-riscv32 (-S, so RAM holds the image
+untouched) and into emud; the same command sequence (sticky /fmt included)
+goes through `human-monitor-command` to both, and the replies must be equal
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+
+import pytest
+from qemu.qmp import QMPClient
+
+from conftest import IMAGES, boot
+from emud.daemon import Daemon
+from emud.monitor import Monitor, MonitorError
+from emud.monitor.hmpparse import Cursor, Format, ParseError, parse_duration, parse_format
+
+IMAGE = IMAGES / "hello.elf"
+
+# Order matters: the format given last is the default for the next command (QEMU's rule).
+SAME_AS_QEMU = [
+    "xp /16xb 0x80000000", "xp /8xh 0x80000000", "xp /6wx 0x80000000", "xp /3gx 0x80000000",
+    "xp /5wd 0x80000000", "xp /5wu 0x80000000", "xp /4wo 0x80000000", "xp /3bd 0x80000000",
+    "xp /10xb 0x80000000", "xp /12c 0x80000100", "xp 0x80000004", "xp /2 0x80000000",
+    "xp /h 0x80000000", "xp /3c 0x80000000", "x /4wx 0x80000000", "x /2gd 0x80000000",
+    "x /3gu 0x80000000", "x /3hd 0x80000010", "xp/4xw 0x05000000", "x/4xw 0x05000000",
+    "p 0", "p/x 0", "p/x 255", "p/d -1", "p/u -1", "p/o 8", "p/o 0", "p/c 65", "p/c 10",
+    "p 1+2*3", "p (1+2)*3", "p 7/2", "p -7/2", "p -7%3", "p 0x10 | 0x01 ^ 3", "p ~0", "p 'A'",
+    "p/x 012", "p 1 - - 1", "p -(3)", "p/x 0x80000000 + 0x7fffffff * 2", "p/i 5", "p 5",
+    # errors, as HMP prints them
+    "xp /q 0", "p 1 +", "p (1", "p 1/0", "p $nope", "print $nope", "p/x 1 2", "xp/x",
+    "p 08", "p 0x", "p 'ab'", "frobnicate", "info foo", "help frob", "loadvm",
+    "ringbuf_read foo 5", "trace-event foo on", "trace-event foo maybe", "info registers -z",
+    "x/3x 0x80000000 junk", "p 1 ",
+    # help lines and status
+    "help quit", "help stop", "help cont", "help x", "help xp", "help p", "help print",
+    "help system_reset", "help system_powerdown", "help ringbuf_read", "help savevm",
+    "help loadvm", "help delvm", "help help", "help info status", "info status",
+    "info trace-events nosuch*",
+]
+
+
+@pytest.fixture
+async def qemu() -> AsyncIterator[QMPClient]:
+    sock = os.path.join(tempfile.mkdtemp(prefix="emud-oracle-"), "qmp.sock")
+    proc = subprocess.Popen(
+        ["qemu-system-riscv32", "-machine", "virt", "-bios", "none", "-kernel", str(IMAGE),
+         "-S", "-display", "none", "-nodefaults", "-qmp", f"unix:{sock},server=on,wait=off"])
+    try:
+        qmp = QMPClient("qemu")
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(qmp.connect(sock), 10)
+        yield qmp
+        await qmp.disconnect()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_hmp_output_matches_qemu(qemu: QMPClient) -> None:
+    monitor = Monitor(Daemon(boot(IMAGE), start_paused=True))
+    for line in SAME_AS_QEMU:
+        expected = await qemu.execute("human-monitor-command", {"command-line": line})
+        ours = await monitor.human_monitor_command(line)
+        assert ours.replace("\n", "\r\n") == expected, line
+
+
+# --- pure parts ----------------------------------------------------------------------
+
+
+def test_format_parts_are_sticky() -> None:
+    first = parse_format(Cursor("/10xb"), Format())
+    assert first == Format(10, "x", 1)
+    assert parse_format(Cursor("/2d"), first) == Format(2, "d", 1)
+    assert parse_format(Cursor("/i"), first) == Format(1, "i", 1)
+    assert parse_format(Cursor(""), Format(5, "o", 8)) == Format(1, "o", 8)
+    with pytest.raises(ParseError, match="invalid char in format: 'z'"):
+        parse_format(Cursor("/4z"), Format())
+
+
+@pytest.mark.parametrize(("text", "ns"), [
+    ("10ms", 10_000_000), ("5us", 5_000), ("1000ns", 1_000), ("2s", 2_000_000_000),
+    ("0.5s", 500_000_000), ("250", 250)])
+def test_durations(text: str, ns: int) -> None:
+    assert parse_duration(text) == ns
+
+
+@pytest.mark.parametrize("text", ["", "ms", "-5ms", "0", "ten", "5 parsecs"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(MonitorError):
+        parse_duration(text)
+
+
+def test_print_knows_registers_and_symbols() -> None:
+    machine = boot(IMAGE)
+    monitor = Monitor(Daemon(machine, start_paused=True))
+    assert machine.image is not None
+    main = machine.image.symbols["main"]
+    assert monitor.execute_hmp_now("p/x main + 2") == f"{main + 2:#x}\n"
+    machine.hart.x[10] = 0x1234
+    assert monitor.execute_hmp_now("p/x $a0 + $x10 + $zero") == "0x2468\n"
+    assert monitor.execute_hmp_now("p/x $pc") == f"{machine.hart.pc:#x}\n"
+    assert monitor.execute_hmp_now("p/x $mstatus") == f"{machine.hart.mstatus:#x}\n"
+    with pytest.raises(ParseError, match="unknown symbol 'no_such_symbol'"):
+        monitor.execute_hmp_now("p no_such_symbol")
