@@ -37,19 +37,20 @@ class QTest:
     """One QEMU process under -qtest.  Use as a context manager."""
 
     def __init__(self, binary: str, machine: str, extra: Sequence[str] = (),
-                 paused: bool = True, serial: bool = False) -> None:
+                 paused: bool = True, serial: bool = False, telnet: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="emud-qtest-"))
         self.qmp_path = self.dir / "qmp.sock"
         self.serial_path = self.dir / "serial.sock"
         self.stderr_path = self.dir / "stderr"
         self.irq_events: list[tuple[str, int]] = []
+        self.qmp_events: list[str] = []
         args = [binary, "-machine", f"{machine},accel=qtest:tcg", "-nodefaults",
                 "-display", "none", "-qtest", "stdio", "-qtest-log", "/dev/null",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 *(["-S"] if paused else []), *extra]
         if serial:
-            args += ["-chardev", f"socket,id=serial0,path={self.serial_path},server=on,wait=off",
-                     "-serial", "chardev:serial0"]
+            args += ["-chardev", f"socket,id=serial0,path={self.serial_path},server=on,"
+                     f"wait=off,telnet={'on' if telnet else 'off'}", "-serial", "chardev:serial0"]
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=stderr)
@@ -60,7 +61,7 @@ class QTest:
         try:
             self.endianness = self.cmd("endianness")  # first answer: QEMU is up
             if serial:
-                self._connect_serial()
+                self._connect_serial(telnet)
         except BaseException:
             self.close()
             raise
@@ -188,7 +189,7 @@ class QTest:
 
     # --- the serial line (-serial on a socket chardev, B5) -------------------------------
 
-    def _connect_serial(self) -> None:
+    def _connect_serial(self, telnet: bool) -> None:
         self._serial = socket.socket(socket.AF_UNIX)
         self._serial.connect(str(self.serial_path))
         self._serial.setblocking(False)
@@ -197,10 +198,21 @@ class QTest:
         while True:
             chardev = next(c for c in self.qmp("query-chardev") if c["label"] == "serial0")
             if not chardev["filename"].startswith("disconnected"):
-                return
+                break
             if time.monotonic() > deadline:
                 raise QTestError("QEMU did not accept the serial connection")
             time.sleep(0.002)
+        if telnet:  # QEMU opens with its option negotiation; the last is IAC DO BINARY
+            greeting = b""
+            while not greeting.endswith(TELNET_DO_BINARY):
+                if time.monotonic() > deadline:
+                    raise QTestError(f"no telnet negotiation from QEMU: {greeting!r}")
+                greeting += self.serial_recv()
+                time.sleep(0.001)
+
+    def serial_break(self) -> None:
+        """A break condition on the RX line (telnet IAC BRK; needs `telnet=True`)."""
+        self.serial_send(TELNET_BREAK)
 
     def serial_send(self, data: bytes, wait: bool = True) -> None:
         """Bytes arrive on the UART's RX line; with `wait`, return once QEMU has read them."""
@@ -261,6 +273,16 @@ class QTest:
                 return reply["return"]
             if "error" in reply:
                 raise QTestError(f"QMP {command}: {reply['error']}")
+            self.qmp_events.append(reply["event"])
+
+    def system_reset(self) -> None:
+        """A machine reset, finished when QEMU announces it (it runs in the main loop)."""
+        self.qmp("system_reset")
+        while "RESET" not in self.qmp_events:
+            reply = json.loads(self._qmp.readline())
+            if "event" in reply:
+                self.qmp_events.append(reply["event"])
+        self.qmp_events.clear()
 
     def find_device(self, qom_type: str) -> str:
         """QOM path of the single device of this type under /machine/unattached."""
@@ -284,6 +306,8 @@ class QTest:
 
 
 SIZE_SUFFIX = {1: "b", 2: "w", 4: "l", 8: "q"}
+TELNET_BREAK = b"\xff\xf3"  # IAC BRK
+TELNET_DO_BINARY = b"\xff\xfd\x00"  # IAC DO BINARY
 
 
 def stream_description(stream: bytes) -> Any:

@@ -84,6 +84,14 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Reset:
+    """A system reset (QEMU: QMP system_reset, finished at its RESET event)."""
+
+    def __str__(self) -> str:
+        return "system reset"
+
+
+@dataclass(frozen=True)
 class RunUntil:
     """Let virtual time pass until the (enabled) main counter is at least `ticks`."""
 
@@ -134,7 +142,7 @@ class Probe:
         return f"probe {self.name}"
 
 
-Step = W | R | Input | RunUntil | RunThenStop | FsbRoute | Scratch | Probe | Dump
+Step = W | R | Input | Reset | RunUntil | RunThenStop | FsbRoute | Scratch | Probe | Dump
 
 
 def read64(read: Callable[[int], int], offset: int) -> int:
@@ -190,6 +198,8 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
                     value = qemu.read_sized(QEMU_HPET + offset, size)
                 case Input(pin, level):
                     qemu.set_irq_in(hpet, "unnamed-gpio-in", pin, level)
+                case Reset():
+                    qemu.system_reset()
                 case RunUntil(ticks) | RunThenStop(ticks):
                     assert bios is not None, "time only passes in a running QEMU"
                     while read64(read, COUNT) < ticks:
@@ -236,6 +246,8 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
                 value = bus.read(HPET_BASE + offset, size)
             case Input(pin, level):
                 (hpet.pit_in, hpet.rtc_in)[pin].set(bool(level))
+            case Reset():
+                machine.reset()
             case RunUntil(ticks) | RunThenStop(ticks):
                 # Exactly at each deadline, like icount time, until the counter is there.
                 while (now := read64(read, COUNT)) < ticks:
@@ -344,6 +356,13 @@ PAUSED: dict[str, list[Step]] = {
         R(tfsb(1), 8), W(COUNT, 0xA_0000_0005, 8), R(COUNT, 8), R(COUNT_HI),
         W(tconf(0), 0xFFFF_FFFF_0000_0A04, 8), R(tconf(0), 8), W(tcmp(2), 0x1_0000_0002, 8),
         R(tcmp(2), 8), W(CONF, 0xFFFF_FFFF_FFFF_FFFF, 8), R(CONF, 8), R(ISR, 8),
+    ],
+    "reset: timers and counter, but not FSB routes or timer num_timers": [
+        W(tfsb(0), 0xAB), W(tfsb(0) + 4, 0xCD), W(tconf(3), 0xFFFF_FFFF), W(tcmp(3), 0x77),
+        W(tconf(0), 0xFFFF_FFFF), W(tcmp(1) + 4, 0), W(tcmp(1), 5), W(COUNT, 0x1234),
+        W(tconf(2), PERIODIC | VAL_SET), W(tcmp(2), 0x99), W(tcmp(2), 0x88),
+        W(CONF, ENABLE | LEGACY), Input(1, 1), Reset(), *GLOBAL_REGS, *TIMER_REGS,
+        R(tconf(3)), R(tcmp(3)), Dump(),
     ],
     "legacy inputs pass through until legacy replacement takes the lines": [
         Input(0, 1), Input(0, 0), Input(1, 1), R(CONF), W(CONF, LEGACY), Input(0, 1),
@@ -484,6 +503,21 @@ def test_disabling_keeps_level_status_unlike_7_2(halt_bios: Path) -> None:
     # status bit and only lowers the line (hpet.md §5 ENABLE 1->0).
     assert_same(run_qemu(steps, halt_bios), run_model(steps), [
         value_becomes(7, "§5: disable keeps ISR in new", lambda isr: isr | 1)])
+
+
+def test_level_to_edge_switch_clears_status_unlike_7_2(halt_bios: Path) -> None:
+    steps: list[Step] = [
+        W(tconf(0), LEVEL | INT_ENB | route(5)), W(tcmp(0), 0x1000), W(tcmp(0) + 4, 0),
+        W(CONF, ENABLE), RunUntil(0x2000), R(ISR), W(tconf(0), INT_ENB | route(5)), R(ISR)]
+
+    def lowers_the_line(trace: Sequence[Seen]) -> Seen:
+        return replace(trace[6], irqs=(*trace[6].irqs, ("lower", 5)))
+
+    # New deasserts a level timer switched to edge (hpet.md §8.2 step 1); 7.2 leaves the
+    # status bit and the line as they were (§8.1).
+    assert_same(run_qemu(steps, halt_bios), run_model(steps), [
+        Difference(6, "§8.2: level -> edge lowers the line", lowers_the_line),
+        value_becomes(7, "§8.2: level -> edge clears the status bit", lambda isr: isr & ~1)])
 
 
 def test_level_expiry_with_interrupts_disabled_sets_status_unlike_7_2(

@@ -48,7 +48,15 @@ class Sync:
         return "sync"
 
 
-Step = W | R | RX | Sync | Dump
+@dataclass(frozen=True)
+class Break:
+    """A break condition on the RX line (QEMU: telnet IAC BRK on the chardev socket)."""
+
+    def __str__(self) -> str:
+        return "break"
+
+
+Step = W | R | RX | Sync | Break | Dump
 
 # FR bits as the spec names them (pl011.md §3.1)
 RXFE, TXFF, RXFF, TXFE = 0x10, 0x20, 0x40, 0x80
@@ -57,7 +65,8 @@ INT_RX, INT_TX = 0x10, 0x20
 
 
 def run_qemu(steps: Sequence[Step]) -> list[Seen]:
-    with QTest(QEMU, "virt", serial=True) as qemu:
+    telnet = any(isinstance(step, Break) for step in steps)
+    with QTest(QEMU, "virt", serial=True, telnet=telnet) as qemu:
         qemu.irq_intercept_in(qemu.find_device("arm_gic"))
         trace = []
         for step in steps:
@@ -71,6 +80,8 @@ def run_qemu(steps: Sequence[Step]) -> list[Seen]:
                     qemu.serial_send(data, wait=fits)
                 case Sync():
                     qemu.serial_wait_consumed()
+                case Break():
+                    qemu.serial_break()
                 case Dump():
                     dump = device_sections(qemu.migrate_to_bytes())["pl011"]
             irqs = tuple((kind, UART0_IRQ if line == QEMU_UART0_IRQ else -line)
@@ -105,6 +116,8 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
                 machine.feed_serial()
             case Sync():
                 machine.feed_serial()
+            case Break():
+                machine.uart0.receive_break()
             case Dump():
                 dump = VMSTATE_PL011.save(machine.uart0)
         trace.append(Seen(str(step), value, tuple(edges), serial.read(), dump))
@@ -171,6 +184,14 @@ SCENARIOS: dict[str, list[Step]] = {
     ],
     "empty FIFO mode read returns the stale slot": [
         W(Reg.LCR_H, FEN), RX(b"st"), R(Reg.DR), R(Reg.DR), R(Reg.DR), R(Reg.FR), R(Reg.RSR),
+    ],
+    "a break is a 0x400 entry; BE shows in RSR once it is read": [
+        W(Reg.IMSC, INT_RX), Break(), R(Reg.FR), R(Reg.RIS), R(Reg.RSR), R(Reg.DR),
+        R(Reg.RSR), R(Reg.FR), R(Reg.RIS), W(Reg.RSR, 0), R(Reg.RSR),
+    ],
+    "breaks between characters in FIFO mode": [
+        W(Reg.LCR_H, FEN), RX(b"ab"), Break(), RX(b"c"), Break(), R(Reg.FR),
+        *[step for _ in range(4) for step in (R(Reg.DR), R(Reg.RSR))], R(Reg.FR), Dump(),
     ],
     "RSR/ECR: any write clears; CR with loopback bit but no traffic": [
         W(Reg.RSR, 0xF), R(Reg.RSR), W(Reg.CR, 0x381), R(Reg.CR), R(Reg.FR), R(Reg.RIS),
