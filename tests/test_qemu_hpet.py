@@ -32,6 +32,7 @@ Areas where 7.2 and newest QEMU differ are avoided (§17), or asserted as
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,8 +203,9 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
                     qemu.system_reset()
                 case RunUntil(ticks) | RunThenStop(ticks):
                     assert bios is not None, "time only passes in a running QEMU"
+                    deadline = time.monotonic() + 10
                     while read64(read, COUNT) < ticks:
-                        pass
+                        assert time.monotonic() < deadline, "QEMU's HPET counter is not running"
                     qemu.cmd("endianness")  # one more main-loop turn: due timers have run
                     if isinstance(step, RunThenStop):
                         qemu.writel(QEMU_HPET + CONF, 0)
