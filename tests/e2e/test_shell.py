@@ -1,0 +1,195 @@
+"""`emud shell` in a real terminal (tmux), used the way the README tells a new user to.
+
+The daemon is started with `emud run … --daemonize`; the shell runs inside a
+private tmux server, keys are typed with send-keys and the screen is read
+with capture-pane.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES, ROOT
+
+TIMEOUT = 15.0
+EMUD = [sys.executable, "-m", "emud"]
+
+
+@dataclass
+class Daemon:
+    qmp: str
+    pid: int
+    env: dict[str, str]
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    work = Path(tempfile.mkdtemp(prefix="emud-shell-"))
+    env = dict(os.environ, XDG_STATE_HOME=str(work / "state"), PYTHONPATH=str(ROOT))
+    qmp, pidfile = str(work / "qmp.sock"), work / "pid"
+    started = subprocess.run(
+        [*EMUD, "run", str(IMAGES / "uart_echo.elf"), "--qmp", f"unix:{qmp}", "--daemonize",
+         "--pidfile", str(pidfile)], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert started.returncode == 0, started.stderr
+    assert f"QMP listening on unix:{qmp}" in started.stderr  # the parent waits until it listens
+    pid = int(pidfile.read_text())
+    vm = Daemon(qmp, pid, env)
+    yield vm
+    if vm.alive():
+        os.kill(pid, 15)
+
+
+def shell(vm: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EMUD, "shell", "--qmp", vm.qmp, *args], env=vm.env, input=stdin,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+class Terminal:
+    """One tmux pane running a command, on a tmux server of its own."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.server = f"emud-test-{uuid.uuid4().hex[:8]}"
+        line = " ".join(shlex.quote(part) for part in command)
+        self.tmux("new-session", "-d", "-x", "120", "-y", "30", "-s", "main", line, env=env)
+        self.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+
+    def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
+        return subprocess.run(["tmux", "-L", self.server, *args], env=env, check=True,
+                              capture_output=True, text=True, timeout=TIMEOUT).stdout
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "main", *keys)
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "main", "-l", text)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def wait_for(self, pattern: str) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if re.search(pattern, screen):
+                return screen
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} never appeared on the screen:\n{self.screen()}")
+
+    def exit_status(self) -> int | None:
+        fields = self.tmux("display-message", "-p", "-t", "main",
+                           "#{pane_dead} #{pane_dead_status}").split()
+        return int(fields[1]) if fields[0] == "1" else None
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for term in opened:
+        term.close()
+
+
+def open_shell(vm: Daemon, terminals: list[Terminal]) -> Terminal:
+    term = Terminal([*EMUD, "shell", "--qmp", vm.qmp], vm.env)
+    terminals.append(term)
+    term.wait_for(r"monitor - type 'help' for more information")
+    term.wait_for(r"\(emud\)")
+    return term
+
+
+def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
+    term = open_shell(daemon, terminals)
+    term.wait_for(r"running \| vtime \d+ ns \| pc 0x8")  # the bottom toolbar
+
+    term.type("info sta")
+    term.keys("Tab")
+    term.wait_for(r"\(emud\) info status")
+    term.keys("Enter")
+    term.wait_for(r"VM status: running")
+
+    term.type("stop")
+    term.keys("Enter")
+    term.wait_for(r"\[event\] STOP")
+    term.wait_for(r"paused \| vtime")
+
+    term.type("p/x $p")  # register names complete after `$`
+    term.keys("Tab")
+    term.wait_for(r"\(emud\) p/x \$pc")
+    term.keys("Enter")
+    term.wait_for(r"\n0x8[0-9a-f]{7}\s*\n")
+
+    term.type("info ")
+    term.keys("Tab")  # the menu shows each sub-command with its help; devices are marked
+    term.wait_for(r"pl011\s+device: show the PL011")
+    term.keys("C-u")
+
+    term.type("frob")
+    term.keys("Enter")
+    term.wait_for(r"unknown command: 'frob'")
+
+    # Another client resumes the VM: its event appears above this shell's prompt.
+    assert shell(daemon, "-c", "cont").returncode == 0
+    term.wait_for(r"\[event\] RESUME")
+
+    term.keys("C-d")  # leaves the shell; the daemon keeps running
+    deadline = time.monotonic() + TIMEOUT
+    while term.exit_status() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert term.exit_status() == 0
+    assert daemon.alive()
+
+    # History persists: a new shell recalls the last command with Up.
+    again = open_shell(daemon, terminals)
+    again.keys("Up")
+    again.wait_for(r"\(emud\) frob")
+    again.keys("C-u")
+    again.type("quit")
+    again.keys("Enter")
+    again.wait_for(r"The daemon has stopped")
+    deadline = time.monotonic() + TIMEOUT
+    while daemon.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not daemon.alive()
+
+
+def test_script_mode_stops_at_the_first_error(daemon: Daemon) -> None:
+    ok = shell(daemon, "-c", "stop; info status; x/2i $pc")
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0] == "VM status: paused" and re.match(r"0x8[0-9a-f]{7}:  ", lines[1])
+
+    failed = shell(daemon, "-c", "info status; frob; info status")
+    assert failed.returncode == 1
+    assert failed.stdout == "VM status: paused\n"
+    assert failed.stderr == "unknown command: 'frob'\n"
+
+    piped = shell(daemon, stdin="# a comment\ncont\ninfo status\nx/q 0\ninfo status\n")
+    assert piped.returncode == 1
+    assert piped.stdout == "VM status: running\n"
+    assert piped.stderr.startswith("invalid char in format: 'q'")
+
+    nowhere = subprocess.run([*EMUD, "shell", "--qmp", daemon.qmp + ".missing", "-c", "stop"],
+                             env=daemon.env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert nowhere.returncode == 1 and "cannot connect" in nowhere.stderr
