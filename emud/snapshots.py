@@ -6,6 +6,8 @@ kept as content-addressed, zlib-compressed 4 KiB pages shared by every
 snapshot; a snapshot refers to its pages through a page table of digests
 (an all-zero digest stands for a page of zeros, which is never stored).
 
+Every stored record carries a digest of its content, so a snapshot damaged on
+disk is refused with an error naming the damaged part instead of being loaded.
 Every save is one transaction, so a crash (even kill -9) in the middle of
 one leaves the store as it was before.  Saving over an existing tag inserts
 the new snapshot and removes the old one in that same transaction.
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     vm_size INTEGER NOT NULL,
     stored_bytes INTEGER NOT NULL,
     config TEXT NOT NULL,
-    page_table BLOB NOT NULL
+    page_table BLOB NOT NULL,
+    digest BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sections (
     snapshot_id INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS sections (
     instance_id INTEGER NOT NULL,
     version_id INTEGER NOT NULL,
     data BLOB NOT NULL,
+    digest BLOB NOT NULL,
     PRIMARY KEY (snapshot_id, seq)
 );
 CREATE TABLE IF NOT EXISTS pages (
@@ -160,19 +164,20 @@ class SnapshotStore:
                 packed_table = zlib.compress(bytes(table), 1)
                 stored = state_bytes + len(packed_table) + sum(len(data) for _, data in new_pages)
                 replaced = db.execute("DELETE FROM snapshots WHERE tag = ?", (tag,)).rowcount
+                config = json.dumps(snap.config, sort_keys=True)
                 cursor = db.execute(
                     "INSERT INTO snapshots (tag, date, vm_clock_ns, icount, vm_size, stored_bytes,"
-                    " config, page_table) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " config, page_table, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (tag, time.time(), snap.vm_clock_ns, snap.icount,
-                     state_bytes + nonzero * PAGE_SIZE, stored, json.dumps(snap.config),
-                     packed_table),
+                     state_bytes + nonzero * PAGE_SIZE, stored, config, packed_table,
+                     _record_digest(snap.vm_clock_ns, snap.icount, config, packed_table)),
                 )
                 snapshot_id = cursor.lastrowid
                 db.executemany(
-                    "INSERT INTO sections (snapshot_id, seq, name, instance_id, version_id, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(snapshot_id, seq, s.name, s.instance_id, s.version_id, s.data)
-                     for seq, s in enumerate(snap.sections)],
+                    "INSERT INTO sections (snapshot_id, seq, name, instance_id, version_id, data,"
+                    " digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(snapshot_id, seq, s.name, s.instance_id, s.version_id, s.data,
+                      _section_digest(s)) for seq, s in enumerate(snap.sections)],
                 )
                 if replaced:
                     self._collect_garbage(db)
@@ -209,8 +214,8 @@ class SnapshotStore:
 
     def _row(self, tag_or_id: str) -> sqlite3.Row | tuple[Any, ...]:
         row = self.db.execute(
-            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table"
-            " FROM snapshots WHERE tag = ? OR (CAST(id AS TEXT) = ? AND ? GLOB '[0-9]*')",
+            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table,"
+            " digest FROM snapshots WHERE tag = ? OR (CAST(id AS TEXT) = ? AND ? GLOB '[0-9]*')",
             (tag_or_id, tag_or_id, tag_or_id),
         ).fetchone()
         if row is None:
@@ -223,8 +228,8 @@ class SnapshotStore:
     def snapshots(self) -> list[SnapshotInfo]:
         referenced = self._referenced(self.db)
         rows = self.db.execute(
-            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table"
-            " FROM snapshots ORDER BY id"
+            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table,"
+            " digest FROM snapshots ORDER BY id"
         ).fetchall()
         return [self._info(row, referenced) for row in rows]
 
@@ -244,13 +249,18 @@ class SnapshotStore:
         """Read and verify a snapshot completely (page digests included)."""
         row = self._row(tag)
         snapshot_id, real_tag = row[0], row[1]
+        if _record_digest(row[3], row[4], row[7], row[8]) != row[9]:
+            raise StoreError(f"snapshot '{real_tag}': its record (configuration, clock or page "
+                             "table) is corrupt")
         try:
-            sections = [
-                Section(name, instance, version, bytes(data))
-                for name, instance, version, data in self.db.execute(
-                    "SELECT name, instance_id, version_id, data FROM sections"
-                    " WHERE snapshot_id = ? ORDER BY seq", (snapshot_id,))
-            ]
+            sections = []
+            for name, instance, version, data, digest in self.db.execute(
+                    "SELECT name, instance_id, version_id, data, digest FROM sections"
+                    " WHERE snapshot_id = ? ORDER BY seq", (snapshot_id,)):
+                section = Section(name, instance, version, bytes(data))
+                if _section_digest(section) != digest:
+                    raise StoreError(f"snapshot '{real_tag}': section '{name}' is corrupt")
+                sections.append(section)
             table = _unpack_table(row[8])
             if len(table) % DIGEST_SIZE:
                 raise StoreError(f"snapshot '{real_tag}': page table is corrupt")
@@ -289,6 +299,16 @@ class SnapshotStore:
 
     def tags(self) -> list[str]:
         return [tag for (tag,) in self.db.execute("SELECT tag FROM snapshots ORDER BY id")]
+
+
+def _record_digest(vm_clock_ns: int, icount: int | None, config: str, table: bytes) -> bytes:
+    meta = f"{vm_clock_ns}:{icount}:{config}".encode()
+    return hashlib.blake2b(meta + b"\0" + table, digest_size=DIGEST_SIZE).digest()
+
+
+def _section_digest(s: Section) -> bytes:
+    head = f"{s.name}:{s.instance_id}:{s.version_id}".encode()
+    return hashlib.blake2b(head + b"\0" + s.data, digest_size=DIGEST_SIZE).digest()
 
 
 def _unpack_table(packed: bytes) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from emud.clock import NEVER, VirtualClock
 from emud.device import Device
 from emud.irq import IRQ
+from emud.vmstate import INT64, UINT32, UINT64, Field, VMStateDescription
 
 # Register map
 MSIP = 0x0000
@@ -80,3 +81,15 @@ class Clint(Device):
             new = (self.mtime & ~mask) | ((value << shift) & mask)
             self.mtime_offset = new - self.clock.now_ns // NS_PER_TICK
             self._update_mtip()
+
+    def _loaded(self) -> None:
+        self.msip_irq.set(bool(self.msip))
+        self._update_mtip()
+
+    # --- vmstate (emud's own section: QEMU's aclint has another layout) ---------------
+
+    vmstate = VMStateDescription(
+        "clint", 1, 1,
+        [Field("msip", UINT32), Field("mtimecmp", UINT64), Field("mtime_offset", INT64)],
+        loaded=lambda clint: clint._loaded(),
+    )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from emud.device import Device
 from emud.irq import IRQ
+from emud.vmstate import UINT32, UINT64, Field, VMStateDescription
 
 # Register map
 PRIORITY = 0x000000  # + 4 * source
@@ -105,3 +106,23 @@ class Plic(Device):
                 if self.inputs[source].level:
                     self.pending |= 1 << source
         self._update()
+
+    # --- vmstate (emud's own section) ----------------------------------------------------
+
+    @property
+    def input_levels(self) -> int:
+        return sum(1 << n for n, line in enumerate(self.inputs) if line.level)
+
+    @input_levels.setter
+    def input_levels(self, levels: int) -> None:
+        # The sources' own state is restored with them; only remember what the wires carry.
+        for n, line in enumerate(self.inputs):
+            line.level = bool(levels >> n & 1)
+
+    vmstate = VMStateDescription(
+        "plic", 1, 1,
+        [Field("priority", UINT32, num=NUM_SOURCES), Field("pending", UINT64),
+         Field("enable", UINT64), Field("threshold", UINT32), Field("claimed", UINT64),
+         Field("input_levels", UINT64)],
+        loaded=lambda plic: plic._update(),
+    )

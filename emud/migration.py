@@ -1,0 +1,484 @@
+"""Whole-machine save and load, snapshot diff, and QEMU-format stream export/import.
+
+A machine's state is its configuration record, the virtual clock, every
+device's vmstate section, the CPU and RAM.  Loading is two-phase: every
+section is decoded and validated against the running machine first
+(`stage`), and only a fully valid snapshot is applied, in one step that
+cannot fail.  Any problem raises `MigrationError` naming the section and
+field, and leaves the machine untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from emud.cpu.hart import Hart
+from emud.snapshots import PAGE_SIZE, Section, SnapshotData, SnapshotInfo, SnapshotStore
+from emud.vmstate import (
+    BOOL,
+    INT64,
+    UINT32,
+    UINT64,
+    Field,
+    Staged,
+    VMStateDescription,
+    VMStateError,
+    parse_section_header,
+    section_footer,
+    section_header,
+)
+
+if TYPE_CHECKING:
+    from emud.machine import Machine
+
+MACHINE_TYPE = "emud-virt"
+CONFIG_VERSION = 1
+
+
+class MigrationError(Exception):
+    """A snapshot or stream that cannot be loaded into this machine."""
+
+
+# --- sections emud adds to the devices' own ---------------------------------------
+
+
+class _HartView:
+    """The hart as vmstate sees it: the LR reservation travels as a flag and an address."""
+
+    def __init__(self, hart: Hart) -> None:
+        object.__setattr__(self, "hart", hart)
+
+    def __getattr__(self, name: str) -> Any:
+        hart: Hart = object.__getattribute__(self, "hart")
+        if name == "reservation_valid":
+            return hart.reservation is not None
+        if name == "reservation_addr":
+            return hart.reservation or 0
+        return getattr(hart, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        hart: Hart = object.__getattribute__(self, "hart")
+        if name == "reservation_valid":
+            hart.reservation = 0 if value else None  # the address follows
+        elif name == "reservation_addr":
+            if hart.reservation is not None:
+                hart.reservation = value
+        else:
+            setattr(hart, name, value)
+
+
+VMSTATE_CPU = VMStateDescription(
+    "cpu", 1, 1,
+    [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
+     Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
+     Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
+     Field("mtval", UINT32), Field("cycle_offset", INT64), Field("instret_offset", INT64),
+     Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
+     Field("waiting", BOOL)],
+    loaded=lambda view: view.hart.flush_code(),
+)
+
+VMSTATE_CLOCK = VMStateDescription(
+    "emud-clock", 1, 1, [Field("now_ns", UINT64), Field("icount", UINT64)])
+
+
+def _sections(machine: Machine) -> list[tuple[VMStateDescription, Any]]:
+    """Every section in save and apply order: the clock first (device timers are
+    absolute deadlines on it), the devices, the PLIC after its sources, the CPU last
+    (its mip is what the interrupt lines carry at that moment)."""
+    out: list[tuple[VMStateDescription, Any]] = [(VMSTATE_CLOCK, machine.clock)]
+    for device in (machine.clint, machine.hpet, machine.uart0, machine.plic):
+        assert device.vmstate is not None
+        out.append((device.vmstate, device))
+    out.append((VMSTATE_CPU, _HartView(machine.hart)))
+    return out
+
+
+# --- save -----------------------------------------------------------------------------
+
+
+def machine_config(machine: Machine) -> dict[str, Any]:
+    """What must match for a snapshot to load: the board, RAM, clock mode, devices, image."""
+    return {
+        "machine": MACHINE_TYPE,
+        "config_version": CONFIG_VERSION,
+        "ram_size": machine.ram.size,
+        "icount_shift": machine.clock.shift,
+        "devices": {d.name: d.property_values() for d in (machine.hpet, machine.uart0)},
+        "image_sha256": machine.image.digest if machine.image else None,
+    }
+
+
+def capture(machine: Machine) -> SnapshotData:
+    sections = [Section(vmsd.name, 0, vmsd.version_id, vmsd.save(obj))
+                for vmsd, obj in _sections(machine)]
+    return SnapshotData(machine_config(machine), sections, bytes(machine.ram.data),
+                        machine.clock.now_ns, machine.clock.icount)
+
+
+# --- load -----------------------------------------------------------------------------
+
+
+def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            return (f"configuration mismatch: {key} is {saved.get(key)!r} in the snapshot, "
+                    f"{current.get(key)!r} in this machine")
+    return None
+
+
+def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
+          ) -> Callable[[], None]:
+    """Validate `snap` completely against `machine`; returns the function that applies it.
+
+    `same_image=False` accepts a snapshot of another image (a scratch machine has none).
+    """
+    current = machine_config(machine)
+    if not same_image:
+        current["image_sha256"] = snap.config.get("image_sha256")
+    problem = _config_mismatch(snap.config, current)
+    if problem:
+        raise MigrationError(problem)
+    if len(snap.ram) != machine.ram.size:
+        raise MigrationError(f"ram: {len(snap.ram)} bytes in the snapshot, "
+                             f"{machine.ram.size} in this machine")
+    expected = _sections(machine)
+    by_name = {s.name: s for s in snap.sections}
+    known = {vmsd.name for vmsd, _ in expected}
+    for section in snap.sections:
+        if section.name not in known:
+            raise MigrationError(f"unknown section '{section.name}'")
+        if section.instance_id != 0:
+            raise MigrationError(f"{section.name}: no instance {section.instance_id}")
+    if len(by_name) != len(snap.sections):
+        raise MigrationError("a section appears twice")
+    staged: list[Staged] = []
+    for vmsd, obj in expected:
+        found = by_name.get(vmsd.name)
+        if found is None:
+            raise MigrationError(f"section '{vmsd.name}' is missing")
+        try:
+            staged.append(vmsd.decode(obj, found.data, found.version_id))
+        except VMStateError as e:
+            raise MigrationError(str(e)) from None
+    ram = snap.ram
+
+    def apply() -> None:
+        machine.ram.data[:] = ram
+        for item in staged:
+            item.apply()
+        machine.hart.flush_code()
+        machine.exit_code = None
+        machine.hart.stop_requested = False
+
+    return apply
+
+
+def restore(machine: Machine, snap: SnapshotData, *, same_image: bool = True) -> None:
+    stage(machine, snap, same_image=same_image)()
+
+
+def savevm(machine: Machine, store: SnapshotStore, tag: str) -> SnapshotInfo:
+    try:
+        return store.save(tag, capture(machine))
+    except VMStateError as e:
+        raise MigrationError(str(e)) from None
+
+
+def loadvm(machine: Machine, store: SnapshotStore, tag: str) -> None:
+    """Load snapshot `tag`: all or nothing (StoreError and MigrationError leave no trace)."""
+    restore(machine, store.load(tag))
+
+
+# --- diff -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    section: str  # "config", "clock", a device name, "cpu", "ram"
+    field: str
+    old: Any
+    new: Any
+
+
+def _decoded(machine: Machine, snap: SnapshotData) -> dict[str, dict[str, Any]]:
+    """Each section's field values, decoded with the machine's own descriptions."""
+    out: dict[str, dict[str, Any]] = {}
+    by_name = {s.name: s for s in snap.sections}
+    for vmsd, obj in _sections(machine):
+        section = by_name.get(vmsd.name)
+        if section is None:
+            continue
+        try:
+            out[vmsd.name] = _plain(vmsd.decode(obj, section.data, section.version_id)
+                                    .state.values())
+        except VMStateError as e:
+            raise MigrationError(str(e)) from None
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Staged values with nested structs turned into dicts (comparable, printable)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "values") and callable(value.values) and hasattr(value, "target"):
+        return _plain(value.values())
+    return value
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, item, out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _flatten(f"{prefix}[{i}]", item, out)
+    else:
+        out[prefix] = value
+
+
+def page_ranges(a: bytes, b: bytes, base: int) -> list[tuple[int, int]]:
+    """Address ranges [start, end] of the pages that differ between two RAM images."""
+    ranges: list[tuple[int, int]] = []
+    for offset in range(0, max(len(a), len(b)), PAGE_SIZE):
+        if a[offset : offset + PAGE_SIZE] != b[offset : offset + PAGE_SIZE]:
+            start = base + offset
+            if ranges and ranges[-1][1] + 1 == start:
+                ranges[-1] = (ranges[-1][0], start + PAGE_SIZE - 1)
+            else:
+                ranges.append((start, start + PAGE_SIZE - 1))
+    return ranges
+
+
+def diff(machine: Machine, a: SnapshotData, b: SnapshotData) -> list[Change]:
+    """Field-by-field differences from `a` to `b` (config, each section, RAM pages)."""
+    changes: list[Change] = []
+    for key in sorted(set(a.config) | set(b.config)):
+        if a.config.get(key) != b.config.get(key):
+            changes.append(Change("config", key, a.config.get(key), b.config.get(key)))
+    old, new = _decoded(machine, a), _decoded(machine, b)
+    for vmsd, _ in _sections(machine):
+        flat_old: dict[str, Any] = {}
+        flat_new: dict[str, Any] = {}
+        _flatten("", old.get(vmsd.name, {}), flat_old)
+        _flatten("", new.get(vmsd.name, {}), flat_new)
+        for key in flat_old.keys() | flat_new.keys():
+            if flat_old.get(key) != flat_new.get(key):
+                changes.append(Change(vmsd.name, key, flat_old.get(key), flat_new.get(key)))
+    order = {vmsd.name: i for i, (vmsd, _) in enumerate(_sections(machine))}
+    changes.sort(key=lambda c: (order.get(c.section, -1), c.field))
+    for start, end in page_ranges(a.ram, b.ram, machine.ram.base):
+        changes.append(Change("ram", f"{start:#010x}-{end:#010x}", None, None))
+    return changes
+
+
+# --- QEMU-format stream (QEVM) -----------------------------------------------------------
+
+QEVM_MAGIC = 0x5145564D
+QEVM_VERSION = 3
+CONFIGURATION = 0x07
+SECTION_START, SECTION_END, SECTION_FULL, QEMU_VM_EOF, VMDESCRIPTION = 0x01, 0x03, 0x04, 0, 6
+RAM_MEM_SIZE, RAM_ZERO, RAM_PAGE, RAM_EOS, RAM_CONTINUE = 0x04, 0x02, 0x08, 0x10, 0x20
+RAM_IDSTR = "emud-virt.ram"
+RAM_SECTION_VERSION = 4
+
+
+def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
+    """A snapshot as QEMU's migration stream: header, configuration, RAM, devices, vmdesc.
+
+    The emud configuration record travels in an `emud-config` device section (a JSON
+    buffer) so that an import can check it; QEMU's tools show it as an opaque buffer.
+    """
+    out = bytearray(QEVM_MAGIC.to_bytes(4, "big") + QEVM_VERSION.to_bytes(4, "big"))
+    name = MACHINE_TYPE.encode()
+    out += bytes([CONFIGURATION]) + len(name).to_bytes(4, "big") + name
+    # RAM: START with the block list, then END with every non-zero page.
+    ram_id = 0
+    idstr = RAM_IDSTR.encode()
+    out += bytes([SECTION_START]) + ram_id.to_bytes(4, "big") + bytes([3]) + b"ram"
+    out += (0).to_bytes(4, "big") + RAM_SECTION_VERSION.to_bytes(4, "big")
+    out += (len(snap.ram) | RAM_MEM_SIZE).to_bytes(8, "big")
+    out += bytes([len(idstr)]) + idstr + len(snap.ram).to_bytes(8, "big")
+    out += RAM_EOS.to_bytes(8, "big") + section_footer(ram_id)
+    out += bytes([SECTION_END]) + ram_id.to_bytes(4, "big")
+    first = True
+    for offset in range(0, len(snap.ram), PAGE_SIZE):
+        page = snap.ram[offset : offset + PAGE_SIZE]
+        if not any(page):
+            continue
+        flags = RAM_PAGE | (0 if first else RAM_CONTINUE)
+        out += (offset | flags).to_bytes(8, "big")
+        if first:
+            out += bytes([len(idstr)]) + idstr
+            first = False
+        out += page
+    out += RAM_EOS.to_bytes(8, "big") + section_footer(ram_id)
+    # The emud configuration record travels as an `emud-config` section holding JSON,
+    # so that an import can check it; QEMU's tools see an opaque buffer.
+    config = json.dumps(snap.config, sort_keys=True).encode()
+    devices: list[dict[str, Any]] = [
+        {"name": "emud-config", "instance_id": 0, "size": len(config),
+         "fields": [{"name": "data", "size": len(config), "type": "buffer"}]}]
+    out += section_header(1, "emud-config", 0, 1) + config + section_footer(1)
+    # Describe each section from a scratch machine in the snapshot's state, so the
+    # description covers exactly the subsections and array sizes the bytes hold.
+    scratch = scratch_machine(snap.config)
+    restore(scratch, snap, same_image=False)
+    by_name = {s.name: s for s in snap.sections}
+    for section_id, (vmsd, obj) in enumerate(_sections(scratch), start=2):
+        section = by_name[vmsd.name]
+        payload, entry = vmsd.save_described(obj, section.instance_id)
+        assert payload == section.data, f"{vmsd.name} does not re-encode to its own bytes"
+        out += section_header(section_id, vmsd.name, section.instance_id, section.version_id)
+        out += payload + section_footer(section_id)
+        devices.append(entry)
+    out += bytes([QEMU_VM_EOF])
+    vmdesc = json.dumps({"page_size": PAGE_SIZE, "devices": devices}).encode()
+    out += bytes([VMDESCRIPTION]) + len(vmdesc).to_bytes(4, "big") + vmdesc
+    return bytes(out)
+
+
+def scratch_machine(config: dict[str, Any]) -> Machine:
+    """A machine built from a configuration record, with no image and no serial output."""
+    from emud.chardev import CharBackend
+    from emud.machine import Machine
+
+    try:
+        return Machine(CharBackend(), ram_size=int(config["ram_size"]),
+                       icount_shift=int(config["icount_shift"]),
+                       device_props=config.get("devices") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise MigrationError(f"configuration record is unusable: {e}") from None
+
+
+def import_stream(machine: Machine, data: bytes) -> SnapshotData:
+    """Parse a QEVM stream written by `export_stream`; validated like a snapshot load."""
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise MigrationError(f"stream: truncated in {what} at offset {pos}")
+        chunk = data[pos : pos + n]
+        pos += n
+        return chunk
+
+    if int.from_bytes(take(4, "magic"), "big") != QEVM_MAGIC:
+        raise MigrationError("stream: not a QEMU migration stream (bad magic)")
+    version = int.from_bytes(take(4, "version"), "big")
+    if version != QEVM_VERSION:
+        raise MigrationError(f"stream: unsupported stream version {version}")
+    if take(1, "configuration")[0] != CONFIGURATION:
+        raise MigrationError("stream: the configuration record is missing")
+    machine_type = take(int.from_bytes(take(4, "machine type length"), "big"), "machine type")
+    if machine_type.decode(errors="replace") != MACHINE_TYPE:
+        raise MigrationError(f"stream: machine type {machine_type!r}, expected {MACHINE_TYPE}")
+    ram = bytearray()
+    sections: list[Section] = []
+    config: dict[str, Any] | None = None
+    while True:
+        kind = take(1, "section type")[0]
+        if kind == QEMU_VM_EOF:
+            break
+        if kind in (SECTION_START, SECTION_END):
+            section_id = int.from_bytes(take(4, "section id"), "big")
+            if kind == SECTION_START:
+                idstr = take(take(1, "idstr length")[0], "idstr")
+                take(8, "instance and version")
+                if idstr != b"ram":
+                    raise MigrationError(f"stream: unknown iterative section {idstr!r}")
+            pos = _read_ram(data, pos, ram)
+            footer = take(5, "footer")
+            if footer != section_footer(section_id):
+                raise MigrationError(f"stream: bad footer after section {section_id}")
+        elif kind == SECTION_FULL:
+            try:
+                header, start = parse_section_header(data, pos - 1)
+            except VMStateError as e:
+                raise MigrationError(str(e)) from None
+            end = _find_footer(machine, data, start, header.idstr, header.version_id,
+                               header.section_id)
+            payload = data[start:end]
+            pos = end + 5
+            if header.idstr == "emud-config":
+                try:
+                    config = json.loads(payload)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise MigrationError("stream: the emud-config section is corrupt") from None
+            else:
+                sections.append(Section(header.idstr, header.instance_id, header.version_id,
+                                        bytes(payload)))
+        else:
+            raise MigrationError(f"stream: unexpected section type {kind:#04x} at offset "
+                                 f"{pos - 1}")
+    if config is None:
+        raise MigrationError("stream: no emud-config section (not written by emud)")
+    if len(ram) < machine.ram.size:
+        ram += bytes(machine.ram.size - len(ram))
+    clock = next((s for s in sections if s.name == VMSTATE_CLOCK.name), None)
+    if clock is None or len(clock.data) != 16:
+        raise MigrationError("stream: section 'emud-clock' is missing or malformed")
+    snap = SnapshotData(config, sections, bytes(ram), int.from_bytes(clock.data[:8], "big"),
+                        int.from_bytes(clock.data[8:], "big"))
+    stage(machine, snap)  # validate everything now, as loadvm would
+    return snap
+
+
+def _read_ram(data: bytes, pos: int, ram: bytearray) -> int:
+    """Read RAM records up to EOS; returns the position after it."""
+    while True:
+        if pos + 8 > len(data):
+            raise MigrationError(f"stream: RAM section truncated at offset {pos}")
+        word = int.from_bytes(data[pos : pos + 8], "big")
+        pos += 8
+        flags, addr = word & (PAGE_SIZE - 1), word & ~(PAGE_SIZE - 1)
+        if flags & RAM_EOS:
+            return pos
+        if flags & RAM_MEM_SIZE:
+            if pos + 1 > len(data):
+                raise MigrationError("stream: RAM block list truncated")
+            length = data[pos]
+            pos += 1 + length + 8
+            continue
+        if not flags & RAM_CONTINUE:
+            length = data[pos] if pos < len(data) else 0
+            pos += 1 + length
+        if flags & RAM_PAGE:
+            page = data[pos : pos + PAGE_SIZE]
+            if len(page) != PAGE_SIZE:
+                raise MigrationError(f"stream: RAM page at {addr:#x} truncated")
+            pos += PAGE_SIZE
+        elif flags & RAM_ZERO:
+            page = bytes([data[pos]]) * PAGE_SIZE if pos < len(data) else b""
+            pos += 1
+        else:
+            raise MigrationError(f"stream: unsupported RAM record flags {flags:#x}")
+        if len(ram) < addr + PAGE_SIZE:
+            ram += bytes(addr + PAGE_SIZE - len(ram))
+        ram[addr : addr + PAGE_SIZE] = page
+
+
+def _find_footer(machine: Machine, data: bytes, start: int, idstr: str, version: int,
+                 section_id: int) -> int:
+    """Where a FULL section's payload ends: decode it when we know the vmsd, else search."""
+    footer = section_footer(section_id)
+    by_name = {vmsd.name: (vmsd, obj) for vmsd, obj in _sections(machine)}
+    if idstr in by_name:
+        vmsd, obj = by_name[idstr]
+        end = data.find(footer, start)
+        while end != -1:
+            try:
+                vmsd.decode(obj, data[start:end], version)
+                return end
+            except VMStateError:
+                end = data.find(footer, end + 1)
+        raise MigrationError(f"stream: section '{idstr}' does not decode")
+    end = data.find(footer, start)
+    if end == -1:
+        raise MigrationError(f"stream: section '{idstr}' has no footer")
+    return end
