@@ -15,7 +15,7 @@ from emud.chardev import SocketServerBackend, StdioBackend, open_backend
 from emud.daemon import Daemon, Detached, terminal_cbreak
 from emud.gdbserver import start_gdb_server
 from emud.loader import ImageError, load_elf
-from emud.machine import DEFAULT_RAM_SIZE, Machine
+from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
 from emud.monitor import Monitor
 from emud.monitor.qmp import QmpServer, default_socket_path
 from gdbstub.server import Address, parse_address
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "ringbuf, null, unix:PATH,server, tcp:HOST:PORT,server")
     run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
                      help="virtual time per instruction is 2**N ns (default 0)")
+    run.add_argument("--accel", choices=ACCELERATORS, default=DEFAULT_ACCEL,
+                     help=f"interp: the reference interpreter; translate: hot code compiled to "
+                          f"Python, same results (default {DEFAULT_ACCEL})")
     run.add_argument("--gdb", type=parse_gdb_address, metavar="tcp:HOST:PORT|unix:PATH",
                      help="serve the GDB remote protocol (the daemon outlives gdb sessions)")
     run.add_argument("-s", dest="gdb", action="store_const", const=parse_gdb_address(GDB_DEFAULT),
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         serial = open_backend(args.serial)
-        machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount)
+        machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount,
+                          accel=args.accel)
         machine.load(load_elf(args.image))
     except (ImageError, ValueError) as e:
         print(f"emud: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from emud.chardev import CharBackend
 from emud.clock import VirtualClock
 from emud.cpu.csr import MEI, MSI, MTI
 from emud.cpu.hart import Hart
+from emud.cpu.translate import Translator
 from emud.device import Device, DeviceError
 from emud.hw.clint import Clint
 from emud.hw.hpet import HPET
@@ -28,6 +29,8 @@ PLIC_BASE, PLIC_SIZE = 0x0C00_0000, 0x400000
 UART0_BASE, UART0_SIZE = 0x1000_0000, 0x1000
 HPET_BASE, HPET_SIZE = 0xFED0_0000, 0x400
 RAM_BASE = 0x8000_0000
+ACCELERATORS = ("interp", "translate")  # README.md "Accelerators"
+DEFAULT_ACCEL = "interp"
 DEFAULT_RAM_SIZE = 16 << 20
 
 UART0_IRQ = 10
@@ -46,10 +49,13 @@ class RunState(Enum):
 class Machine:
     def __init__(self, serial: CharBackend, ram_size: int = DEFAULT_RAM_SIZE,
                  icount_shift: int = 0,
-                 device_props: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 device_props: Mapping[str, Mapping[str, Any]] | None = None,
+                 accel: str = DEFAULT_ACCEL) -> None:
         """`device_props` sets device properties by device name, QEMU's -global style:
         {"hpet": {"timers": 8, "msi": True}}.  Bad values raise DeviceError."""
         props = device_props or {}
+        if accel not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator {accel!r} (use {' or '.join(ACCELERATORS)})")
         unknown = set(props) - {"hpet", "pl011"}
         if unknown:
             raise DeviceError(f"no device {sorted(unknown)[0]!r} takes properties here")
@@ -58,6 +64,8 @@ class Machine:
         self.bus = AddressSpace(self.ram)
         self.hart = Hart(self.bus, self.clock)
         hart = self.hart
+        if accel == "translate":
+            hart.accel = Translator(hart)
         self.plic = Plic(IRQ("mip.MEIP", lambda level: hart.set_irq(MEI, level)))
         self.clint = Clint(
             self.clock,

@@ -1,0 +1,443 @@
+"""The `translate` accelerator: hot guest code becomes Python functions.
+
+A *region* is the set of basic blocks reachable from a hot entry pc by direct
+edges (branches, jal, and jalr back to a known block).  It is turned into the
+source of one function `region(x, r) -> (next_pc, r)` and compiled: registers
+live in locals (loaded from `x` on entry, written back on exit), jumps between
+its blocks are a Python loop, and `r`, the instructions the run may still
+retire, is charged per block.
+
+Only plain computation and RAM accesses are translated.  Everything else stays
+with the reference interpreter (`Hart.interpret`): CSR, system, atomic and
+fence.i instructions end a block, and a load or store whose address is not
+plain RAM (a device, misaligned, outside RAM, or a store to a flagged page)
+leaves the region *before* it, with all earlier instructions retired.  Such an
+exit returns an odd pc, meaning "run the instruction at pc & ~1 through the
+interpreter".  The interpreter thus performs every trap, clock sync and
+interrupt check, and a run retires the same instructions, with the same
+icount at every interrupt, as the interpreter alone.
+
+Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
+visits.  Regions are dropped when a page they cover is written (PAGE_CODE)
+and on fence.i.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from emud.cpu import decode as d
+from emud.cpu.interp import ALU_RR, LOADS, STORES
+from emud.memory import PAGE_CODE, PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from emud.cpu.hart import Hart
+
+Region = Callable[[list[int], int], tuple[int, int]]
+
+M = 0xFFFF_FFFF
+S = 0x8000_0000
+HOT = 16  # dispatcher visits before a pc gets a region
+MAX_BLOCKS = 16
+MAX_BLOCK_INSNS = 64
+MAX_REGION_INSNS = 200
+NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
+REGISTER = re.compile(r"\bx(\d+)\b")
+BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
+
+# Register-register operations as Python expressions over {a} and {b} (both in 0..M).
+OP_EXPR: dict[tuple[int, int], str] = {
+    (0x00, 0): f"({{a}} + {{b}}) & {M}",
+    (0x20, 0): f"({{a}} - {{b}}) & {M}",
+    (0x00, 1): f"({{a}} << ({{b}} & 31)) & {M}",
+    (0x00, 2): f"1 if ({{a}} ^ {S}) < ({{b}} ^ {S}) else 0",
+    (0x00, 3): "1 if {a} < {b} else 0",
+    (0x00, 4): "{a} ^ {b}",
+    (0x00, 5): "{a} >> ({b} & 31)",
+    (0x20, 5): f"(({{a}} ^ {S}) - {S} >> ({{b}} & 31)) & {M}",
+    (0x00, 6): "{a} | {b}",
+    (0x00, 7): "{a} & {b}",
+    (0x01, 0): f"({{a}} * {{b}}) & {M}",
+    (0x01, 1): "mulh({a}, {b})",
+    (0x01, 2): "mulhsu({a}, {b})",
+    (0x01, 3): "({a} * {b}) >> 32",
+    (0x01, 4): "div({a}, {b})",
+    (0x01, 5): f"{{a}} // {{b}} if {{b}} else {M}",
+    (0x01, 6): "rem({a}, {b})",
+    (0x01, 7): "{a} % {b} if {b} else {a}",
+}
+HELPERS = {"mulh": ALU_RR[(0x01, 1)], "mulhsu": ALU_RR[(0x01, 2)],
+           "div": ALU_RR[(0x01, 4)], "rem": ALU_RR[(0x01, 6)]}
+# funct3 -> (signed, unsigned) comparison templates for branches.
+BRANCH_EXPR = {
+    0: "{a} == {b}",
+    1: "{a} != {b}",
+    4: f"({{a}} ^ {S}) < ({{b}} ^ {S})",
+    5: f"({{a}} ^ {S}) >= ({{b}} ^ {S})",
+    6: "{a} < {b}",
+    7: "{a} >= {b}",
+}
+# Cheaper forms of comparisons against x0 (rs2 = 0).
+BRANCH_ZERO = {0: "not {a}", 1: "{a}", 4: f"{{a}} >= {S}", 5: f"{{a}} < {S}", 6: "False", 7: "True"}
+# Typed views of RAM by (size, signed): name, index shift, mask needed on the value.
+LOAD_VIEW = {(4, False): ("u32", 2, ""), (2, True): ("s16", 1, f" & {M}"),
+             (2, False): ("u16", 1, ""), (1, True): ("s8", 0, f" & {M}"), (1, False): ("u8", 0, "")}
+STORE_VIEW = {4: ("u32", 2, ""), 2: ("u16", 1, " & 65535"), 1: ("u8", 0, " & 255")}
+
+
+class Insn(NamedTuple):
+    pc: int
+    word: int  # 32-bit form (RVC expanded)
+    length: int
+
+    @property
+    def npc(self) -> int:
+        return (self.pc + self.length) & M
+
+
+def _reg(n: int) -> str:
+    return f"x{n}" if n else "0"
+
+
+class Translator:
+    def __init__(self, hart: Hart) -> None:
+        self.hart = hart
+        self.ram = hart.bus.ram
+        self.regions: dict[int, Region] = {}
+        self.heat: dict[int, int] = {}
+        self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
+        self.page_regions: dict[int, set[int]] = {}
+        self.spans: dict[int, list[tuple[int, bytes]]] = {}  # entry -> (offset, code bytes)
+        self.code: set[int] = set()  # pcs of translated instructions (stale ones allowed)
+        ram = self.ram
+        self.namespace: dict[str, object] = {
+            "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
+            "flags": ram.page_flags, "hits_code": self.hits_code, **HELPERS,
+        }
+        size = ram.size
+        # Address checks on o = (addr - ram.base) mod 2**32, by access size.
+        self.bad_address = {
+            n: (f"o & {(M & ~(size - 1)) | (n - 1)}" if size & (size - 1) == 0
+                else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
+            for n in (1, 2, 4)
+        }
+
+    # --- the run loop -----------------------------------------------------------
+
+    def run(self, budget: int) -> int:
+        """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
+        hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
+        pc = hart.pc
+        done = committed = 0
+        irq = hart._deliverable_irq() is not None
+        # Heat is counted only where a block starts, not where a slice or a step left pc.
+        at_block = False
+        while done < budget and not hart.stop_requested and not hart.waiting:
+            region = None if irq else regions.get(pc)
+            if region is None and at_block:
+                region = self._hot(pc)
+            if region is not None:
+                pc, left = region(x, budget - done)
+                done = budget - left
+                if not pc & 1:
+                    at_block = True
+                    continue
+                pc ^= 1  # the instruction at pc needs the interpreter
+                # At the end of the budget, let the interpreter finish (no regions mid-loop).
+                steps = 1 if budget - done > MAX_BLOCK_INSNS else budget - done
+                at_block = False
+            else:
+                steps = 1 if irq else self._block_length(pc)
+                at_block = not irq
+            if done == budget:
+                break
+            # The interpreter sees an exact clock, takes pending interrupts, traps, syncs.
+            clock.advance_insns(done - committed)
+            hart.pc = pc
+            done += hart.interpret(min(steps, budget - done))
+            committed = done
+            pc = hart.pc
+            if hart.debug_stop is not None:
+                break
+            if done < budget:
+                budget = done + clock.insns_until_deadline(budget - done)
+            irq = bool(hart.mip & hart.mie) and hart._deliverable_irq() is not None
+        clock.advance_insns(done - committed)
+        hart.pc = pc
+        return done
+
+    def _hot(self, pc: int) -> Region | None:
+        heat = self.heat.get(pc, 0) + 1
+        self.heat[pc] = heat
+        if heat < HOT:
+            return None
+        region = self.translate(pc)
+        if region is None:
+            self.heat[pc] = NOT_TRANSLATABLE
+        return region
+
+    def _block_length(self, pc: int) -> int:
+        """How many instructions the interpreter runs for a cold block (a hint only)."""
+        n = self.lengths.get(pc)
+        if n is None:
+            n, at = 1, pc
+            while n < MAX_BLOCK_INSNS and (insn := self._fetch(at)) is not None \
+                    and insn.word & 0x7F not in (d.OP_BRANCH, d.OP_JAL, d.OP_JALR, d.OP_SYSTEM):
+                n, at = n + 1, insn.npc
+            self.lengths[pc] = n
+        return n
+
+    # --- invalidation -----------------------------------------------------------
+
+    def invalidate_page(self, page: int) -> None:
+        """A store hit the page: drop the regions whose code it changed.
+
+        Pages mix code and data, so most such stores leave the code as it was;
+        those regions stay, and the page stays flagged for them.
+        """
+        data = self.ram.data
+        kept = set()
+        for pc in self.page_regions.pop(page, ()):
+            spans = self.spans.get(pc)
+            if spans is not None and all(data[o:o + len(code)] == code for o, code in spans):
+                kept.add(pc)
+            else:
+                self.regions.pop(pc, None)
+                self.spans.pop(pc, None)
+        if kept:
+            self.page_regions[page] = kept
+            self.ram.page_flags[page] |= PAGE_CODE
+
+    def hits_code(self, offset: int, size: int) -> bool:
+        """Whether a store at RAM offset may overwrite a decoded or translated instruction.
+
+        Pages hold data next to code; a store to a code page leaves the region
+        (and invalidates the whole page) only when it really touches code.
+        """
+        cache, code = self.hart.cache, self.code
+        addr = self.ram.base + offset
+        return any(pc in cache or pc in code for pc in range((addr & ~1) - 2, addr + size, 2))
+
+    def flush(self) -> None:
+        self.code.clear()
+        self.spans.clear()
+        self.regions.clear()
+        self.page_regions.clear()
+        self.heat.clear()
+        self.lengths.clear()
+
+    # --- translation ------------------------------------------------------------
+
+    def _fetch(self, pc: int) -> Insn | None:
+        ram = self.ram
+        if not ram.contains(pc, 2):
+            return None
+        low = ram.u16[(pc - ram.base) >> 1]
+        if low & 3 != 3:
+            return Insn(pc, d.expand_compressed(low), 2)
+        if not ram.contains(pc, 4):
+            return None
+        return Insn(pc, low | ram.u16[(pc + 2 - ram.base) >> 1] << 16, 4)
+
+    def translate(self, entry: int) -> Region | None:
+        """Compile the region at `entry`; None when its first instruction needs the interpreter."""
+        leaders, insns = self._discover(entry)
+        if insns.get(entry) is None:
+            return None
+        # The entry first (loops back to it are the commonest edge: one test to dispatch),
+        # then the others in address order (so fall-through edges need no dispatch at all).
+        order = sorted(leaders, key=lambda pc: (pc != entry, pc < entry, pc))
+        index = {pc: i for i, pc in enumerate(order)}
+        body: list[str] = []
+        for i, pc in enumerate(order):
+            body += self._block(i, pc, index, insns)
+        used = sorted({int(n) for line in body for n in _registers(line)})
+        source = "\n".join([
+            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, T=T):",
+            *(f"    x{n} = x[{n}]" for n in used),
+            f"    b = {index[entry]}",
+            "    while True:",
+            *body,
+            *(f"    x[{n}] = x{n}" for n in used),
+            "    return npc, r",
+        ])
+        namespace = dict(self.namespace, T=index)
+        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
+        region: Region = namespace["region"]  # type: ignore[assignment]
+        self.regions[entry] = region
+        ram = self.ram
+        spans: list[tuple[int, bytes]] = []
+        for insn in sorted(i for i in insns.values() if i is not None):
+            lo, hi = insn.pc - ram.base, insn.pc + insn.length - ram.base
+            if spans and spans[-1][0] + len(spans[-1][1]) >= lo:
+                lo = spans.pop()[0]
+            spans.append((lo, bytes(ram.data[lo:hi])))
+            for page in {lo >> PAGE_SHIFT, (hi - 1) >> PAGE_SHIFT}:
+                ram.page_flags[page] |= PAGE_CODE
+                self.page_regions.setdefault(page, set()).add(entry)
+            self.code.add(insn.pc)
+        self.spans[entry] = spans
+        return region
+
+    def _discover(self, entry: int) -> tuple[set[int], dict[int, Insn | None]]:
+        """Block leaders reachable from entry, and every instruction walked (None: needs
+        the interpreter)."""
+        leaders = {entry}
+        insns: dict[int, Insn | None] = {}
+        work = [entry]
+        total = 0
+
+        def lead(pc: int) -> None:
+            if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS:
+                leaders.add(pc)
+                work.append(pc)
+
+        while work:
+            pc = work.pop(0)
+            for _ in range(MAX_BLOCK_INSNS):
+                if pc in insns:
+                    lead(pc)  # two walks meet: one block, not two copies
+                    break
+                insn = self._fetch(pc)
+                if insn is None or self._body(insn) is None:
+                    insns[pc] = None
+                    break
+                insns[pc] = insn
+                total += 1
+                op = insn.word & 0x7F
+                if op == d.OP_BRANCH:
+                    lead((pc + d.imm_b(insn.word)) & M)
+                    lead(insn.npc)
+                    break
+                if op == d.OP_JAL:
+                    if not d.rd(insn.word):  # calls leave the region: they would pull in too much
+                        lead((pc + d.imm_j(insn.word)) & M)
+                    break
+                if op == d.OP_JALR:
+                    break
+                pc = insn.npc
+            else:
+                lead(pc)
+        return leaders, insns
+
+    def _block(self, i: int, pc: int, index: dict[int, int],
+               insns: dict[int, Insn | None]) -> list[str]:
+        """Source of block i: entered when b <= i, falls into block i+1 when done."""
+        block: list[Insn] = []
+        at = pc
+        while (insn := insns.get(at)) is not None and (not block or at not in index):
+            block.append(insn)
+            if insn.word & 0x7F in (d.OP_BRANCH, d.OP_JAL, d.OP_JALR):
+                break
+            at = insn.npc
+        if not block:  # its first instruction needs the interpreter
+            return [f"        if b <= {i}:", f"            npc = {pc | 1}; break"]
+        n = len(block)
+        lines = [f"if b <= {i}:",
+                 f"    r -= {n}",
+                 "    if r < 0:",
+                 f"        npc = {pc | 1}; r += {n}; break"]
+        for k, insn in enumerate(block):
+            bail = f"npc = {insn.pc | 1}; r += {n - k}; break"
+            lines += ["    " + line.replace(BAIL, bail) for line in self._body(insn) or ()]
+        last = block[-1]
+        op, w = last.word & 0x7F, last.word
+
+        def goto(target: int) -> list[str]:
+            j = index.get(target)
+            if j is None:
+                return [f"npc = {target}; break"]
+            if j == i + 1:
+                return []
+            return [f"b = {j}"] + (["continue"] if j <= i else [])
+
+        if op == d.OP_BRANCH:
+            a, b, f3 = _reg(d.rs1(w)), _reg(d.rs2(w)), d.funct3(w)
+            cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
+            taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
+            lines += [f"    if {cond}:", *("        " + s for s in taken or ["pass"]),
+                      "    else:", *("        " + s for s in fall or ["pass"])]
+        elif op == d.OP_JAL:
+            lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
+        elif op == d.OP_JALR:
+            lines += ["    b = T.get(t, -1)", "    if b < 0:",
+                      "        npc = t; break", "    continue"]
+        elif insns.get(last.npc, 0) is None:  # the next instruction needs the interpreter
+            lines += [f"    npc = {last.npc | 1}; break"]
+        else:
+            lines += ["    " + s for s in goto(last.npc)]
+        return ["        " + line for line in lines]
+
+    def _body(self, insn: Insn) -> list[str] | None:
+        """Python lines for one instruction (BAIL where it must leave before it), or None
+        when it needs the interpreter."""
+        w, pc = insn.word, insn.pc
+        op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
+        a, b, dst = _reg(d.rs1(w)), _reg(d.rs2(w)), f"x{rd}"
+        if op == d.OP_LUI:
+            return [f"{dst} = {d.imm_u(w)}"] if rd else []
+        if op == d.OP_AUIPC:
+            return [f"{dst} = {(pc + d.imm_u(w)) & M}"] if rd else []
+        if op == d.OP_IMM:
+            imm = d.imm_i(w)
+            if f3 in (1, 5) and (f3, d.funct7(w)) not in ((1, 0), (5, 0), (5, 0x20)):
+                return None
+            if not rd:
+                return []
+            shamt, uimm = imm & 31, imm & M
+            expr = {
+                0: f"({a} + {imm}) & {M}" if imm and a != "0" else a if imm == 0 else str(uimm),
+                1: f"({a} << {shamt}) & {M}",
+                2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
+                3: f"1 if {a} < {uimm} else 0",
+                4: f"{a} ^ {uimm}",
+                5: f"(({a} ^ {S}) - {S} >> {shamt}) & {M}" if w >> 30 & 1 else f"{a} >> {shamt}",
+                6: f"{a} | {uimm}",
+                7: f"{a} & {uimm}",
+            }[f3]
+            return [f"{dst} = {expr}"]
+        if op == d.OP_OP:
+            template = OP_EXPR.get((d.funct7(w), f3))
+            if template is None:
+                return None
+            if (d.funct7(w), f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
+                template = "{b}" if a == "0" else "{a}"
+            return [f"{dst} = {template.format(a=a, b=b)}"] if rd else []
+        if op == d.OP_LOAD:
+            kind = LOADS.get(f3)
+            if kind is None:
+                return None
+            view, shift, mask = LOAD_VIEW[kind]
+            lines = [f"o = ({a} + {(d.imm_i(w) - self.ram.base) & M}) & {M}",
+                     f"if {self.bad_address[kind[0]]}:", f"    {BAIL}"]
+            index = f"o >> {shift}" if shift else "o"
+            return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
+        if op == d.OP_STORE:
+            size = STORES.get(f3)
+            if size is None:
+                return None
+            view, shift, mask = STORE_VIEW[size]
+            bad = f"{self.bad_address[size]} or flags[o >> {PAGE_SHIFT}]"
+            return [f"o = ({a} + {(d.imm_s(w) - self.ram.base) & M}) & {M}",
+                    f"if {bad}:",
+                    f"    if {bad} != {PAGE_CODE} or hits_code(o, {size}):",
+                    f"        {BAIL}",
+                    f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
+        if op == d.OP_BRANCH:
+            return [] if f3 in BRANCH_EXPR else None
+        if op == d.OP_JAL:
+            return [f"{dst} = {insn.npc}"] if rd else []
+        if op == d.OP_JALR:
+            if f3:
+                return None
+            return [f"t = ({a} + {d.imm_i(w)}) & {M - 1}"] + ([f"{dst} = {insn.npc}"] if rd else [])
+        if op == d.OP_MISC_MEM and f3 == 0:
+            return []  # FENCE: one hart, accesses are already in order
+        return None
+
+
+def _registers(line: str) -> list[str]:
+    """Register numbers named (x1..x31) in a line of emitted source."""
+    return REGISTER.findall(line)
