@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from conftest import boot
@@ -171,7 +173,7 @@ async def test_wire_format_ids_and_negotiation(vm: Vm) -> None:
         reply = await raw.send({"execute": "query-status", "id": ident})
         assert reply["id"] == ident and reply["return"]["status"] == "running"
     assert "id" not in await raw.send({"execute": "query-status"})
-    bad = await raw.send_raw(b'{"execute": query-status, "id": 3}')
+    bad = await raw.send_raw(b'{"execute": "query-status" "id": 3}')
     assert bad["error"]["class"] == "GenericError" and "id" not in bad
     assert bad["error"]["desc"].startswith("JSON parse error")
     assert (await raw.send_raw(b"[1, 2]\n"))["error"]["desc"] == "QMP input must be a JSON object"
@@ -272,3 +274,18 @@ async def test_tcp_port_zero_reports_the_real_port(vm: Vm) -> None:
         await qmp.disconnect()
     finally:
         await server.close()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=40).filter(lambda b: not set(b) & set(b'{["')))
+async def test_garbage_costs_an_error_and_nothing_else(vm: Vm, garbage: bytes) -> None:
+    vm.daemon.stop()  # quicker round trips
+    raw, _ = await RawClient.open(vm.path)
+    raw.writer.write(garbage + b"\n")
+    reply = await raw.send({"execute": "query-status", "id": "after"})
+    while reply.get("id") != "after":  # one error reply per garbage value, without an id
+        assert reply["error"]["class"] == "GenericError" and "id" not in reply
+        reply = json.loads(await raw.read_line())
+    assert reply["return"]["status"] == "paused"
+    raw.close()

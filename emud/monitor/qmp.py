@@ -50,12 +50,17 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=True).encode() + b"\r\n"
 
 
+_JSON_BYTES = frozenset(b" \t\r\n{}[]:,-+.0123456789eEtruefalsn")
+
+
 class JsonSplitter:
     """Cuts a byte stream into top-level JSON values, like QEMU's json-streamer.
 
     Objects and arrays end when their brackets balance (strings and escapes
     respected); a stray scalar or bracket is a value of its own, which the
-    caller then rejects.
+    caller then rejects.  A byte that cannot appear in JSON outside a string
+    ends the current value at once (as QEMU's lexer errors do), so garbage
+    costs one error reply and never swallows the commands after it.
     """
 
     def __init__(self) -> None:
@@ -80,6 +85,10 @@ class JsonSplitter:
                     self.in_string = False
             elif ch == 0x22:
                 self.in_string = True
+            elif ch not in _JSON_BYTES:  # the rest of this word belongs to the same error
+                while self.pos < len(buf) and buf[self.pos] not in b" \t\r\n{":
+                    self.pos += 1
+                out.append(self._take())
             elif ch in b"{[":
                 self.depth += 1
             elif ch in b"}]":
