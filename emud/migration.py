@@ -112,11 +112,13 @@ def machine_config(machine: Machine) -> dict[str, Any]:
     }
 
 
-def capture(machine: Machine) -> SnapshotData:
+def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
+    """The machine's state; `copy_ram=False` lends the live RAM (use it before running on)."""
     sections = [Section(vmsd.name, 0, vmsd.version_id, vmsd.save(obj))
                 for vmsd, obj in _sections(machine)]
-    return SnapshotData(machine_config(machine), sections, bytes(machine.ram.data),
-                        machine.clock.now_ns, machine.clock.icount)
+    ram = bytes(machine.ram.data) if copy_ram else machine.ram.data
+    return SnapshotData(machine_config(machine), sections, ram, machine.clock.now_ns,
+                        machine.clock.icount)
 
 
 # --- load -----------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def restore(machine: Machine, snap: SnapshotData, *, same_image: bool = True) ->
 
 def savevm(machine: Machine, store: SnapshotStore, tag: str) -> SnapshotInfo:
     try:
-        return store.save(tag, capture(machine))
+        return store.save(tag, capture(machine, copy_ram=False))
     except VMStateError as e:
         raise MigrationError(str(e)) from None
 
