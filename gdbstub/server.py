@@ -54,6 +54,7 @@ class GdbServer:
         self.log = log
         self.session: Session | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._connection: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self.address: Address | None = None
 
@@ -72,8 +73,12 @@ class GdbServer:
         return self.address
 
     async def close(self) -> None:
+        # End the connection by closing it, not by cancelling its task: its reader sees
+        # EOF and it detaches as on any disconnect.
         if self._writer is not None:
             self._writer.close()
+        if self._connection is not None:
+            await self._connection
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -109,6 +114,7 @@ class GdbServer:
             writer.close()
             return
         self._writer = writer
+        self._connection = asyncio.current_task()
         self.log(f"debugger attached from {peer}")
         session = self.session
         try:
@@ -130,7 +136,7 @@ class GdbServer:
             except Exception:
                 self.log("detach failed:\n" + traceback.format_exc())
             self._flush()
-            self.session = self._writer = None
+            self.session = self._writer = self._connection = None
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
             writer.close()
