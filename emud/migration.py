@@ -244,7 +244,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def page_ranges(a: bytes, b: bytes, base: int) -> list[tuple[int, int]]:
+def page_ranges(a: bytes | bytearray, b: bytes | bytearray, base: int) -> list[tuple[int, int]]:
     """Address ranges [start, end] of the pages that differ between two RAM images."""
     ranges: list[tuple[int, int]] = []
     for offset in range(0, max(len(a), len(b)), PAGE_SIZE):
