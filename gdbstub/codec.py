@@ -7,6 +7,7 @@ byte XOR 0x20.  Outside a packet, `+`/`-` acknowledge and 0x03 is Ctrl-C.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 INTERRUPT = 0x03
@@ -16,7 +17,10 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def checksum(payload: bytes) -> int:
-    return sum(payload) & 0xFF
+    # Adler-32's first half is 1 + the byte sum (mod 65521); over 256 bytes the sum stays
+    # below the modulus, so C sums each chunk: several times faster than sum() per byte.
+    view = memoryview(payload)
+    return sum(zlib.adler32(view[i : i + 256]) - 1 for i in range(0, len(view), 256)) & 0xFF
 
 
 def frame(payload: bytes) -> bytes:

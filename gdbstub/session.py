@@ -34,7 +34,7 @@ from gdbstub.target import (
     WatchpointHit,
 )
 
-DEFAULT_PACKET_SIZE = 0x4000
+DEFAULT_PACKET_SIZE = 0x10000  # payload bytes: 32 KiB of memory per `m` reply
 THREAD = b"1"  # the only thread: a single hart
 _OUR_THREADS = frozenset((b"1", b"-1", b"0", b"p1.1", b"p1.-1", b"p-1.-1", b"p1.0"))
 _WATCH_TYPES = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
@@ -217,7 +217,7 @@ class Session:
 
     def _read_memory(self, payload: bytes) -> bytes:
         addr, length = _addr_len(payload[1:])
-        data = self.target.read_memory(addr, min(length, (self.packet_size - 4) // 2))
+        data = self.target.read_memory(addr, min(length, self.packet_size // 2))
         return hex_encode(data) if data or not length else b"E14"
 
     def _write_memory(self, payload: bytes) -> bytes:

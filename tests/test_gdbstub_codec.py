@@ -29,6 +29,11 @@ def test_frame_matches_the_manual_example() -> None:
     assert checksum(b"\xff\x02") == 0x01
 
 
+@given(st.binary(max_size=3000))
+def test_checksum_is_the_byte_sum_mod_256(data: bytes) -> None:
+    assert checksum(data) == sum(data) % 256
+
+
 def test_escape_covers_the_four_special_bytes() -> None:
     assert escape(b"a#b$c}d*e") == b"a}\x03b}\x04c}]d}\x0ae"
     assert unescape(b"}\x03}\x04}]}\x0a") == b"#$}*"

@@ -278,7 +278,7 @@ async def test_bad_input_never_kills_the_daemon(emud: Emud, gdb: Gdb) -> None:
 
     writer.write(b"noise\x00\xff$g#00")  # line noise, then a bad checksum
     assert await _read_some(reader, 1) == b"-"
-    writer.write(b"$" + b"M80000000,4000:" + b"00" * 0x4000 + b"#00")  # oversized
+    writer.write(b"$" + b"M80000000,10000:" + b"00" * 0x10000 + b"#00")  # oversized
     assert await _read_some(reader, 1) == b"-"
     writer.write(b"$mzz#%02x" % (sum(b"mzz") & 0xFF))  # malformed arguments
     assert await _read_some(reader, 8) == b"+" + frame(b"E22")
