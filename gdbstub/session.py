@@ -38,6 +38,8 @@ DEFAULT_PACKET_SIZE = 0x10000  # payload bytes: 32 KiB of memory per `m` reply
 THREAD = b"1"  # the only thread: a single hart
 _OUR_THREADS = frozenset((b"1", b"-1", b"0", b"p1.1", b"p1.-1", b"p-1.-1", b"p1.0"))
 _WATCH_TYPES = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
+# QEMU's single-step flags (`maint packet Qqemu.sstep=…`); only NOIRQ changes anything here.
+SSTEP_ENABLE, SSTEP_NOIRQ, SSTEP_NOTIMER = 1, 2, 4
 
 Handler = Callable[["Session", bytes], bytes | None]
 
@@ -327,6 +329,18 @@ class Session:
             self._send(b"O" + hex_encode(output[i : i + chunk]))
         return b"OK"
 
+    def _sstep_bits(self, payload: bytes) -> bytes:
+        return b"ENABLE=%x,NOIRQ=%x,NOTIMER=%x" % (SSTEP_ENABLE, SSTEP_NOIRQ, SSTEP_NOTIMER)
+
+    def _sstep(self, payload: bytes) -> bytes:
+        noirq = 0 if self.target.step_irqs else SSTEP_NOIRQ
+        return b"0x%x" % (SSTEP_ENABLE | noirq | SSTEP_NOTIMER)
+
+    def _set_sstep(self, payload: bytes) -> bytes:
+        bits = parse_int(payload[len(b"Qqemu.sstep=") :])
+        self.target.step_irqs = not bits & SSTEP_NOIRQ
+        return b"OK"
+
     def _attached(self, payload: bytes) -> bytes:
         return b"1"  # quitting gdb detaches; it never kills the machine unasked
 
@@ -381,6 +395,11 @@ _PREFIXED: list[tuple[bytes, Handler]] = [
     (b"qAttached", Session._attached),
     (b"qfThreadInfo", Session._first_thread),
     (b"qsThreadInfo", Session._more_threads),
+    (b"Qqemu.sstep=", Session._set_sstep),
 ]
 
-_EXACT: dict[bytes, Handler] = {b"qC": Session._current_thread}
+_EXACT: dict[bytes, Handler] = {
+    b"qC": Session._current_thread,
+    b"qqemu.sstepbits": Session._sstep_bits,
+    b"qqemu.sstep": Session._sstep,
+}

@@ -26,6 +26,7 @@ class FakeTarget:
     register_size = 4
     gdb_register_count = 3
     pc_regnum = 2
+    step_irqs = False
 
     def __init__(self, *, with_points: bool = True) -> None:
         self.regs = [0, 0x11223344, 0x80000000]
@@ -330,6 +331,15 @@ def test_threads(session: Session) -> None:
     assert ask(session, b"qC") == [b"QC1"]
     assert ask(session, b"Hg0") == [b"OK"]
     assert ask(session, b"qAttached") == [b"1"]
+
+
+def test_qemu_single_step_flags(session: Session, target: FakeTarget) -> None:
+    assert ask(session, b"qqemu.sstepbits") == [b"ENABLE=1,NOIRQ=2,NOTIMER=4"]
+    assert ask(session, b"qqemu.sstep") == [b"0x7"]  # interrupts masked while stepping
+    assert ask(session, b"Qqemu.sstep=1") == [b"OK"]
+    assert target.step_irqs and ask(session, b"qqemu.sstep") == [b"0x5"]
+    assert ask(session, b"Qqemu.sstep=7") == [b"OK"] and not target.step_irqs
+    assert ask(session, b"Qqemu.sstep=x") == [b"E22"]
 
 
 def test_exit_during_step_is_w(session: Session, target: FakeTarget) -> None:
