@@ -1,14 +1,17 @@
 """gdb round trips: median `stepi` latency and memory-read throughput through a real
 gdb-multiarch, against emud and against qemu-system-riscv32 (-M virt -s -S).
 
-    python bench/gdb_bench.py [--steps N] [--kib N]
+    python bench/gdb_bench.py [--steps N] [--kib N] [--rounds N] [--osabi-none]
 
 Both targets run the same small loop (built here with the cross toolchain: it
 touches no device, so it behaves the same on QEMU's virt board); the same gdb
 script (connect, N x stepi, then read RAM with `inferior.read_memory`) drives
-both.  Debian's gdb-multiarch assumes the GNU/Linux OS ABI unless the target
-says otherwise: emud's target.xml says `osabi none`, so gdb steps with `s`;
-QEMU's does not, so gdb steps QEMU with a temporary breakpoint and `c`.
+both.  Each round starts fresh processes; the figures are medians over rounds
+(memory-read throughput on a loaded host is bimodal, for both targets).
+
+Debian's gdb-multiarch assumes the GNU/Linux OS ABI unless the target says
+otherwise: emud's target.xml says `osabi none`, so gdb steps with `s`; QEMU's
+does not, so gdb steps QEMU with a temporary breakpoint and `c`.
 `--osabi-none` makes gdb step QEMU with `s` too.
 """
 
@@ -19,6 +22,7 @@ import json
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--kib", type=int, default=1024, help="KiB per memory read")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--osabi-none", action="store_true",
                         help="`set osabi none` in gdb, so QEMU is stepped with `s` too")
     args = parser.parse_args()
@@ -148,8 +153,11 @@ def main() -> None:
         image = build_loop(Path(tmp))
         print(f"{'target':8} {'stepi median':>14} {'memory read':>14}")
         for name, bench in targets:
-            r = bench(image, args.steps, args.kib, args.osabi_none)
-            print(f"{name:8} {r['stepi_ms']:11.3f} ms {r['read_mib_s']:9.1f} MiB/s")
+            rounds = [bench(image, args.steps, args.kib, args.osabi_none)
+                      for _ in range(args.rounds)]
+            stepi = statistics.median(r["stepi_ms"] for r in rounds)
+            read = statistics.median(r["read_mib_s"] for r in rounds)
+            print(f"{name:8} {stepi:11.3f} ms {read:9.1f} MiB/s")
 
 
 if __name__ == "__main__":

@@ -100,9 +100,9 @@ class EmudTarget:
     # --- run control ----------------------------------------------------------------
 
     def attach(self) -> StopReason:
+        """Stops the machine.  A powered-off guest can still be inspected (and reset with
+        `monitor system_reset`); resuming it reports the exit again."""
         self.daemon.stop()
-        if self.machine.exit_code is not None:
-            return Exited(self.machine.exit_code)
         return Halted()
 
     def resume(self, step: bool) -> StopReason | None:

@@ -139,23 +139,21 @@ class Emud:
         await gdb.cmd(f"-target-select remote 127.0.0.1:{self.port}")
         await gdb.stopped()  # the stop gdb reports on connecting
 
-    async def stop(self) -> int:
-        """SIGTERM ends the daemon cleanly; returns its exit status."""
-        if self.proc.returncode is not None and self._reader.done():
-            return self.proc.returncode  # stopped already by the test
+    async def stop(self) -> None:
+        """The daemon must still be alive; SIGTERM then ends it cleanly."""
         assert self.proc.returncode is None, "the daemon died: " + "".join(self.log)
         self.proc.send_signal(signal.SIGTERM)
         status = await asyncio.wait_for(self.proc.wait(), TIMEOUT)
         await self._reader
+        assert status >= 0, "killed by the signal instead of quitting"
         assert "Traceback" not in "".join(self.log), self.log
-        return status
 
 
 @pytest.fixture
 async def emud(tmp_path: Path) -> AsyncIterator[Emud]:
     daemon = await Emud.start(COUNTER, tmp_path / "uart.txt")
     yield daemon
-    await daemon.stop()  # still alive, no traceback; exits with the guest's last exit code
+    await daemon.stop()
 
 
 @pytest.fixture
@@ -258,7 +256,13 @@ async def test_guest_power_off_is_reported_as_exit(emud: Emud, gdb: Gdb) -> None
     stop = await gdb.resume()
     assert stop == {"reason": "exited", "exit-code": "052"}  # gdb prints it in octal
     assert emud.proc.returncode is None  # power-off did not end the daemon
-    assert await emud.stop() == 42
+    # A new gdb can inspect the powered-off machine, reset it and start over.
+    await emud.attach(gdb)
+    assert await gdb.value("counter") == "42"
+    await gdb.console("monitor system_reset")
+    await gdb.console("maintenance flush register-cache")
+    assert await gdb.value("$pc") == "0x80000000 <_start>"
+    assert await gdb.value("counter") == "0"
 
 
 async def _raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
