@@ -397,6 +397,12 @@ DUMPS: dict[str, list[Step]] = {
         W(tcmp(0), 0x600), W(tconf(1), PERIODIC | route(6)), W(tcmp(1), 0x40),
         W(CONF, ENABLE), W(CONF, 0), R(COUNT), Dump(),
     ],
+    "8-byte comparator writes: period in periodic mode, comparator in one-shot": [
+        W(tconf(0), PERIODIC), W(tcmp(0), 0x3_0000_4000, 8), W(tconf(1), 0),
+        W(tcmp(1), 0x5_0000_6000, 8), W(tconf(2), MODE32 | PERIODIC | VAL_SET),
+        W(tcmp(2), 0x1234, 8), R(tcmp(0), 8), R(tcmp(1), 8), R(tcmp(2), 8), R(tconf(2)),
+        Dump(),
+    ],
     "legacy mode with the RTC input high": [
         Input(1, 1), W(CONF, LEGACY), W(COUNT, 0x1234_5678), W(COUNT_HI, 0x9),
         W(tconf(1), MODE32 | PERIODIC | VAL_SET), W(tcmp(1), 0x7000_0000), Dump(),
@@ -428,6 +434,15 @@ def test_32bit_wrap_pop_is_one_tick_later_than_7_2() -> None:
     assert_same(run_qemu(steps), run_model(steps), [
         Difference(len(steps) - 1, "§10.1/§10.2: wrap pop at 0xffffffff vs at the wrap",
                    one_tick_later)])
+
+
+def test_8_byte_comparator_write_with_val_set_is_one_access_unlike_7_2() -> None:
+    steps: list[Step] = [W(tconf(1), PERIODIC | VAL_SET), W(tcmp(1), 0x7_0000_0100, 8),
+                         R(tcmp(1)), R(tcmp(1) + 4)]
+    # 7.2 splits it (§12): the low half sets comparator and period and clears VAL_SET,
+    # so the high half only reaches the period.  New writes both halves of both.
+    assert_same(run_qemu(steps), run_model(steps), [
+        value_becomes(3, "§12: one 8-byte access in new", lambda v: 7)])
 
 
 def test_32bit_comparator_high_half_is_blocked_unlike_7_2() -> None:
@@ -478,6 +493,15 @@ RUNNING: dict[str, list[Step]] = {
         W(CONF, ENABLE | LEGACY), RunUntil(0x4000), R(ISR), W(ISR, 6), R(ISR),
         W(CONF, ENABLE), R(CONF),
     ],
+    "32-bit periodic timer wraps its comparator modulo 2^32": [
+        W(COUNT, 0xFFFF_0000), W(tconf(2), MODE32 | PERIODIC | VAL_SET | INT_ENB | route(12)),
+        W(tcmp(2), 0xFFFF_8000), W(tcmp(2), 0x4000), W(CONF, ENABLE),
+        RunThenStop(0x1_0002_0000),
+        Probe("comparator - first deadline is a multiple of the period (mod 2^32)",
+              lambda read: ((read(tcmp(2)) - 0xFFFF_8000) % (1 << 32)) % 0x4000),
+        Probe("comparator passed the wrap", lambda read: read(tcmp(2)) < 0xFFFF_0000),
+        R(tcmp(2) + 4), R(ISR),
+    ],
     "periodic timer advances its comparator by whole periods": [
         W(tconf(1), PERIODIC | VAL_SET | INT_ENB | route(11)), W(tcmp(1) + 4, 0),
         W(tconf(1), PERIODIC | VAL_SET | INT_ENB | route(11)), W(tcmp(1), 0x10_0000),
@@ -505,6 +529,18 @@ def test_disabling_keeps_level_status_unlike_7_2(halt_bios: Path) -> None:
     # status bit and only lowers the line (hpet.md §5 ENABLE 1->0).
     assert_same(run_qemu(steps, halt_bios), run_model(steps), [
         value_becomes(7, "§5: disable keeps ISR in new", lambda isr: isr | 1)])
+
+
+def test_level_fsb_delivery_sets_status_unlike_7_2(halt_bios: Path) -> None:
+    steps: list[Step] = [
+        W(tconf(1), LEVEL | INT_ENB | FSB_EN | route(4)), FsbRoute(1, 0x55AA), Scratch(),
+        W(tcmp(1), 0x1000), W(tcmp(1) + 4, 0), W(CONF, ENABLE), RunUntil(0x2000),
+        Scratch(), R(ISR)]
+    # 7.2 leaves the status bit alone on an FSB delivery; new sets it for a level timer
+    # (hpet.md §6).  The message reaches memory in both and no line moves.
+    assert_same(run_qemu(steps, halt_bios), run_model(steps), [
+        value_becomes(8, "§6: FSB expiry applies set-iff-level to ISR in new",
+                      lambda isr: isr | 2)])
 
 
 def test_level_to_edge_switch_clears_status_unlike_7_2(halt_bios: Path) -> None:

@@ -155,6 +155,7 @@ SCENARIOS: dict[str, list[Step]] = {
         W(Reg.IMSC, INT_TX), R(Reg.MIS), W(Reg.DR, 0x169), W(Reg.ICR, INT_TX), R(Reg.RIS),
         W(Reg.DR, ord("!")), W(Reg.IMSC, 0), W(Reg.IMSC, INT_TX | INT_RX),
         W(Reg.ICR, 0xFFFF_FFFF), R(Reg.RIS), R(Reg.ICR),
+        W(Reg.CR, 0), W(Reg.DR, ord("x")), R(Reg.RIS),  # sent even with UARTEN/TXE clear
     ],
     "receive in character mode": [
         W(Reg.IMSC, INT_RX), RX(b"A"), R(Reg.FR), R(Reg.RIS), R(Reg.MIS), R(Reg.DR),
