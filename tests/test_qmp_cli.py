@@ -1,0 +1,117 @@
+"""`emud run --qmp …` as a process: banner, serial over TCP, power-off does not end it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+
+import pytest
+from qemu.qmp import EventListener, QMPClient
+
+from conftest import IMAGES, ROOT
+
+TIMEOUT = 15.0
+EMUD = [sys.executable, "-m", "emud", "run"]
+
+
+class Process:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.banner: dict[str, str] = {}
+
+    async def read_banner(self, count: int) -> None:
+        assert self.proc.stderr is not None
+        for _ in range(count):
+            line = (await asyncio.wait_for(self.proc.stderr.readline(), TIMEOUT)).decode()
+            match = re.match(r"emud: (\S+).* listening on (\S+)", line)
+            assert match, line
+            self.banner[match.group(1)] = match.group(2)
+
+
+@pytest.fixture
+async def emud_tcp() -> AsyncIterator[Process]:
+    proc = await asyncio.create_subprocess_exec(
+        *EMUD, str(IMAGES / "uart_echo.elf"), "--qmp", "tcp:127.0.0.1:0",
+        "-serial", "tcp:127.0.0.1:0,server", cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    process = Process(proc)
+    try:
+        await process.read_banner(2)
+        yield process
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def tcp(address: str) -> tuple[str, int]:
+    host, port = address.removeprefix("tcp:").removesuffix(",server").rsplit(":", 1)
+    return host, int(port)
+
+
+async def test_serial_socket_and_qmp_quit(emud_tcp: Process) -> None:
+    reader, writer = await asyncio.open_connection(*tcp(emud_tcp.banner["serial0"]))
+    writer.write(b"ping")
+    echoed = b""
+    while len(echoed) < 4:
+        echoed += await asyncio.wait_for(reader.read(16), TIMEOUT)
+    assert echoed == b"ping"
+    qmp = QMPClient("cli")
+    await asyncio.wait_for(qmp.connect(tcp(emud_tcp.banner["QMP"])), TIMEOUT)
+    with qmp.listen(listener := EventListener()):
+        await qmp.execute("quit")
+        event = await asyncio.wait_for(listener.get(), TIMEOUT)
+    assert event["event"] == "SHUTDOWN" and event["data"]["reason"] == "host-qmp-quit"
+    assert await asyncio.wait_for(emud_tcp.proc.wait(), TIMEOUT) == 0
+    with contextlib.suppress(EOFError):  # qemu.qmp reports the server's goodbye as EOF
+        await qmp.disconnect()
+    writer.close()
+
+
+async def test_guest_power_off_keeps_the_daemon() -> None:
+    sock = os.path.join(tempfile.mkdtemp(prefix="emud-cli-"), "qmp.sock")
+    proc = await asyncio.create_subprocess_exec(
+        *EMUD, str(IMAGES / "hello.elf"), "--qmp", f"unix:{sock}", "-S", "-serial", "null",
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await Process(proc).read_banner(1)
+        qmp = QMPClient("cli")
+        await asyncio.wait_for(qmp.connect(sock), TIMEOUT)
+        with qmp.listen(listener := EventListener()):
+            await qmp.execute("cont")
+            names = [(await asyncio.wait_for(listener.get(), TIMEOUT))["event"] for _ in range(2)]
+        assert names == ["RESUME", "SHUTDOWN"]
+        assert await qmp.execute("query-status") == {"running": False, "status": "shutdown"}
+        assert proc.returncode is None
+        proc.terminate()  # SIGTERM: a clean stop
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT) == 0
+        with contextlib.suppress(EOFError):
+            await qmp.disconnect()
+        assert not os.path.exists(sock)  # the socket is cleaned up
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize("daemonize", [False, True])
+def test_cannot_listen_is_a_clear_error(daemonize: bool) -> None:
+    taken = tempfile.mkdtemp(prefix="emud-cli-")  # a directory where the socket should go
+    result = subprocess.run(
+        [*EMUD, str(IMAGES / "hello.elf"), "--qmp", f"unix:{taken}", "-serial", "null",
+         *(["--daemonize"] if daemonize else [])],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert result.stderr.startswith("emud: cannot listen: ")
+
+
+def test_daemonize_refuses_stdio() -> None:
+    result = subprocess.run([*EMUD, str(IMAGES / "hello.elf"), "--daemonize", "-serial", "stdio"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1 and "cannot use -serial stdio" in result.stderr
