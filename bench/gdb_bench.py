@@ -129,7 +129,8 @@ def bench_qemu(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str,
     proc = subprocess.Popen(["qemu-system-riscv32", "-M", "virt", "-bios", "none", "-nographic",
                              "-monitor", "none", "-serial", "null", "-kernel", str(image),
                              "-gdb", f"tcp:127.0.0.1:{port}", "-S"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         wait_listening(port)
         return run_gdb(image, port, steps, kib, osabi_none)
