@@ -49,7 +49,7 @@ from emud.machine import HPET_BASE, HPET_IRQ_BASE, RAM_BASE, Machine
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
 QEMU_HPET = 0xFED0_0000
 QEMU_MACHINE = "q35,pit=off"  # q35's hpet-intcap is ours (0x00ff0104); no PIT on IRQ 0
-FSB_QEMU, FSB_MODEL = 0x0001_0000, RAM_BASE + 0x0001_0000  # a free RAM word on each side
+FSB_QEMU, FSB_MODEL = 0x0001_0000, RAM_BASE + 0x0001_0000  # free RAM words on each side
 
 # Register offsets and bits (hpet.md §3-§8)
 GCAP, GCAP_HI, CONF, CONF_HI, ISR, ISR_HI, COUNT, COUNT_HI = (
@@ -116,7 +116,7 @@ class RunThenStop:
 
 @dataclass(frozen=True)
 class FsbRoute:
-    """Point timer n's FSB route at the scratch RAM word with message `value`."""
+    """Point timer n's FSB route at its scratch RAM word, with message `value`."""
 
     timer: int
     value: int
@@ -127,10 +127,12 @@ class FsbRoute:
 
 @dataclass(frozen=True)
 class Scratch:
-    """Read the scratch RAM word an FSB write should land in."""
+    """Read timer n's scratch RAM word, where its FSB writes should land."""
+
+    timer: int
 
     def __str__(self) -> str:
-        return "read scratch word"
+        return f"read scratch word {self.timer}"
 
 
 @dataclass(frozen=True)
@@ -213,9 +215,9 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
                         qemu.writel(QEMU_HPET + CONF, 0)
                 case FsbRoute(timer, message):
                     qemu.writel(QEMU_HPET + tfsb(timer), message)
-                    qemu.writel(QEMU_HPET + tfsb(timer) + 4, FSB_QEMU)
-                case Scratch():
-                    value = qemu.readl(FSB_QEMU)
+                    qemu.writel(QEMU_HPET + tfsb(timer) + 4, FSB_QEMU + 4 * timer)
+                case Scratch(timer):
+                    value = qemu.readl(FSB_QEMU + 4 * timer)
                 case Probe(_, fact):
                     value = fact(read)
                 case Dump():
@@ -264,9 +266,9 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
                     bus.write(HPET_BASE + CONF, 0, 4)
             case FsbRoute(timer, message):
                 bus.write(HPET_BASE + tfsb(timer), message, 4)
-                bus.write(HPET_BASE + tfsb(timer) + 4, FSB_MODEL, 4)
-            case Scratch():
-                value = bus.read(FSB_MODEL, 4)
+                bus.write(HPET_BASE + tfsb(timer) + 4, FSB_MODEL + 4 * timer, 4)
+            case Scratch(timer):
+                value = bus.read(FSB_MODEL + 4 * timer, 4)
             case Probe(_, fact):
                 value = fact(read)
             case Dump():
@@ -527,8 +529,8 @@ RUNNING: dict[str, list[Step]] = {
         RunUntil(0x4000), R(ISR), W(ISR, 1), R(ISR),
     ],
     "FSB delivery writes the message to memory instead of a line": [
-        W(tconf(1), INT_ENB | FSB_EN | route(4)), FsbRoute(1, 0x4321_ABCD), Scratch(),
-        W(tcmp(1), 0x2000), W(tcmp(1) + 4, 0), W(CONF, ENABLE), RunUntil(0x3000), Scratch(),
+        W(tconf(1), INT_ENB | FSB_EN | route(4)), FsbRoute(1, 0x4321_ABCD), Scratch(1),
+        W(tcmp(1), 0x2000), W(tcmp(1) + 4, 0), W(CONF, ENABLE), RunUntil(0x3000), Scratch(1),
         R(ISR),
     ],
     "32-bit one-shot pops at the wrap and at the match": [
@@ -574,6 +576,42 @@ def test_hpet_expiry_matches_qemu(name: str, halt_bios: Path) -> None:
     assert_same(run_qemu(steps, halt_bios), run_model(steps))
 
 
+def random_expiry_steps(seed: int) -> list[Step]:
+    """Three one-shot timers with random trigger, size, delivery, route, legacy routing
+    and distinct deadlines, armed by one enable and run past every deadline.  Out of
+    the 7.2 differences (§6, §9, §10, §17): no level timer without INT_ENB or with FSB,
+    no 32-bit comparator behind the counter, no deadline near a 32-bit wrap pop."""
+    rng = random.Random(seed)
+    start = rng.choice([0, 0x10_0000, 0xFFFF_E000, 0x1_2345_0000])
+    wrap = (start | 0xFFFF_FFFF) + 1
+    legacy = rng.random() < 0.3
+    steps: list[Step] = [W(COUNT, start & 0xFFFF_FFFF), W(COUNT_HI, start >> 32)]
+    deltas = rng.sample([d for d in range(-0x300, 0x6000, 0x100)
+                         if abs(start + d - wrap) > 0x100 and d != 0], 3)
+    for n, delta in enumerate(deltas):
+        mode32 = rng.random() < 0.4 and delta > 0
+        fsb = rng.random() < 0.25
+        enabled = rng.random() < 0.8
+        level = not fsb and enabled and rng.random() < 0.5
+        config = (route(rng.choice([3, 4, 5, 6])) | (MODE32 if mode32 else 0)
+                  | (FSB_EN if fsb else 0) | (INT_ENB if enabled else 0)
+                  | (LEVEL if level else 0))
+        cmp = (start + delta) & ((1 << 64) - 1)
+        steps += [W(tconf(n), config), FsbRoute(n, 0xF5B0 + n)]
+        if not mode32:
+            steps.append(W(tcmp(n) + 4, cmp >> 32))
+        steps.append(W(tcmp(n), cmp & 0xFFFF_FFFF))
+    steps += [W(CONF, ENABLE | (LEGACY if legacy else 0)), RunUntil(start + 0x8000), R(ISR),
+              *[Scratch(n) for n in range(3)], W(ISR, 7), R(ISR)]
+    return steps
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hpet_random_one_shots_match_qemu(seed: int, halt_bios: Path) -> None:
+    steps = random_expiry_steps(seed)
+    assert_same(run_qemu(steps, halt_bios), run_model(steps))
+
+
 def test_disabling_keeps_level_status_unlike_7_2(halt_bios: Path) -> None:
     steps: list[Step] = [
         W(tconf(0), LEVEL | INT_ENB | route(5)), W(tcmp(0), 0x1000), W(tcmp(0) + 4, 0),
@@ -586,9 +624,9 @@ def test_disabling_keeps_level_status_unlike_7_2(halt_bios: Path) -> None:
 
 def test_level_fsb_delivery_sets_status_unlike_7_2(halt_bios: Path) -> None:
     steps: list[Step] = [
-        W(tconf(1), LEVEL | INT_ENB | FSB_EN | route(4)), FsbRoute(1, 0x55AA), Scratch(),
+        W(tconf(1), LEVEL | INT_ENB | FSB_EN | route(4)), FsbRoute(1, 0x55AA), Scratch(1),
         W(tcmp(1), 0x1000), W(tcmp(1) + 4, 0), W(CONF, ENABLE), RunUntil(0x2000),
-        Scratch(), R(ISR)]
+        Scratch(1), R(ISR)]
     # 7.2 leaves the status bit alone on an FSB delivery; new sets it for a level timer
     # (hpet.md §6).  The message reaches memory in both and no line moves.
     assert_same(run_qemu(steps, halt_bios), run_model(steps), [
