@@ -45,11 +45,15 @@ class MonitorCompleter(Completer):
     def get_completions(self, document: Document,
                         complete_event: CompleteEvent) -> Iterator[Completion]:
         before = document.text_before_cursor
+        if before.startswith("json "):  # `json CMD` completes like CMD
+            before = before[5:]
         words = before.split()
         if not before.strip() or (len(words) == 1 and not before[-1].isspace()):
             word = words[0] if words else ""
             yield from _matches(word, ((name, entry["help"])
                                        for name, entry in self.cache.commands.items()))
+            if not words or "json".startswith(word):
+                yield from _matches(word, [("json", "print the structured result of a command")])
             return
         word = "" if before[-1].isspace() else words[-1]
         position = len(words) - (0 if before[-1].isspace() else 1)  # index of the current word

@@ -10,6 +10,7 @@ status 1.  `exit` or Ctrl-D leaves the shell; `quit` stops the daemon.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -71,7 +72,13 @@ class Shell:
             self.status["state"] = event["event"]
 
     async def run_line(self, line: str) -> str:
-        """Run one monitor line on the daemon; returns its output.  Raises QmpError."""
+        """Run one monitor line on the daemon; returns its output.  Raises QmpError.
+
+        `json CMD` prints the structured result behind CMD's text instead.
+        """
+        if line.startswith("json "):
+            result = await self.qmp.execute("x-emud-hmp-json", {"command-line": line[5:]})
+            return json.dumps(result, indent=2) + "\n"
         text: str = await self.qmp.execute("x-emud-hmp", {"command-line": line})
         return text
 

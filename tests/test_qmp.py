@@ -200,6 +200,12 @@ async def test_hmp_through_qmp(client: QMPClient, vm: Vm) -> None:
     with pytest.raises(ExecuteError) as e:
         await client.execute("x-emud-hmp", {"command-line": "x/q 0"})
     assert e.value.error.error.desc.startswith("invalid char in format: 'q'")
+    # Any HMP command's structured result, the data its text is rendered from.
+    bus = vm.daemon.machine.bus
+    dump = await client.execute("x-emud-hmp-json", {"command-line": "xp/3wx 0x80000000"})
+    assert dump["values"] == [bus.read(0x80000000 + 4 * i, 4) for i in range(3)]
+    status = await client.execute("x-emud-hmp-json", {"command-line": "info status"})
+    assert status == {"running": False, "status": "paused"}
 
 
 async def test_structured_registers_and_memory(client: QMPClient, vm: Vm) -> None:

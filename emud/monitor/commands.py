@@ -281,25 +281,27 @@ def _printc(value: int) -> str:
     return f"'{chr(value)}'" if 32 <= value <= 126 else f"'\\x{value:02x}'"
 
 
-def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]:
-    """QEMU's memory_dump layout: 16 bytes a line (8 for bytes), address prefix."""
+def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str, Any]:
+    """QEMU's memory_dump layout (16 bytes a line, 8 for bytes, address prefix) as `lines`,
+    and the items themselves as `values` (integers, or instructions for /i)."""
     addr &= 0xFFFF_FFFF
     width = 16 if physical else 8
+    lines: list[str] = []
+    values: list[Any] = []
     if fmt.letter == "i":
-        lines = []
         for _ in range(fmt.count):
             length, text = _disas_at(m, addr)
             lines.append(f"0x{addr:0{width}x}:  {text}")
             if not length:
                 break
+            values.append({"addr": addr, "length": length, "text": text[18:]})
             addr += length
-        return lines
+        return {"lines": lines, "values": values}
     line_size = 8 if fmt.size == 1 else 16
     remaining = fmt.size * fmt.count
     size = 1 if fmt.letter == "c" else fmt.size  # chars: every byte of the items asked for
     digits = {"o": -(-size * 8 // 3), "u": -(-size * 80 // 33), "d": -(-size * 80 // 33)}.get(
         fmt.letter, size * 2)
-    lines = []
     while remaining > 0:
         chunk = min(remaining, line_size)
         prefix = f"{addr:0{width}x}:"
@@ -311,6 +313,7 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]
         items = []
         for i in range(0, chunk, size):
             v = int.from_bytes(data[i : i + size], "little")
+            values.append(v)
             if fmt.letter == "o":
                 items.append(_c_octal(v, digits))
             elif fmt.letter == "u":
@@ -325,18 +328,18 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> list[str]
         lines.append(prefix + "".join(" " + item for item in items))
         addr += chunk
         remaining -= chunk
-    return lines
+    return {"lines": lines, "values": values}
 
 
-@command("x", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
+@command("x", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
          help="virtual memory dump starting at 'addr'")
-def x(m: Monitor, fmt: Format, addr: int) -> list[str]:
+def x(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=False)
 
 
-@command("xp", args="fmt:/,addr:l", params="/fmt addr", render=_render_lines,
+@command("xp", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
          help="physical memory dump starting at 'addr'")
-def xp(m: Monitor, fmt: Format, addr: int) -> list[str]:
+def xp(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=True)
 
 
@@ -721,6 +724,12 @@ def _snapshot_lines(snaps: list[dict[str, Any]]) -> list[str]:
 async def human_monitor_command(m: Monitor, **args: Any) -> str:
     text: str = await m.human_monitor_command(args["command-line"])
     return text.replace("\n", "\r\n")
+
+
+@command(qmp="x-emud-hmp-json", args="command-line:S")
+async def hmp_json(m: Monitor, **args: Any) -> Any:
+    """The structured result behind an HMP line (what its text is rendered from)."""
+    return await m.execute_hmp_structured(args["command-line"])
 
 
 @command(qmp="x-emud-hmp", args="command-line:S")

@@ -106,10 +106,21 @@ class Monitor(ArgContext):
         if not line.strip():
             return ""
         cmd, args = self._bind(line)
+        return _lines(cmd.render(await self._run(cmd, args)))
+
+    async def execute_hmp_structured(self, line: str) -> Any:
+        """Run one HMP line; returns the structured result the text is rendered from."""
+        cmd, args = self._bind(line)
+        result = await self._run(cmd, args)
+        if isinstance(result, bytes):
+            return result.decode("utf-8", errors="replace")
+        return {} if result is None else result
+
+    async def _run(self, cmd: Command, args: dict[str, Any]) -> Any:
         result = cmd.handler(self, **args)
         if inspect.isawaitable(result):
             result = await result
-        return _lines(cmd.render(result))
+        return result
 
     def execute_hmp_now(self, line: str) -> str:
         """execute_hmp for synchronous callers (gdb's `monitor`).  Commands that must

@@ -7,6 +7,7 @@ with capture-pane.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -179,6 +180,9 @@ def test_script_mode_stops_at_the_first_error(daemon: Daemon) -> None:
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()
     assert lines[0] == "VM status: paused" and re.match(r"0x8[0-9a-f]{7}:  ", lines[1])
+
+    structured = shell(daemon, "-c", "json info status")
+    assert json.loads(structured.stdout) == {"running": False, "status": "paused"}
 
     failed = shell(daemon, "-c", "info status; frob; info status")
     assert failed.returncode == 1
