@@ -15,10 +15,13 @@ import sys
 import termios
 import tty
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emud.chardev import StdioBackend
 from emud.machine import Machine, RunState
+
+if TYPE_CHECKING:
+    from emud.monitor import SnapshotHook
 
 # A listener gets (event name, data), e.g. ("STOP", {}), ("SHUTDOWN", {"guest": True}).
 Listener = Callable[[str, dict[str, Any]], None]
@@ -36,6 +39,8 @@ class Daemon:
         self.wake = asyncio.Event()  # set by anything that may end an idle or paused wait
         self.quit_requested = False
         self.quit_reason = ""
+        # savevm/loadvm/delvm for every monitor door (QMP, shell, gdb); None = not available
+        self.snapshots: SnapshotHook | None = None
 
     # --- events and run control ---------------------------------------------------
 

@@ -22,12 +22,11 @@ TIMEOUT = 10.0
 
 
 @asynccontextmanager
-async def running(image: Path, monitor_kwargs: dict[str, Any] | None = None,
-                  ) -> AsyncIterator[tuple[Monitor, Machine]]:
+async def running(image: Path) -> AsyncIterator[tuple[Monitor, Machine]]:
     """A paused daemon serving its loop, and a monitor on it."""
     machine = boot(image)
     daemon = Daemon(machine, start_paused=True, exit_on_poweroff=False)
-    monitor = Monitor(daemon, **(monitor_kwargs or {}))
+    monitor = Monitor(daemon)
     task = asyncio.create_task(daemon.run())
     try:
         yield monitor, machine
@@ -156,7 +155,8 @@ async def test_snapshot_commands_use_the_hook() -> None:
         with pytest.raises(MonitorError, match="Snapshots are not available"):
             await hmp(monitor, "savevm x")
     store = FakeSnapshots()
-    async with running(IMAGES / "hello.elf", {"snapshots": store}) as (monitor, _):
+    async with running(IMAGES / "hello.elf") as (monitor, _):
+        monitor.daemon.snapshots = store  # every monitor on this daemon sees it
         await hmp(monitor, "savevm boot")
         await hmp(monitor, "loadvm boot")
         await hmp(monitor, "delvm boot")

@@ -18,8 +18,9 @@ a renderer over that data.  The doors:
   QEMU's error classes; `human-monitor-command` returns HMP text (errors
   included, as QEMU does) and `x-emud-hmp` the same text but with failures
   as real QMP errors.
-- Snapshots: pass `snapshots=` an object with save/load/delete/list (see
-  `SnapshotHook`); without one, savevm/loadvm/delvm/info snapshots answer
+- Snapshots: set `daemon.snapshots` (or pass `snapshots=`) to an object with
+  save/load/delete/list (see `SnapshotHook`); every door then has
+  savevm/loadvm/delvm/info snapshots.  Without one they answer
   "Snapshots are not available".
 """
 

@@ -36,11 +36,12 @@ class Monitor(ArgContext):
     """See the package docstring.  `fork()` gives a new session sharing everything else."""
 
     def __init__(self, daemon: Daemon, snapshots: SnapshotHook | None = None) -> None:
+        """`snapshots` defaults to `daemon.snapshots`, looked up at each use."""
         from emud.monitor.commands import REGISTRY, irq_counter
 
         self.daemon = daemon
         self.machine = daemon.machine
-        self.snapshots = snapshots
+        self._snapshots = snapshots
         self.registry = REGISTRY
         self.irq_counter = irq_counter(self.machine.plic)
         self.fmt = Format()
@@ -50,6 +51,10 @@ class Monitor(ArgContext):
         session.__dict__.update(self.__dict__)
         session.fmt = Format()
         return session
+
+    @property
+    def snapshots(self) -> SnapshotHook | None:
+        return self._snapshots if self._snapshots is not None else self.daemon.snapshots
 
     @property
     def chardevs(self) -> dict[str, CharBackend]:
