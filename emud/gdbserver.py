@@ -268,6 +268,8 @@ class EmudTarget:
             return self._monitor.execute_hmp_now(command)
         except MonitorError as e:
             return hmp_error_text(e)
+        except Exception as e:  # a failing command must not cost the gdb session
+            return f"Error: internal error in '{command}': {e!r}\n"
 
 
 async def start_gdb_server(daemon: Daemon, address: Address) -> GdbServer:
