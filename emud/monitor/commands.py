@@ -669,19 +669,23 @@ def _store(m: Monitor) -> Any:
     return m.snapshots
 
 
-@command("savevm", args="name:s?", params="tag", complete="tags",
+def _silent(result: Any) -> str:
+    return ""  # HMP prints nothing on success; the structured result is for JSON callers
+
+
+@command("savevm", args="name:s?", params="tag", complete="tags", render=_silent,
          help="save a VM snapshot. If no tag is provided, a new snapshot is created")
 def savevm(m: Monitor, name: str = "") -> Any:
     return _store(m).save(name or time.strftime("vm-%Y%m%d%H%M%S"))
 
 
-@command("loadvm", args="name:s", params="tag", complete="tags",
+@command("loadvm", args="name:s", params="tag", complete="tags", render=_silent,
          help="restore a VM snapshot from its tag")
 def loadvm(m: Monitor, name: str) -> Any:
     return _store(m).load(name)
 
 
-@command("delvm", args="name:s", params="tag", complete="tags",
+@command("delvm", args="name:s", params="tag", complete="tags", render=_silent,
          help="delete a VM snapshot from its tag")
 def delvm(m: Monitor, name: str) -> Any:
     return _store(m).delete(name)
