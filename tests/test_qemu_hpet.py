@@ -580,7 +580,9 @@ def random_expiry_steps(seed: int) -> list[Step]:
     """Three one-shot timers with random trigger, size, delivery, route, legacy routing
     and distinct deadlines, armed by one enable and run past every deadline.  Out of
     the 7.2 differences (§6, §9, §10, §17): no level timer without INT_ENB or with FSB,
-    no 32-bit comparator behind the counter, no deadline near a 32-bit wrap pop."""
+    no 32-bit comparator behind the counter, no deadline near a 32-bit wrap pop, and
+    only one wrap pop (7.2 computes deadlines from the current time, truncated to a
+    tick, so two timers due at the same tick may fire in either order)."""
     rng = random.Random(seed)
     start = rng.choice([0, 0x10_0000, 0xFFFF_E000, 0x1_2345_0000])
     wrap = (start | 0xFFFF_FFFF) + 1
@@ -588,8 +590,10 @@ def random_expiry_steps(seed: int) -> list[Step]:
     steps: list[Step] = [W(COUNT, start & 0xFFFF_FFFF), W(COUNT_HI, start >> 32)]
     deltas = rng.sample([d for d in range(-0x300, 0x6000, 0x100)
                          if abs(start + d - wrap) > 0x100 and d != 0], 3)
+    wrap_pop = False  # two pops at the same wrap would race in 7.2 (relative deadlines)
     for n, delta in enumerate(deltas):
-        mode32 = rng.random() < 0.4 and delta > 0
+        mode32 = rng.random() < 0.4 and delta > 0 and not (wrap_pop and start + delta > wrap)
+        wrap_pop |= mode32 and start + delta > wrap
         fsb = rng.random() < 0.25
         enabled = rng.random() < 0.8
         level = not fsb and enabled and rng.random() < 0.5
