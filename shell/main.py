@@ -10,6 +10,7 @@ status 1.  `exit` or Ctrl-D leaves the shell; `quit` stops the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -124,7 +125,9 @@ class Shell:
         while self.qmp.connected:
             try:
                 await self.refresh()
-            except (QmpError, Disconnected):
+            except QmpError:
+                pass  # try again at the next tick
+            except Disconnected:
                 return
             await asyncio.sleep(0.5)
 
@@ -160,7 +163,6 @@ class Shell:
                         continue
                     try:
                         print(await self.run_line(line), end="")
-                        await self.refresh()
                     except QmpError as e:
                         print(error_text(e))
                     except Disconnected:
@@ -182,7 +184,8 @@ class Shell:
             if not sys.stdin.isatty():
                 return await self.run_script([line.strip() for line in sys.stdin])
             self.cache.load_commands(await self.qmp.execute("x-emud-query-hmp-commands"))
-            await self.refresh()
+            with contextlib.suppress(QmpError):  # the toolbar can wait for the next poll
+                await self.refresh()
             return await self.interact()
         finally:
             await self.qmp.close()

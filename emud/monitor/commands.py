@@ -141,7 +141,10 @@ def query_hmp_commands(m: Monitor) -> list[dict[str, Any]]:
 @command(qmp="x-emud-query-completions")
 def query_completions(m: Monitor) -> dict[str, list[str]]:
     """Dynamic completion sets: devices, registers, snapshot tags, trace events, chardevs."""
-    tags = [s["tag"] for s in m.snapshots.list()] if m.snapshots is not None else []
+    try:
+        tags = [s["tag"] for s in m.snapshots.list()] if m.snapshots is not None else []
+    except MonitorError:  # an unreadable store must not break completion
+        tags = []
     return {"devices": [d.name for d in m.machine.devices],
             "registers": ["pc", *(f"x{i}" for i in range(32)), *ABI_NAMES, *DUMP_CSRS],
             "tags": tags, "events": [ev.name for ev in trace.events()],
