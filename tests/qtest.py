@@ -321,7 +321,7 @@ def stream_description(stream: bytes) -> Any:
 
 def _described_size(entry: Any) -> int:
     """Payload bytes of a vmdesc device/subsection entry: fields, then subsections."""
-    size = sum(f["size"] * f.get("array_len", 1) for f in entry["fields"])
+    size: int = sum(f["size"] * f.get("array_len", 1) for f in entry["fields"])
     for sub in entry.get("subsections", ()):
         size += 1 + 1 + len(sub["vmsd_name"]) + 4 + _described_size(sub)
     return size
