@@ -283,6 +283,7 @@ class QTest:
             if "event" in reply:
                 self.qmp_events.append(reply["event"])
         self.qmp_events.clear()
+        self.cmd("endianness")  # collect the IRQ lines the reset printed
 
     def find_device(self, qom_type: str) -> str:
         """QOM path of the single device of this type under /machine/unattached."""

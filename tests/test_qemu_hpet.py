@@ -182,13 +182,17 @@ def unambiguous(steps: Sequence[Step]) -> None:
             assert not (step.value & INT_ENB and (step.value >> 9 & 0x1F) in (0, 2)), step
 
 
-def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
+def run_qemu(steps: Sequence[Step], bios: Path | None = None, pit: bool = False) -> list[Seen]:
+    """With `pit`, the edges are those of the HPET's `pit_enabled` output instead."""
     if bios is not None:  # only a running QEMU lets timers fire
         unambiguous(steps)
     extra = ["-bios", str(bios)] if bios else []
     with QTest(QEMU, QEMU_MACHINE, extra, paused=bios is None) as qemu:
         hpet = qemu.find_device("hpet")
-        qemu.irq_intercept_in("ioapic")
+        if pit:  # 7.2 intercepts only unnamed out-GPIOs: pit_enabled is the only one
+            qemu.irq_intercept_out(hpet)
+        else:
+            qemu.irq_intercept_in("ioapic")
 
         def read(offset: int) -> int:
             return qemu.readl(QEMU_HPET + offset)
@@ -222,7 +226,8 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
                     value = fact(read)
                 case Dump():
                     dump = device_sections(qemu.migrate_to_bytes())["hpet"]
-            edges = [(kind, qemu_line(output)) for kind, output in qemu.take_events()]
+            edges = [(kind, output if pit else qemu_line(output))
+                     for kind, output in qemu.take_events()]
             if isinstance(step, RunThenStop):
                 edges = sorted(set(edges))
             trace.append(Seen(str(step), value, tuple(edges), dump=dump))
@@ -232,12 +237,15 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None) -> list[Seen]:
 # --- model side -----------------------------------------------------------------------
 
 
-def run_model(steps: Sequence[Step]) -> list[Seen]:
+def run_model(steps: Sequence[Step], pit: bool = False) -> list[Seen]:
     machine = Machine(RingBackend())
     bus, clock, hpet = machine.bus, machine.clock, machine.hpet
     edges: list[Edge] = []
-    for line in range(32):
-        spy_on(machine, line, edges)
+    if pit:
+        spy_on_pit_enabled(machine, edges)
+    else:
+        for line in range(32):
+            spy_on(machine, line, edges)
 
     def read(offset: int) -> int:
         return bus.read(HPET_BASE + offset, 4)
@@ -287,6 +295,24 @@ def spy_on(machine: Machine, line: int, edges: list[Edge]) -> None:
 
     def spy(level: bool) -> None:
         edges.append(("raise" if level else "lower", line))
+        if sink is not None:
+            sink(level)
+
+    irq.sink = spy
+
+
+def spy_on_pit_enabled(machine: Machine, edges: list[Edge]) -> None:
+    """Record `pit_enabled` as qtest does: a line is printed when its level differs from
+    the last one printed, and qtest assumes 0 before the first (spec §B4), although the
+    output is high after reset."""
+    irq = machine.hpet.pit_enabled
+    sink = irq.sink
+    printed = [False]
+
+    def spy(level: bool) -> None:
+        if level != printed[0]:
+            edges.append(("raise" if level else "lower", 0))
+            printed[0] = level
         if sink is not None:
             sink(level)
 
@@ -498,6 +524,13 @@ def test_8_byte_comparator_write_with_val_set_is_one_access_unlike_7_2() -> None
     # so the high half only reaches the period.  New writes both halves of both.
     assert_same(run_qemu(steps), run_model(steps), [
         value_becomes(3, "§12: one 8-byte access in new", lambda v: 7)])
+
+
+def test_pit_enabled_output_follows_legacy_replacement() -> None:
+    steps: list[Step] = [
+        W(CONF, LEGACY), R(CONF), W(CONF, 0), W(CONF, LEGACY | ENABLE), W(CONF, ENABLE),
+        W(CONF, LEGACY), Reset(), W(CONF, LEGACY), W(CONF, LEGACY), W(CONF, 0)]
+    assert_same(run_qemu(steps, pit=True), run_model(steps, pit=True))
 
 
 def test_32bit_comparator_high_half_is_blocked_unlike_7_2() -> None:
