@@ -105,6 +105,7 @@ class Translator:
     def __init__(self, hart: Hart) -> None:
         self.hart = hart
         self.ram = hart.bus.ram
+        self.hot = HOT
         self.regions: dict[int, Region] = {}
         self.heat: dict[int, int] = {}
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
@@ -136,7 +137,7 @@ class Translator:
         at_block = False
         while done < budget and not hart.stop_requested and not hart.waiting:
             region = None if irq else regions.get(pc)
-            if region is None and at_block:
+            if region is None and at_block and not irq:
                 region = self._hot(pc)
             if region is not None:
                 pc, left = region(x, budget - done)
@@ -171,7 +172,7 @@ class Translator:
     def _hot(self, pc: int) -> Region | None:
         heat = self.heat.get(pc, 0) + 1
         self.heat[pc] = heat
-        if heat < HOT:
+        if heat < self.hot:
             return None
         region = self.translate(pc)
         if region is None:

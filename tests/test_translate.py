@@ -1,0 +1,420 @@
+"""The `translate` accelerator runs every program exactly like the reference interpreter.
+
+Each test runs the same program twice, `--accel interp` and `--accel translate`,
+and compares the whole machine afterwards: registers, pc, CSRs, icount, virtual
+time, RAM, serial output, exit code, plus whatever the program logged (mepc and
+minstret at every trap, so interrupts must arrive at the same instruction).
+The translator gets a low hot threshold so that even short loops run as
+regions, and each test checks that regions really ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import IMAGES, boot, serial_text
+from emud.chardev import RingBackend
+from emud.clock import VirtualClock
+from emud.cpu import decode as d
+from emud.cpu.hart import Hart
+from emud.cpu.translate import Translator
+from emud.loader import load_elf
+from emud.machine import Machine
+from emud.memory import AddressSpace, Ram
+
+Build = Callable[[str], Path]
+
+
+def snapshot(machine: Machine) -> dict[str, Any]:
+    h = machine.hart
+    return {
+        "x": list(h.x), "pc": h.pc, "waiting": h.waiting,
+        "csrs": (h.mstatus, h.mie, h.mip, h.mtvec, h.mscratch, h.mepc, h.mcause, h.mtval,
+                 h.cycle_offset, h.instret_offset, h.reservation),
+        "icount": machine.clock.icount, "now": machine.clock.now_ns,
+        "ram": hashlib.sha256(machine.ram.data).hexdigest(),
+        "serial": serial_text(machine), "exit": machine.exit_code,
+    }
+
+
+def translator(machine: Machine) -> Translator:
+    accel = machine.hart.accel
+    assert isinstance(accel, Translator)
+    return accel
+
+
+def both(image: Path, run: Callable[[Machine], object],
+         hot: int = 2) -> tuple[dict[str, Any], Machine]:
+    """Run `image` on both accelerators; the snapshots must agree.  Returns the translated one."""
+    snaps = []
+    for accel in ("interp", "translate"):
+        machine = Machine(RingBackend(), accel=accel)
+        if accel == "translate":
+            translator(machine).hot = hot
+        machine.load(load_elf(image))
+        run(machine)
+        snaps.append(snapshot(machine))
+    assert snaps[0] == snaps[1]
+    assert translator(machine).regions, "nothing was translated: the test proves nothing"
+    return snaps[1], machine
+
+
+def until_poweroff(max_insns: int | None = None) -> Callable[[Machine], object]:
+    return lambda machine: machine.run_until_poweroff(max_insns)
+
+
+def in_odd_slices(total: int, seed: int = 1) -> Callable[[Machine], object]:
+    """Slices of random lengths (the same on both runs): budgets end anywhere in a region."""
+    def run(machine: Machine) -> None:
+        rng = random.Random(seed)
+        while machine.clock.icount < total and machine.exit_code is None:
+            machine.run_slice(rng.choice((1, 2, 3, 7, 50, 333, 5000)))
+    return run
+
+
+# --- the committed images ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image", ["hello", "traps", "hpet_timers"])
+def test_images_match_the_interpreter(image: str) -> None:
+    snap, _ = both(IMAGES / f"{image}.elf", until_poweroff(5_000_000))
+    assert snap["exit"] == 0
+
+
+def test_counter_matches_the_interpreter() -> None:
+    """counter.elf runs forever: compare after 300k instructions."""
+    snap, _ = both(IMAGES / "counter.elf", until_poweroff(300_000))
+    assert snap["icount"] == 300_000 and snap["serial"].count(".") > 10
+
+
+def test_compute_matches_the_interpreter() -> None:
+    snap, machine = both(IMAGES / "compute.elf", until_poweroff(2_000_000), hot=16)
+    assert snap["icount"] == 2_000_000
+
+
+def test_compute_in_odd_slices_matches_the_interpreter() -> None:
+    both(IMAGES / "compute.elf", in_odd_slices(300_000))
+
+
+def test_uart_echo_with_input_matches_the_interpreter() -> None:
+    def run(machine: Machine) -> None:
+        machine.run_until_poweroff(max_insns=200_000)
+        machine.serial.feed(b"hello, translated world\nq")
+        machine.run_until_poweroff(max_insns=1_000_000)
+
+    snap, _ = both(IMAGES / "uart_echo.elf", run)
+    assert snap["exit"] == 0
+
+
+# --- interrupts, MMIO, faults -------------------------------------------------------------
+
+PROLOGUE = """
+    .equ MTIMECMP, 0x02004000
+    .equ MTIME, 0x0200bff8
+    .equ SYSCON, 0x00100000
+    .globl _start
+_start:
+    la t0, handler
+    csrw mtvec, t0
+    la gp, log
+    la s3, data
+"""
+POWEROFF = """
+    li t0, SYSCON
+    li t1, 0x5555
+    sw t1, 0(t0)
+    j .
+"""
+DATA = """
+    .data
+    .align 4
+log: .space 4096
+data: .space 1024
+"""
+
+
+def log_words(machine: Machine, count: int) -> list[int]:
+    base = machine.image.symbols["log"] if machine.image else 0
+    raw = machine.bus.read_bytes(base, 4 * count)
+    return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
+
+
+def test_timer_interrupts_arrive_at_the_same_instruction(build_asm: Build) -> None:
+    """The handler logs mepc and minstret at each of 60 CLINT interrupts, re-arming the timer
+    from inside the handler (a deadline armed in the middle of a run); some arrive while
+    interrupts are masked and must be taken right after the csrsi that unmasks them."""
+    elf = build_asm(PROLOGUE + """
+    li s2, 60
+    li t0, MTIME
+    lw t1, 0(t0)
+    addi t1, t1, 37
+    li t0, MTIMECMP
+    sw zero, 4(t0)
+    sw t1, 0(t0)
+    li t0, 0x80
+    csrs mie, t0
+    csrsi mstatus, 8
+loop:
+    csrci mstatus, 8        # a critical section: the interrupt waits for its end
+    addi s1, s1, 1
+    andi t2, s1, 255
+    slli t2, t2, 2
+    add t3, s3, t2
+    lw t4, 0(t3)
+    add t4, t4, s1
+    sw t4, 0(t3)
+    csrsi mstatus, 8        # taken right here, before the next instruction
+    xor s4, s4, t4
+    bltu t2, s1, 1f
+    mul s5, s4, s1
+1:  bnez s2, loop
+""" + POWEROFF + """
+handler:
+    csrr t5, mepc
+    sw t5, 0(gp)
+    csrr t5, minstret
+    sw t5, 4(gp)
+    addi gp, gp, 8
+    addi s2, s2, -1
+    li t5, MTIME
+    lw t6, 0(t5)
+    andi a0, s1, 31
+    add t6, t6, a0
+    addi t6, t6, 3
+    li t5, MTIMECMP
+    sw t6, 0(t5)
+    mret
+""" + DATA)
+    snap, machine = both(elf, until_poweroff(3_000_000))
+    assert snap["exit"] == 0
+    log = log_words(machine, 120)
+    mepcs, counts = log[0::2], log[1::2]
+    assert all(counts) and counts == sorted(counts) and len(set(mepcs)) > 3
+
+
+def test_mmio_loads_in_the_middle_of_a_block(build_asm: Build) -> None:
+    elf = build_asm(PROLOGUE + """
+    li t0, MTIME
+    li a1, MTIMECMP
+    li s2, 3000
+loop:
+    addi s1, s1, 3
+    lw t1, 0(t0)
+    add s4, s4, t1
+    xor s5, s5, s1
+    lw t2, 0(a1)
+    add s5, s5, t2
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    j handler
+""" + DATA)
+    snap, machine = both(elf, until_poweroff(1_000_000))
+    assert snap["exit"] == 0 and snap["x"][20] != 0
+
+
+def test_fault_in_the_middle_of_a_block_is_precise(build_asm: Build) -> None:
+    """A hot loop walks off the end of RAM: the load faults with mepc at it, and the
+    instructions before it in the same block have retired."""
+    elf = build_asm(PROLOGUE + """
+    li s3, 0x81000000 - 4000
+loop:
+    addi s1, s1, 1
+    slli t2, s1, 2
+    add t3, s3, t2
+    addi s4, s4, 7
+fault:
+    lw t4, 0(t3)
+    add s5, s5, t4
+    j loop
+""" + """
+handler:
+    csrr t5, mepc
+    sw t5, 0(gp)
+    csrr t5, mcause
+    sw t5, 4(gp)
+    csrr t5, mtval
+    sw t5, 8(gp)
+""" + POWEROFF + DATA)
+    snap, machine = both(elf, until_poweroff(100_000))
+    assert machine.image is not None
+    mepc, mcause, mtval = log_words(machine, 3)
+    assert (mepc, mcause, mtval) == (machine.image.symbols["fault"], 5, 0x8100_0000)
+    assert snap["x"][9] == 1000 and snap["x"][20] == 7000  # s1, s4 of the faulting iteration
+
+
+def test_misaligned_store_in_the_middle_of_a_block(build_asm: Build) -> None:
+    elf = build_asm(PROLOGUE + """
+    li s2, 200
+loop:
+    addi s1, s1, 1
+    andi t2, s1, 7
+    add t3, s3, t2
+    sh s1, 0(t3)
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    csrr t5, mepc
+    addi t5, t5, 4
+    csrw mepc, t5
+    csrr t5, mcause
+    add s6, s6, t5
+    mret
+""" + DATA)
+    snap, _ = both(elf, until_poweroff(1_000_000))
+    assert snap["x"][22] == 6 * 100  # every odd address traps (cause 6)
+
+
+# --- self-modifying code ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fence", ["", "fence.i"])
+def test_self_modifying_code(build_asm: Build, fence: str) -> None:
+    """Every 64 iterations the loop bumps the immediate of its own first instruction."""
+    elf = build_asm(PROLOGUE + f"""
+    la s7, patch
+    li s2, 1000
+    .option norvc
+    .align 2
+loop:
+patch:
+    addi s5, s5, 1
+    addi s1, s1, 1
+    andi t0, s1, 63
+    bnez t0, 1f
+    lw t1, 0(s7)
+    li t2, 0x100000
+    add t1, t1, t2
+    sw t1, 0(s7)
+    {fence}
+1:  addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    j handler
+""" + DATA)
+    snap, _ = both(elf, until_poweroff(1_000_000))
+    assert snap["exit"] == 0
+    assert snap["x"][21] == sum(1 + i // 64 for i in range(1000))
+
+
+def test_stores_next_to_code_keep_regions() -> None:
+    """Data on a code page (compute's lcg_state) must not drop the regions of that page."""
+    machine = boot(IMAGES / "compute.elf", accel="translate")
+    machine.run_until_poweroff(max_insns=3_000_000)
+    regions = dict(translator(machine).regions)
+    machine.run_until_poweroff(max_insns=1_000_000)
+    assert all(translator(machine).regions.get(pc) is f for pc, f in regions.items())
+
+
+# --- breakpoints --------------------------------------------------------------------------
+
+
+def test_breakpoint_in_a_translated_loop_stops_there(build_asm: Build) -> None:
+    elf = build_asm(PROLOGUE + """
+loop:
+    addi s1, s1, 1
+target:
+    addi s4, s4, 2
+    j loop
+handler:
+    j handler
+""" + DATA)
+    stops = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        machine.run_until_poweroff(max_insns=10_000)
+        assert machine.image is not None
+        machine.hart.set_breakpoint(machine.image.symbols["target"], True)
+        machine.run_slice()
+        stop = machine.hart.debug_stop
+        assert stop is not None
+        stops.append((stop.pc, snapshot(machine)))
+    assert stops[0] == stops[1]
+    assert translator(machine).regions
+
+
+# --- random programs ------------------------------------------------------------------------
+
+CODE, DATA_AREA, TRAP = 0x8000_0000, 0x8000_4000, 0x8000_6000
+BASE, LOOP = 3, 4  # gp: data base, tp: loop counter; nothing else writes them
+DEST = [r for r in range(32) if r not in (BASE, LOOP, 30, 31)]  # t5/t6 belong to the handler
+R_OPS = [(f7, f3) for f7 in (0, 1) for f3 in range(8)] + [(0x20, 0), (0x20, 5)]
+LOADS, STORES = [0, 1, 2, 4, 5], [0, 1, 2]
+# The trap handler logs mcause, mepc and minstret (through t6), skips the instruction, mret.
+HANDLER = [
+    d.enc_i(d.OP_SYSTEM, 30, 2, 0, 0x342), d.enc_s(d.OP_STORE, 2, 31, 30, 0),
+    d.enc_i(d.OP_SYSTEM, 30, 2, 0, 0x341), d.enc_s(d.OP_STORE, 2, 31, 30, 4),
+    d.enc_i(d.OP_IMM, 30, 0, 30, 4), d.enc_i(d.OP_SYSTEM, 0, 1, 30, 0x341),
+    d.enc_i(d.OP_SYSTEM, 30, 2, 0, 0xB02), d.enc_s(d.OP_STORE, 2, 31, 30, 8),
+    d.enc_i(d.OP_IMM, 31, 0, 31, 12), 0x3020_0073,
+]
+
+
+def random_program(rng: random.Random) -> list[int]:
+    """A loop (tp times) over random ALU, load/store (some misaligned), and forward branches."""
+    body: list[int] = []
+    for _ in range(rng.randint(5, 40)):
+        kind = rng.random()
+        rd, rs1, rs2 = rng.choice(DEST), rng.randrange(32), rng.randrange(32)
+        if kind < 0.35:
+            f7, f3 = rng.choice(R_OPS)
+            body.append(d.enc_r(d.OP_OP, rd, f3, rs1, rs2, f7))
+        elif kind < 0.6:
+            f3 = rng.choice([0, 1, 2, 3, 4, 5, 6, 7])
+            imm = rng.randrange(32) | (rng.choice((0, 0x400)) if f3 == 5 else 0) \
+                if f3 in (1, 5) else rng.randrange(-2048, 2048)
+            body.append(d.enc_i(d.OP_IMM, rd, f3, rs1, imm))
+        elif kind < 0.65:
+            body.append(d.enc_u(rng.choice((d.OP_LUI, d.OP_AUIPC)), rd, rng.randrange(1 << 32)))
+        elif kind < 0.8:
+            off = rng.randrange(0, 256) if rng.random() < 0.9 else rng.randrange(-4096, 4096)
+            body.append(d.enc_i(d.OP_LOAD, rd, rng.choice(LOADS), BASE, off))
+        elif kind < 0.92:
+            body.append(d.enc_s(d.OP_STORE, rng.choice(STORES), BASE, rs2, rng.randrange(256)))
+        else:
+            skip = rng.randint(1, 3)
+            body.append(d.enc_b(d.OP_BRANCH, rng.choice([0, 1, 4, 5, 6, 7]), rs1, rs2,
+                                4 * (skip + 1)))
+            body += [d.enc_i(d.OP_IMM, rng.choice(DEST), 0, rng.randrange(32), 1)
+                     for _ in range(skip)]
+    loop = [*body, d.enc_i(d.OP_IMM, LOOP, 0, LOOP, -1)]
+    return [*loop, d.enc_b(d.OP_BRANCH, 1, LOOP, 0, -4 * len(loop)), d.enc_j(d.OP_JAL, 0, 0)]
+
+
+def run_random(program: list[int], seed: int, accel: bool) -> tuple[object, ...]:
+    hart = Hart(AddressSpace(Ram(CODE, 64 * 1024)), VirtualClock())
+    if accel:
+        translator = Translator(hart)
+        translator.hot = 1
+        hart.accel = translator
+    code = b"".join(i.to_bytes(4, "little") for i in program)
+    hart.bus.write_bytes(CODE, code)
+    hart.bus.write_bytes(TRAP, b"".join(i.to_bytes(4, "little") for i in HANDLER))
+    rng = random.Random(seed)
+    hart.bus.write_bytes(DATA_AREA, rng.randbytes(4096))
+    hart.reset(CODE)
+    hart.mtvec = TRAP
+    hart.x[1:] = [rng.randrange(1 << 32) for _ in range(31)]
+    hart.x[BASE], hart.x[LOOP], hart.x[31] = DATA_AREA, rng.randint(3, 12), DATA_AREA + 0x1000
+    for budget in [rng.choice((1, 3, 17, 100, 1000)) for _ in range(40)]:
+        hart.run(budget)
+    if accel:
+        assert hart.accel is not None and translator.regions
+    return (list(hart.x), hart.pc, hart.mepc, hart.mcause, hart.mtval, hart.clock.icount,
+            bytes(hart.bus.ram.data[0x4000:0x6000]))
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_random_programs_match_the_interpreter(chunk: int) -> None:
+    for seed in range(chunk * 100, chunk * 100 + 100):
+        program = random_program(random.Random(seed))
+        assert run_random(program, seed, False) == run_random(program, seed, True), seed
