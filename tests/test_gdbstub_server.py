@@ -1,0 +1,75 @@
+"""gdbstub.server: addresses, one client at a time, disconnects, and fuzzed input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_gdbstub_session import FakeTarget
+
+from gdbstub.codec import frame
+from gdbstub.server import Address, GdbServer, parse_address
+from gdbstub.session import Session
+from gdbstub.target import Interrupted
+
+
+@pytest.mark.parametrize("text,address", [
+    ("tcp:127.0.0.1:1234", Address("tcp", host="127.0.0.1", port=1234)),
+    ("tcp::1234", Address("tcp", host="127.0.0.1", port=1234)),  # loopback by default
+    ("1234", Address("tcp", host="127.0.0.1", port=1234)),
+    ("tcp:0.0.0.0:0", Address("tcp", host="0.0.0.0", port=0)),
+    ("tcp:[::1]:99", Address("tcp", host="::1", port=99)),
+    ("unix:/tmp/gdb.sock", Address("unix", path="/tmp/gdb.sock")),
+])
+def test_parse_address(text: str, address: Address) -> None:
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["tcp:host:port", "tcp:1:70000", "unix:", "", "tcp:"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="gdb address|unix"):
+        parse_address(text)
+
+
+async def test_unix_socket_one_client_at_a_time_and_disconnect(tmp_path: Path) -> None:
+    target = FakeTarget()
+    logs: list[str] = []
+    server = GdbServer(target, log=logs.append)
+    path = tmp_path / "gdb.sock"
+    await server.listen(Address("unix", path=str(path)))
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(frame(b"QStartNoAckMode") + b"+" + frame(b"Z0,1000,2") + frame(b"c"))
+    assert await asyncio.wait_for(reader.readexactly(13), 10) == b"+" + frame(b"OK") + frame(b"OK")
+    second_reader, second_writer = await asyncio.open_unix_connection(str(path))
+    assert await asyncio.wait_for(second_reader.read(), 10) == b""  # refused
+    second_writer.close()
+    server.report_stop(Interrupted())
+    assert await asyncio.wait_for(reader.readexactly(16), 10) == frame(b"T02thread:1;")
+    writer.close()  # no `D`: the server detaches on its own
+    for _ in range(1000):
+        if server.session is None:
+            break
+        await asyncio.sleep(0.01)
+    assert target.calls[-2:] == [("break-", 0x1000, False), ("detach",)]
+    await server.close()
+    assert not path.exists()
+    assert any("refused" in line for line in logs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40),
+                          st.binary(max_size=40).map(frame),
+                          st.sampled_from([b"g", b"m", b"M", b"X", b"Z", b"z", b"p", b"P", b"c",
+                                           b"vCont;", b"qXfer:features:read:target.xml:",
+                                           b"qRcmd,", b"Qqemu.sstep=", b"G", b"s", b"C", b"S"])
+                          .flatmap(lambda p: st.binary(max_size=30).map(lambda a: frame(p + a)))),
+                max_size=12))
+def test_arbitrary_input_never_raises(chunks: list[bytes]) -> None:
+    session = Session(FakeTarget())
+    for chunk in chunks:
+        session.feed(chunk)
+        session.drain()
+    session.close()
