@@ -196,9 +196,10 @@ async def test_single_step_masks_interrupts_by_default(
     assert reg(session, CSR_REGBASE + 0x344) & 8  # mip.MSIP stays pending either way
 
 
+@pytest.mark.parametrize("loop", ["j _start", "wfi\n j _start"])  # busy, and idle in WFI
 async def test_ctrl_c_interrupts_a_running_guest(
-        rig_for: Callable[[Path], Rig], build_asm: Callable[[str], Path]) -> None:
-    daemon, target, session = rig_for(build_asm(".globl _start\n_start: j _start\n"))
+        rig_for: Callable[[Path], Rig], build_asm: Callable[[str], Path], loop: str) -> None:
+    daemon, target, session = rig_for(build_asm(f".globl _start\n_start: {loop}\n"))
     ask(session, b"c")
     await asyncio.sleep(0.05)
     assert session.drain() == b""
