@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from emud import trace
 from emud.cpu.csr import Csr
 from emud.cpu.debug import BREAK, Watchpoint
 from emud.cpu.disasm import ABI_NAMES
@@ -39,6 +40,16 @@ PC_REGNUM = 32
 CSR_REGBASE = 65  # gdb's own numbering of RISC-V CSRs without a description: 65 + number
 PRIV_REGNUM = CSR_REGBASE + 4096
 CSRS = frozenset(int(csr) for csr in Csr)
+
+# QEMU's names: `--trace 'gdbstub_io_*'` or `monitor trace-event gdbstub_io_command on`.
+trace_command = trace.event("gdbstub_io_command", "Received: %s")
+trace_reply = trace.event("gdbstub_io_reply", "Sent: %s")
+
+
+def _trace_packet(received: bool, payload: bytes) -> None:
+    event = trace_command if received else trace_reply
+    if event.enabled:  # decoding a 64 KiB reply is not free
+        event(payload.decode("ascii", "backslashreplace"))
 
 
 def target_xml() -> str:
@@ -72,7 +83,7 @@ class EmudTarget:
         self.daemon = daemon
         self.machine = daemon.machine
         self.hart = daemon.machine.hart
-        self.server = GdbServer(self)
+        self.server = GdbServer(self, packet_log=_trace_packet)
         self.step_irqs = False  # take interrupts during a single step (QEMU: sstep bits)
         self._sw: Counter[int] = Counter()
         self._hw: Counter[int] = Counter()

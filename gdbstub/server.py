@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gdbstub.session import Session
+from gdbstub.session import PacketLog, Session
 from gdbstub.target import StopReason, Target
 
 
@@ -49,9 +49,11 @@ def _log(message: str) -> None:
 
 
 class GdbServer:
-    def __init__(self, target: Target, log: Callable[[str], None] = _log) -> None:
+    def __init__(self, target: Target, log: Callable[[str], None] = _log,
+                 packet_log: PacketLog | None = None) -> None:
         self.target = target
         self.log = log
+        self.packet_log = packet_log
         self.session: Session | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._connection: asyncio.Task[None] | None = None
@@ -108,7 +110,7 @@ class GdbServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername") or "unix socket"
         try:
-            self.session = Session(self.target)
+            self.session = Session(self.target, packet_log=self.packet_log)
         except Exception:  # the target refused to attach: drop this client, keep serving
             self.log("attach failed:\n" + traceback.format_exc())
             writer.close()

@@ -42,12 +42,15 @@ _WATCH_TYPES = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
 SSTEP_ENABLE, SSTEP_NOIRQ, SSTEP_NOTIMER = 1, 2, 4
 
 Handler = Callable[["Session", bytes], bytes | None]
+PacketLog = Callable[[bool, bytes], None]  # (received?, payload): for tracing
 
 
 class Session:
-    def __init__(self, target: Target, packet_size: int = DEFAULT_PACKET_SIZE) -> None:
+    def __init__(self, target: Target, packet_size: int = DEFAULT_PACKET_SIZE,
+                 packet_log: PacketLog | None = None) -> None:
         self.target = target
         self.packet_size = packet_size
+        self.packet_log = packet_log
         self.decoder = Decoder(packet_size)
         self.ack_mode = True
         self.running = False  # a resume is in flight: the next stop gets a reply
@@ -69,6 +72,8 @@ class Session:
                 case Packet(payload):
                     if self.ack_mode:
                         self._out += b"+"
+                    if self.packet_log:
+                        self.packet_log(True, payload)
                     self._handle(payload)
                 case Corrupt():
                     if self.ack_mode:
@@ -108,6 +113,8 @@ class Session:
     # --- plumbing ------------------------------------------------------------------
 
     def _send(self, payload: bytes) -> None:
+        if self.packet_log:
+            self.packet_log(False, payload)
         self._last = frame(payload)
         self._out += self._last
 

@@ -11,6 +11,7 @@ import pytest
 from test_gdbstub_session import packets
 
 from conftest import IMAGES, boot, serial_text
+from emud import trace
 from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
 from emud.machine import UART0_BASE
@@ -27,7 +28,7 @@ async def rig_for(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[Pat
     def make(image: Path) -> Rig:
         daemon = Daemon(boot(image), exit_on_poweroff=False)
         target = EmudTarget(daemon)
-        session = Session(target)
+        session = Session(target, packet_log=target.server.packet_log)
         target.server.session = session  # no socket: replies stay in the session's outbox
         ask(session, b"qSupported:swbreak+;hwbreak+")
         tasks.append((daemon, asyncio.create_task(daemon.run())))
@@ -222,6 +223,20 @@ async def test_registers_and_csrs(rig_for: Callable[[Path], Rig]) -> None:
     assert hart.mtvec == 0x100
     assert ask(session, b"P%x=00000000" % (CSR_REGBASE + 0xC00)) == [b"E01"]  # read-only cycle
     assert reg(session, CSR_REGBASE + 4096) == 3  # priv: M
+
+
+async def test_packets_are_traced_with_qemus_event_names(rig_for: Callable[[Path], Rig]) -> None:
+    daemon, target, session = rig_for(IMAGES / "hello.elf")
+    lines: list[str] = []
+    previous = trace.set_sink(lines.append)
+    try:
+        assert trace.set_state("gdbstub_io_*", True) == ["gdbstub_io_command",
+                                                        "gdbstub_io_reply"]
+        ask(session, b"qAttached")
+    finally:
+        trace.set_state("gdbstub_io_*", False)
+        trace.set_sink(previous)
+    assert lines == ["gdbstub_io_command Received: qAttached", "gdbstub_io_reply Sent: 1"]
 
 
 async def test_kill_resets_and_detach_resumes(rig_for: Callable[[Path], Rig]) -> None:
