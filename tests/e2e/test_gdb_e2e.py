@@ -105,9 +105,10 @@ class Gdb:
 class Emud:
     """`emud run IMAGE -S --gdb tcp:127.0.0.1:0`; learns the port from its log line."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, serial: Path) -> None:
         self.proc = proc
         self.port = port
+        self.serial = serial
         self.log: list[str] = []
         self._reader = asyncio.create_task(self._read())
 
@@ -121,12 +122,21 @@ class Emud:
         line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)
         match = re.search(rb"listening on tcp:127\.0\.0\.1:(\d+)", line)
         assert match, line
-        return cls(proc, int(match.group(1)))
+        return cls(proc, int(match.group(1)), serial)
 
     async def _read(self) -> None:
         assert self.proc.stderr is not None
         while line := await self.proc.stderr.readline():
             self.log.append(line.decode(errors="replace"))
+
+    async def wait_dots(self, more_than: int) -> int:
+        """Wait until the guest has printed more than `more_than` dots (1 per 1000 bumps)."""
+        async def poll() -> int:
+            while (dots := self.serial.read_text().count(".")) <= more_than:
+                await asyncio.sleep(0.01)
+            return dots
+
+        return await asyncio.wait_for(poll(), TIMEOUT)
 
     async def wait_log(self, text: str) -> None:
         async def poll() -> None:
@@ -222,20 +232,20 @@ async def test_watchpoints_on_a_variable_and_on_pl011_registers(emud: Emud, gdb:
     assert stop["value"] == {"old": "1001", "new": "1002"}
 
 
-async def test_ctrl_c_monitor_detach_reattach_kill(emud: Emud, gdb: Gdb, tmp_path: Path) -> None:
+async def test_ctrl_c_monitor_detach_reattach_kill(emud: Emud, gdb: Gdb) -> None:
     await emud.attach(gdb)
     await gdb.cmd("-exec-continue")
-    await asyncio.sleep(0.3)
+    await emud.wait_dots(0)  # the guest is running
     await gdb.cmd("-exec-interrupt")
     stop = await gdb.stopped()
     assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGINT"
     first = int(await gdb.value("counter"))
-    assert first > 0
+    assert first >= 1000
 
     assert "pl011" in await gdb.console("monitor info mtree")
 
     await gdb.cmd("-target-detach")  # the guest runs on without a debugger
-    await asyncio.sleep(0.3)
+    await emud.wait_dots(first // 1000)
     other = await Gdb.start(COUNTER)
     try:
         await emud.attach(other)
