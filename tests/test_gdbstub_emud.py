@@ -15,6 +15,7 @@ from emud import trace
 from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
 from emud.machine import UART0_BASE
+from emud.memory import PAGE_DEBUG
 from gdbstub.codec import frame
 from gdbstub.session import Session
 
@@ -117,6 +118,7 @@ async def test_write_and_read_watchpoints_stop_before_the_access(
     ask(session, b"s")  # the store happens now, once
     assert reg(session, PC) == load and mem(session, var, 4) == b"\x05\0\0\0"
     assert ask(session, b"z2,%x,4" % var) == [b"OK"]
+    assert not any(f & PAGE_DEBUG for f in daemon.machine.ram.page_flags)  # stores fast again
 
     assert ask(session, b"Z3,%x,1" % (var + 2)) == [b"OK"]  # a byte inside the loaded word
     ask(session, b"c")

@@ -308,21 +308,24 @@ class Hart:
     def set_watchpoints(self, watchpoints: list[Watchpoint]) -> None:
         """Stores to watched RAM pages take the slow path (PAGE_DEBUG); while any
         read watchpoint exists, every load is built to go through load_slow."""
-        ram = self.bus.ram
-        for old, flagged in ((self.watchpoints, False), (watchpoints, True)):
-            for w in old:
-                lo = max(w.addr, ram.base) - ram.base
-                hi = min(w.addr + w.length, ram.base + ram.size) - ram.base
-                for page in range(lo >> PAGE_SHIFT, (hi - 1 >> PAGE_SHIFT) + 1):
-                    if flagged and w.writes:
-                        ram.page_flags[page] |= PAGE_DEBUG
-                    elif not flagged:
-                        ram.page_flags[page] &= ~PAGE_DEBUG
+        flags = self.bus.ram.page_flags
+        for w in self.watchpoints:
+            for page in self._ram_pages(w):
+                flags[page] &= ~PAGE_DEBUG
+        for w in watchpoints:
+            for page in self._ram_pages(w) if w.writes else ():
+                flags[page] |= PAGE_DEBUG
         self.watchpoints = list(watchpoints)
         loads = any(w.reads for w in watchpoints)
         if loads != self.watch_loads:
             self.watch_loads = loads
             self.flush_code()
+
+    def _ram_pages(self, w: Watchpoint) -> range:
+        ram = self.bus.ram
+        lo = max(w.addr, ram.base) - ram.base
+        hi = min(w.addr + w.length, ram.base + ram.size) - ram.base
+        return range(lo >> PAGE_SHIFT, (hi - 1 >> PAGE_SHIFT) + 1)  # empty outside RAM
 
     # --- the run loop ------------------------------------------------------------
 
