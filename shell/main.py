@@ -148,6 +148,12 @@ class Shell:
         print(f"{package} monitor - type 'help' for more information")
         print("Ctrl-D or 'exit' leaves the shell; 'quit' stops the daemon.")
         poll = asyncio.create_task(self._poll())
+
+        def gone(_: object) -> None:  # the daemon went away while we sat at the prompt
+            if session.app.is_running:
+                session.app.exit(exception=Disconnected("gone"))
+
+        self.qmp.closed.add_done_callback(gone)
         try:
             with patch_stdout(raw=True):
                 while True:
@@ -157,18 +163,26 @@ class Shell:
                         continue
                     except EOFError:
                         return 0
+                    except Disconnected:
+                        print("The daemon has gone away.")
+                        return 1
                     if line == "exit":
                         return 0
                     if not line:
                         continue
+                    quitting = line in ("quit", "q")
                     try:
                         print(await self.run_line(line), end="")
+                        if quitting:
+                            await asyncio.wait_for(asyncio.shield(self.qmp.closed), 10)
                     except QmpError as e:
                         print(error_text(e))
-                    except Disconnected:
-                        print("The daemon has gone away" if line not in ("quit", "q")
-                              else "The daemon has stopped.")
-                        return 0 if line in ("quit", "q") else 1
+                    except (TimeoutError, Disconnected):
+                        pass
+                    if not self.qmp.connected:
+                        print("The daemon has stopped." if quitting else
+                              "The daemon has gone away.")
+                        return 0 if quitting else 1
         finally:
             poll.cancel()
 

@@ -69,6 +69,12 @@ class QmpConnection:
     def connected(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def closed(self) -> asyncio.Task[None]:
+        """Done when the daemon has closed the connection."""
+        assert self._task is not None, "not connected"
+        return self._task
+
     async def execute(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         if self._writer is None or not self.connected:
             raise Disconnected("not connected to the daemon")

@@ -70,8 +70,9 @@ class Terminal:
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.server = f"emud-test-{uuid.uuid4().hex[:8]}"
         line = " ".join(shlex.quote(part) for part in command)
-        self.tmux("new-session", "-d", "-x", "120", "-y", "30", "-s", "main", line, env=env)
-        self.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+        # The pane stays (sleep) after the command, showing how it ended.
+        self.tmux("new-session", "-d", "-x", "120", "-y", "30", "-s", "main",
+                  f"{line}; echo exit status $?; sleep 60", env=env)
 
     def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
         return subprocess.run(["tmux", "-L", self.server, *args], env=env, check=True,
@@ -94,11 +95,6 @@ class Terminal:
                 return screen
             time.sleep(0.05)
         raise AssertionError(f"{pattern!r} never appeared on the screen:\n{self.screen()}")
-
-    def exit_status(self) -> int | None:
-        fields = self.tmux("display-message", "-p", "-t", "main",
-                           "#{pane_dead} #{pane_dead_status}").split()
-        return int(fields[1]) if fields[0] == "1" else None
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True)
@@ -155,10 +151,7 @@ def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
     term.wait_for(r"\[event\] RESUME")
 
     term.keys("C-d")  # leaves the shell; the daemon keeps running
-    deadline = time.monotonic() + TIMEOUT
-    while term.exit_status() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert term.exit_status() == 0
+    term.wait_for(r"exit status 0")
     assert daemon.alive()
 
     # History persists: a new shell recalls the last command with Up.
@@ -169,6 +162,7 @@ def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
     again.type("quit")
     again.keys("Enter")
     again.wait_for(r"The daemon has stopped")
+    again.wait_for(r"exit status 0")
     deadline = time.monotonic() + TIMEOUT
     while daemon.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -197,3 +191,12 @@ def test_script_mode_stops_at_the_first_error(daemon: Daemon) -> None:
     nowhere = subprocess.run([*EMUD, "shell", "--qmp", daemon.qmp + ".missing", "-c", "stop"],
                              env=daemon.env, capture_output=True, text=True, timeout=TIMEOUT)
     assert nowhere.returncode == 1 and "cannot connect" in nowhere.stderr
+
+
+def test_daemon_vanishing_under_an_idle_prompt(daemon: Daemon,
+                                              terminals: list[Terminal]) -> None:
+    term = open_shell(daemon, terminals)
+    os.kill(daemon.pid, 15)  # SIGTERM: the daemon announces SHUTDOWN and closes
+    term.wait_for(r"\[event\] SHUTDOWN guest=False reason=host-signal")
+    term.wait_for(r"The daemon has gone away")
+    term.wait_for(r"exit status 1")
