@@ -62,7 +62,7 @@ class Session:
         self._ended = False
         self.last_stop: StopReason = target.attach()
 
-    # --- the three doors -------------------------------------------------------------
+    # --- the interface: bytes in, stops in, bytes out ---------------------------------
 
     def feed(self, data: bytes) -> None:
         for event in self.decoder.feed(data):
