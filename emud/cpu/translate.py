@@ -45,6 +45,8 @@ MAX_BLOCK_INSNS = 64
 MAX_REGION_INSNS = 200
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 REGISTER = re.compile(r"\bx(\d+)\b")
+ASSIGNED = re.compile(r"^\s*x(\d+) = ")
+MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
 
 # Register-register operations as Python expressions over {a} and {b} (both in 0..M).
@@ -251,20 +253,23 @@ class Translator:
         # then the others in address order (so fall-through edges need no dispatch at all).
         order = sorted(leaders, key=lambda pc: (pc != entry, pc < entry, pc))
         index = {pc: i for i, pc in enumerate(order)}
-        body: list[str] = []
-        for i, pc in enumerate(order):
-            body += self._block(i, pc, index, insns)
+        blocks = [self._block_insns(pc, index, insns) for pc in order]
+        edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
+        loops = _nested_loops(edges)
+        reserve = _reserves(blocks, edges)
+        body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
+        dirty = sorted({int(n) for line in body for n in ASSIGNED.findall(line)})
         used = sorted({int(n) for line in body for n in _registers(line)})
         source = "\n".join([
-            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, T=T):",
+            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags):",
             *(f"    x{n} = x[{n}]" for n in used),
-            f"    b = {index[entry]}",
+            "    b = 0",
             "    while True:",
             *body,
-            *(f"    x[{n}] = x{n}" for n in used),
+            *(f"    x[{n}] = x{n}" for n in dirty),
             "    return npc, r",
         ])
-        namespace = dict(self.namespace, T=index)
+        namespace = dict(self.namespace)
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
         region: Region = namespace["region"]  # type: ignore[assignment]
         self.regions[entry] = region
@@ -323,25 +328,75 @@ class Translator:
                 lead(pc)
         return leaders, insns
 
-    def _block(self, i: int, pc: int, index: dict[int, int],
-               insns: dict[int, Insn | None]) -> list[str]:
-        """Source of block i: entered when b <= i, falls into block i+1 when done."""
+    def _block_insns(self, pc: int, index: dict[int, int],
+                     insns: dict[int, Insn | None]) -> list[Insn]:
+        """The instructions of the block at leader pc (empty: the first needs the interpreter)."""
         block: list[Insn] = []
-        at = pc
-        while (insn := insns.get(at)) is not None and (not block or at not in index):
+        while (insn := insns.get(pc)) is not None and (not block or pc not in index):
             block.append(insn)
             if insn.word & 0x7F in (d.OP_BRANCH, d.OP_JAL, d.OP_JALR):
                 break
-            at = insn.npc
+            pc = insn.npc
+        return block
+
+    @staticmethod
+    def _successors(block: list[Insn]) -> list[int]:
+        if not block:
+            return []
+        last = block[-1]
+        op, w = last.word & 0x7F, last.word
+        if op == d.OP_BRANCH:
+            return [(last.pc + d.imm_b(w)) & M, last.npc]
+        if op == d.OP_JAL:
+            return [(last.pc + d.imm_j(w)) & M]
+        return [] if op == d.OP_JALR else [last.npc]
+
+    def _emit(self, lo: int, hi: int, blocks: list[list[Insn]], index: dict[int, int],
+              insns: dict[int, Insn | None], loops: dict[int, int], reserve: dict[int, int],
+              indent: int) -> list[str]:
+        """Source of blocks lo..hi, the body of one Python loop; inner loops nest.
+
+        Block i is entered when b <= i and falls into block i+1 when done.  A jump
+        inside the loop sets b (and `continue`s when it goes back); a jump out of it
+        sets b and breaks; the code after an inner loop passes such jumps on.  An
+        exit from the region sets npc and b = -1.
+        """
+        pad = "    " * indent
+        lines: list[str] = []
+        i = lo
+        while i <= hi:
+            end = loops.get(i, i) if i != lo else i
+            if end > i:
+                lines += [f"{pad}if b <= {end}:", f"{pad}    while True:",
+                          *self._emit(i, end, blocks, index, insns, loops, reserve, indent + 2),
+                          f"{pad}        if b <= {end}:", f"{pad}            b = {end + 1}",
+                          f"{pad}        break",
+                          f"{pad}    if b < {lo} or b > {hi}:", f"{pad}        break",
+                          f"{pad}    if b < {i}:", f"{pad}        continue"]
+                i = end + 1
+                continue
+            lines += [pad + line
+                      for line in self._block(i, blocks[i], index, insns, lo, hi, reserve.get(i))]
+            i += 1
+        return lines
+
+    def _block(self, i: int, block: list[Insn], index: dict[int, int],
+               insns: dict[int, Insn | None], lo: int, hi: int, reserve: int | None) -> list[str]:
+        """Source of block i, inside the Python loop over blocks lo..hi.
+
+        Only the entry and the targets of backward jumps check the budget, for the
+        longest run of blocks up to the next check (`reserve`); the others just charge it.
+        """
         if not block:  # its first instruction needs the interpreter
-            return [f"        if b <= {i}:", f"            npc = {pc | 1}; break"]
+            pc = next(pc for pc, j in index.items() if j == i)
+            return [f"if b <= {i}:", f"    npc = {pc | 1}; b = -1; break"]
         n = len(block)
-        lines = [f"if b <= {i}:",
-                 f"    r -= {n}",
-                 "    if r < 0:",
-                 f"        npc = {pc | 1}; r += {n}; break"]
+        lines = [f"if b <= {i}:"]
+        if reserve is not None:
+            lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; b = -1; break"]
+        lines.append(f"    r -= {n}")
         for k, insn in enumerate(block):
-            bail = f"npc = {insn.pc | 1}; r += {n - k}; break"
+            bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
             lines += ["    " + line.replace(BAIL, bail) for line in self._body(insn) or ()]
         last = block[-1]
         op, w = last.word & 0x7F, last.word
@@ -349,7 +404,9 @@ class Translator:
         def goto(target: int) -> list[str]:
             j = index.get(target)
             if j is None:
-                return [f"npc = {target}; break"]
+                return [f"npc = {target}; b = -1; break"]
+            if not lo <= j <= hi:
+                return [f"b = {j}", "break"]
             if j == i + 1:
                 return []
             return [f"b = {j}"] + (["continue"] if j <= i else [])
@@ -363,13 +420,12 @@ class Translator:
         elif op == d.OP_JAL:
             lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
         elif op == d.OP_JALR:
-            lines += ["    b = T.get(t, -1)", "    if b < 0:",
-                      "        npc = t; break", "    continue"]
+            lines += ["    npc = t; b = -1; break"]
         elif insns.get(last.npc, 0) is None:  # the next instruction needs the interpreter
-            lines += [f"    npc = {last.npc | 1}; break"]
+            lines += [f"    npc = {last.npc | 1}; b = -1; break"]
         else:
             lines += ["    " + s for s in goto(last.npc)]
-        return ["        " + line for line in lines]
+        return lines
 
     def _body(self, insn: Insn) -> list[str] | None:
         """Python lines for one instruction (BAIL where it must leave before it), or None
@@ -437,6 +493,39 @@ class Translator:
         if op == d.OP_MISC_MEM and f3 == 0:
             return []  # FENCE: one hart, accesses are already in order
         return None
+
+
+def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
+    """Loops that become Python loops: head -> last block, for each block h that a later
+    block t jumps back to, spanning h..t, when those ranges nest properly."""
+    spans: dict[int, int] = {}
+    for t, targets in enumerate(edges):
+        for h in targets:
+            if 0 < h <= t:
+                spans[h] = max(spans.get(h, h), t)
+    chosen: dict[int, int] = {}
+    open_: list[int] = []  # ends of the chosen loops around the current head
+    for h in sorted(spans):
+        while open_ and open_[-1] < h:
+            open_.pop()
+        if (not open_ or spans[h] <= open_[-1]) and len(open_) < MAX_LOOP_DEPTH:
+            chosen[h] = spans[h]
+            open_.append(spans[h])
+    return chosen
+
+
+def _reserves(blocks: list[list[Insn]], edges: list[list[int]]) -> dict[int, int]:
+    """Budget checks: block -> the most instructions run from it before the next check.
+
+    Blocks are laid out so that every backward jump goes to a checked block; from a
+    check, forward jumps alone reach the next one (or an exit) after a bounded run.
+    """
+    checked = {0} | {j for i, targets in enumerate(edges) for j in targets if j <= i}
+    longest = [0] * len(blocks)
+    for i in reversed(range(len(blocks))):
+        longest[i] = len(blocks[i]) + max(
+            (longest[j] for j in edges[i] if j > i and j not in checked), default=0)
+    return {i: longest[i] for i in checked}
 
 
 def _registers(line: str) -> list[str]:
