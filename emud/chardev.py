@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import socket
 import stat
 import sys
 from collections import deque
@@ -87,10 +89,23 @@ MAX_BACKLOG = 1 << 20
 
 
 def remove_stale_socket(path: str) -> None:
-    """Unlink a socket left by an earlier run; anything else at `path` is left alone."""
-    with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
+    """Unlink a socket left by an earlier run; anything else at `path` is left alone.
+
+    A socket someone still listens on is not stale: OSError(EADDRINUSE), so a second
+    daemon never steals the first one's address.
+    """
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except OSError:
+        return
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody answers: left over from a run that died
+            return
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running program")
 
 
 class SocketServerBackend(CharBackend):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -295,3 +296,20 @@ async def test_garbage_costs_an_error_and_nothing_else(vm: Vm, garbage: bytes) -
         reply = json.loads(await raw.read_line())
     assert reply["return"]["status"] == "paused"
     raw.close()
+
+
+async def test_stale_socket_is_replaced_but_files_are_not(vm: Vm) -> None:
+    folder = tempfile.mkdtemp(prefix="emud-qmp-")
+    stale = os.path.join(folder, "stale.sock")
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(stale)  # left behind by a daemon that was killed: nobody listens
+    server = QmpServer(Monitor(vm.daemon), f"unix:{stale}")
+    await server.start()
+    await server.close()
+    regular = Path(folder, "notes.txt")
+    regular.write_text("keep me")
+    listeners = list(vm.daemon.listeners)
+    with pytest.raises(OSError):
+        await QmpServer(Monitor(vm.daemon), f"unix:{regular}").start()
+    assert regular.read_text() == "keep me"
+    assert vm.daemon.listeners == listeners

@@ -115,3 +115,20 @@ def test_daemonize_refuses_stdio() -> None:
     result = subprocess.run([*EMUD, str(IMAGES / "hello.elf"), "--daemonize", "-serial", "stdio"],
                             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 1 and "cannot use -serial stdio" in result.stderr
+
+
+def test_a_second_daemon_does_not_steal_the_socket() -> None:
+    sock = os.path.join(tempfile.mkdtemp(prefix="emud-cli-"), "qmp.sock")
+    first = subprocess.run([*EMUD, str(IMAGES / "uart_echo.elf"), "--qmp", f"unix:{sock}",
+                            "--daemonize"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert first.returncode == 0, first.stderr
+    pid = int(re.findall(r"daemon pid (\d+)", first.stderr)[0])
+    try:
+        second = subprocess.run([*EMUD, str(IMAGES / "hello.elf"), "--qmp", f"unix:{sock}",
+                                 "-serial", "null"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=TIMEOUT)
+        assert second.returncode == 1 and "in use" in second.stderr
+        assert os.path.exists(sock)
+    finally:
+        os.kill(pid, 15)

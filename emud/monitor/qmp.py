@@ -226,7 +226,6 @@ class QmpServer:
         self.kind, self.address = parse_address(address)
         self.clients: set[QmpClient] = set()
         self._server: asyncio.Server | None = None
-        monitor.daemon.listeners.append(self.broadcast)
 
     @property
     def description(self) -> str:
@@ -251,6 +250,7 @@ class QmpServer:
             assert isinstance(self.address, tuple)
             host, port = self.address
             self._server = await asyncio.start_server(self._accept, host, port)
+        self.monitor.daemon.listeners.append(self.broadcast)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = QmpClient(self, reader, writer)
@@ -275,7 +275,8 @@ class QmpServer:
 
     async def close(self) -> None:
         """Flush what clients have been sent (SHUTDOWN, quit's reply), then stop serving."""
-        self.monitor.daemon.listeners.remove(self.broadcast)
+        if self.broadcast in self.monitor.daemon.listeners:
+            self.monitor.daemon.listeners.remove(self.broadcast)
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
