@@ -78,6 +78,8 @@ class EmudTarget:
     register_size = 4
     gdb_register_count = 33  # x0..x31, pc
     pc_regnum = PC_REGNUM
+    # ra, sp, fp, pc: what gdb needs for the frame, so it skips reading all registers
+    expedited_registers: tuple[int, ...] = (1, 2, 8, PC_REGNUM)
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon

@@ -136,19 +136,20 @@ class Session:
         return b""  # unsupported: the empty reply
 
     def _stop_reply(self, reason: StopReason) -> bytes:
+        if isinstance(reason, Exited):
+            return b"W%02x" % (reason.code & 0xFF)
+        signal, why = b"05", b""
         match reason:
-            case Exited(code):
-                return b"W%02x" % (code & 0xFF)
             case Interrupted():
-                return b"T02thread:" + THREAD + b";"
+                signal = b"02"
             case BreakpointHit(hardware):
                 kind = b"hwbreak" if hardware else b"swbreak"
-                extra = kind + b":;" if kind + b"+" in self.gdb_features else b""
-                return b"T05" + extra + b"thread:" + THREAD + b";"
+                why = kind + b":;" if kind + b"+" in self.gdb_features else b""
             case WatchpointHit(kind, addr):
-                return b"T05%s:%x;thread:%s;" % (kind.value.encode(), addr, THREAD)
-            case _:
-                return b"T05thread:" + THREAD + b";"
+                why = b"%s:%x;" % (kind.value.encode(), addr)
+        registers = b"".join(b"%02x:%s;" % (n, self._register_hex(n))
+                             for n in self.target.expedited_registers)
+        return b"T" + signal + why + registers + b"thread:" + THREAD + b";"
 
     def _resume(self, step: bool, addr: bytes = b"") -> None:
         if addr and not self.target.write_register(self.target.pc_regnum, parse_int(addr)):

@@ -86,6 +86,7 @@ class Target(Protocol):
     gdb_register_count: int  # how many registers the `g` packet carries (0..n-1)
     pc_regnum: int  # for `c addr` / `s addr`
     step_irqs: bool  # take interrupts during a single step (QEMU's sstep NOIRQ bit clear)
+    expedited_registers: tuple[int, ...]  # sent with every stop: gdb then skips its `g`
 
     def target_xml(self) -> str: ...
     def read_register(self, regnum: int) -> int | None:

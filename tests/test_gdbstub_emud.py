@@ -16,7 +16,7 @@ from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
 from emud.machine import UART0_BASE
 from emud.memory import PAGE_DEBUG
-from gdbstub.codec import frame
+from gdbstub.codec import encode_le, frame
 from gdbstub.session import Session
 
 Rig = tuple[Daemon, EmudTarget, Session]
@@ -42,8 +42,21 @@ async def rig_for(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[Pat
 
 
 def ask(session: Session, payload: bytes) -> list[bytes]:
+    """The replies, with the expedited registers of stop replies checked and left out."""
     session.feed(frame(payload))
-    return packets(session.drain())
+    return [without_registers(session, reply) for reply in packets(session.drain())]
+
+
+def without_registers(session: Session, reply: bytes) -> bytes:
+    if reply[:1] != b"T":
+        return reply
+    assert isinstance(session.target, EmudTarget)
+    hart = session.target.hart
+    for n, value in ((1, hart.x[1]), (2, hart.x[2]), (8, hart.x[8]), (PC, hart.pc)):
+        field = b"%02x:%s;" % (n, encode_le(value, 4))
+        assert field in reply, (field, reply)
+        reply = reply.replace(field, b"", 1)
+    return reply
 
 
 async def stop_reply(session: Session) -> bytes:
@@ -52,7 +65,7 @@ async def stop_reply(session: Session) -> bytes:
     while asyncio.get_running_loop().time() < deadline:
         if out := session.drain():
             (reply,) = packets(out)
-            return reply
+            return without_registers(session, reply)
         await asyncio.sleep(0.001)
     raise AssertionError("no stop reply")
 
@@ -91,7 +104,7 @@ async def test_breakpoint_stops_before_the_instruction(rig_for: Callable[[Path],
     daemon, target, session = rig_for(IMAGES / "hello.elf")
     assert daemon.machine.image is not None
     main = daemon.machine.image.symbols["main"]
-    assert ask(session, b"?") == [b"T05thread:1;"]
+    assert ask(session, b"?") == [b"T05thread:1;"]  # (expedited registers left out)
     assert ask(session, b"Z0,%x,2" % main) == [b"OK"]
     assert ask(session, b"c") == []
     assert await stop_reply(session) == b"T05swbreak:;thread:1;"

@@ -27,6 +27,7 @@ class FakeTarget:
     gdb_register_count = 3
     pc_regnum = 2
     step_irqs = False
+    expedited_registers: tuple[int, ...] = ()
 
     def __init__(self, *, with_points: bool = True) -> None:
         self.regs = [0, 0x11223344, 0x80000000]
@@ -340,6 +341,13 @@ def test_qemu_single_step_flags(session: Session, target: FakeTarget) -> None:
     assert target.step_irqs and ask(session, b"qqemu.sstep") == [b"0x5"]
     assert ask(session, b"Qqemu.sstep=7") == [b"OK"] and not target.step_irqs
     assert ask(session, b"Qqemu.sstep=x") == [b"E22"]
+
+
+def test_stop_replies_carry_the_expedited_registers(target: FakeTarget) -> None:
+    target.expedited_registers = (2, 1)
+    session = Session(target)
+    assert packets(session.drain()) == []
+    assert ask(session, b"?") == [b"T0502:00000080;01:44332211;thread:1;"]
 
 
 def test_exit_during_step_is_w(session: Session, target: FakeTarget) -> None:
