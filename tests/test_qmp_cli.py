@@ -132,3 +132,23 @@ def test_a_second_daemon_does_not_steal_the_socket() -> None:
         assert os.path.exists(sock)
     finally:
         os.kill(pid, 15)
+
+
+def test_qmp_shell_from_qemu_qmp_works_unmodified() -> None:
+    sock = os.path.join(tempfile.mkdtemp(prefix="emud-cli-"), "qmp.sock")
+    started = subprocess.run([*EMUD, str(IMAGES / "uart_echo.elf"), "--qmp", f"unix:{sock}",
+                              "--daemonize", "-S"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert started.returncode == 0, started.stderr
+    pid = int(re.findall(r"daemon pid (\d+)", started.stderr)[0])
+    qmp_shell = [sys.executable, "-m", "qemu.qmp.qmp_shell"]
+    try:
+        hmp = subprocess.run([*qmp_shell, "-H", sock], input="info status\nxp/1wx 0x80000000\n",
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert "VM status: paused (prelaunch)" in hmp.stdout
+        assert re.search(r"0000000080000000: 0x[0-9a-f]{8}", hmp.stdout)
+        qmp = subprocess.run([*qmp_shell, sock], input="query-status\nstop\n",
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert '{"return": {"running": false, "status": "prelaunch"}}' in qmp.stdout
+    finally:
+        os.kill(pid, 15)
