@@ -41,7 +41,7 @@ CSR_REGBASE = 65  # gdb's own numbering of RISC-V CSRs without a description: 65
 PRIV_REGNUM = CSR_REGBASE + 4096
 CSRS = frozenset(int(csr) for csr in Csr)
 
-# QEMU's names: `--trace 'gdbstub_io_*'` or `monitor trace-event gdbstub_io_command on`.
+# QEMU's event names; `monitor trace-event gdbstub_io_command on` enables one.
 trace_command = trace.event("gdbstub_io_command", "Received: %s")
 trace_reply = trace.event("gdbstub_io_reply", "Sent: %s")
 
