@@ -73,3 +73,15 @@ def test_arbitrary_input_never_raises(chunks: list[bytes]) -> None:
         session.feed(chunk)
         session.drain()
     session.close()
+
+
+def test_emud_run_gdb_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from emud.cli import build_parser
+
+    args = build_parser().parse_args(["run", "x.elf", "-s", "-S"])
+    assert args.gdb == Address("tcp", host="127.0.0.1", port=1234) and args.paused
+    args = build_parser().parse_args(["run", "x.elf", "--gdb", "unix:/tmp/g.sock"])
+    assert args.gdb == Address("unix", path="/tmp/g.sock") and not args.paused
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "x.elf", "--gdb", "tcp:host:port"])
+    assert "invalid gdb address" in capsys.readouterr().err
