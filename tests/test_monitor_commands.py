@@ -214,3 +214,19 @@ def test_registry_entries_are_complete() -> None:
                  "pl011", "chardev", "trace-events", "snapshots"):
         assert name in monitor.registry.info
 
+
+
+def test_registers_verbose_decodes_by_the_privileged_spec() -> None:
+    machine = boot(IMAGES / "hello.elf")
+    monitor = Monitor(Daemon(machine, start_paused=True))
+    hart = machine.hart
+    hart.mstatus, hart.mtvec, hart.mcause, hart.mie = 0x1888, 0x80000101, 0x8000000B, 0x880
+    text = monitor.execute_hmp_now("info registers -v").splitlines()
+    assert " mstatus  MIE=1 MPIE=1 MPP=3" in text
+    assert " mie      MTIE MEIE" in text
+    assert " mtvec    base=0x80000100 mode=vectored" in text
+    assert " mcause   interrupt 11: machine external interrupt" in text
+    hart.mcause = 2
+    assert " mcause   exception 2: illegal instruction" in monitor.execute_hmp_now(
+        "info registers -v").splitlines()
+    assert "mcause   exception" not in monitor.execute_hmp_now("info registers")

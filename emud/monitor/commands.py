@@ -243,13 +243,42 @@ async def run_for(m: Monitor, duration: str) -> dict[str, Any]:
 # --- registers and memory ---------------------------------------------------------------
 
 
-@command(info="registers", qmp="x-emud-query-registers", help="show the cpu registers",
-         args="all:-a", params="[-a]",
+@command(info="registers", qmp="x-emud-query-registers",
+         help="show the cpu registers (-v: decode mstatus, mie, mip, mtvec, mcause)",
+         args="all:-a,verbose:-v", params="[-a] [-v]",
          render=lambda r: "\nCPU#0\n" + "\n".join(_register_lines(r)))
-def info_registers(m: Monitor, all: bool = False) -> dict[str, Any]:  # noqa: A002 - QEMU's -a
+def info_registers(m: Monitor, all: bool = False,  # noqa: A002 - QEMU's -a (one hart)
+                   verbose: bool = False) -> dict[str, Any]:
     hart = m.machine.hart
-    return {"pc": hart.pc, "csrs": {name: m.register_value(name) for name in DUMP_CSRS},
-            "gpr": list(hart.x)}
+    csrs = {name: m.register_value(name) for name in DUMP_CSRS}
+    result: dict[str, Any] = {"pc": hart.pc, "csrs": csrs, "gpr": list(hart.x)}
+    if verbose:
+        result["decoded"] = decode_csrs(csrs)
+    return result
+
+
+IRQ_NAMES = {3: "MSI", 7: "MTI", 11: "MEI"}
+EXCEPTIONS = {0: "instruction address misaligned", 1: "instruction access fault",
+              2: "illegal instruction", 3: "breakpoint", 4: "load address misaligned",
+              5: "load access fault", 6: "store/AMO address misaligned",
+              7: "store/AMO access fault", 11: "environment call from M-mode"}
+INTERRUPTS = {3: "machine software interrupt", 7: "machine timer interrupt",
+              11: "machine external interrupt"}
+
+
+def decode_csrs(csrs: dict[str, int]) -> dict[str, str]:
+    """The privileged spec's field names for the CSRs people squint at."""
+    mstatus, mtvec, mcause = csrs["mstatus"], csrs["mtvec"], csrs["mcause"]
+    code = mcause & 0x7FFF_FFFF
+    interrupt = bool(mcause >> 31)
+    return {
+        "mstatus": f"MIE={mstatus >> 3 & 1} MPIE={mstatus >> 7 & 1} MPP={mstatus >> 11 & 3}",
+        "mie": " ".join(f"{n}E" for b, n in IRQ_NAMES.items() if csrs["mie"] >> b & 1) or "-",
+        "mip": " ".join(f"{n}P" for b, n in IRQ_NAMES.items() if csrs["mip"] >> b & 1) or "-",
+        "mtvec": f"base=0x{mtvec & ~3:08x} mode={('direct', 'vectored')[mtvec & 1]}",
+        "mcause": f"{'interrupt' if interrupt else 'exception'} {code}: "
+                  + ((INTERRUPTS if interrupt else EXCEPTIONS).get(code) or "reserved"),
+    }
 
 
 def _register_lines(r: dict[str, Any]) -> list[str]:
@@ -257,6 +286,7 @@ def _register_lines(r: dict[str, Any]) -> list[str]:
     lines += [f" {name:<8} {value:08x}" for name, value in r["csrs"].items()]
     cells = [f" {f'x{i}/{ABI_NAMES[i]}':<8} {v:08x}" for i, v in enumerate(r["gpr"])]
     lines += ["".join(cells[i : i + 4]) for i in range(0, 32, 4)]
+    lines += [f" {name:<8} {text}" for name, text in r.get("decoded", {}).items()]
     return lines
 
 
