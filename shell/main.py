@@ -1,6 +1,6 @@
 """`emud shell`: the monitor over QMP, interactive (prompt_toolkit) or as a script.
 
-Interactive when stdin is a terminal and no `-c` was given: completion,
+Interactive when stdin and stdout are a terminal and no `-c` was given: completion,
 persistent history, a bottom toolbar (run state, virtual time, pc) and QMP
 events printed above the prompt.  Otherwise every line (or `;`-separated
 command of `-c`) runs in order and the first failure ends the shell with
@@ -195,7 +195,7 @@ class Shell:
         try:
             if script is not None:
                 return await self.run_script(split_script(script))
-            if not sys.stdin.isatty():
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):  # pipes: plain line mode
                 return await self.run_script([line.strip() for line in sys.stdin])
             self.cache.load_commands(await self.qmp.execute("x-emud-query-hmp-commands"))
             with contextlib.suppress(QmpError):  # the toolbar can wait for the next poll
