@@ -52,8 +52,9 @@ class MonitorCompleter(Completer):
             word = words[0] if words else ""
             yield from _matches(word, ((name, entry["help"])
                                        for name, entry in self.cache.commands.items()))
-            if not words or "json".startswith(word):
-                yield from _matches(word, [("json", "print the structured result of a command")])
+            yield from _matches(word, [("json", "print the structured result of a command"),
+                                       ("source", "run the monitor commands in a file"),
+                                       ("exit", "leave the shell (the daemon keeps running)")])
             return
         word = "" if before[-1].isspace() else words[-1]
         position = len(words) - (0 if before[-1].isspace() else 1)  # index of the current word

@@ -75,13 +75,26 @@ class Shell:
     async def run_line(self, line: str) -> str:
         """Run one monitor line on the daemon; returns its output.  Raises QmpError.
 
-        `json CMD` prints the structured result behind CMD's text instead.
+        `json CMD` prints the structured result behind CMD's text instead;
+        `source FILE` runs FILE's lines, stopping at the first error.
         """
+        if line.startswith("source "):
+            await self.source(line[7:].strip())
+            return ""
         if line.startswith("json "):
             result = await self.qmp.execute("x-emud-hmp-json", {"command-line": line[5:]})
             return json.dumps(result, indent=2) + "\n"
         text: str = await self.qmp.execute("x-emud-hmp", {"command-line": line})
         return text
+
+    async def source(self, path: str) -> None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise QmpError("GenericError", f"cannot read {path}: {e}") from None
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith("#"):
+                print(await self.run_line(line.strip()), end="", flush=True)
 
     async def run_script(self, commands: list[str]) -> int:
         for line in commands:

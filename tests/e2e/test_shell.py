@@ -188,6 +188,13 @@ def test_script_mode_stops_at_the_first_error(daemon: Daemon) -> None:
     assert piped.stdout == "VM status: running\n"
     assert piped.stderr.startswith("invalid char in format: 'q'")
 
+    script = Path(tempfile.mkdtemp(prefix="emud-shell-")) / "steps.txt"
+    script.write_text("# stop and look\nstop\ninfo status\nfrob\ninfo status\n")
+    sourced = shell(daemon, "-c", f"source {script}; info status")
+    assert sourced.returncode == 1
+    assert sourced.stdout == "VM status: paused\n"
+    assert sourced.stderr == "unknown command: 'frob'\n"
+
     nowhere = subprocess.run([*EMUD, "shell", "--qmp", daemon.qmp + ".missing", "-c", "stop"],
                              env=daemon.env, capture_output=True, text=True, timeout=TIMEOUT)
     assert nowhere.returncode == 1 and "cannot connect" in nowhere.stderr
