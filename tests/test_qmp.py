@@ -153,7 +153,7 @@ async def test_errors_carry_qemu_classes(client: QMPClient) -> None:
     assert e.value.error.error.desc == "Cannot access memory at 0x1000"
     with pytest.raises(ExecuteError) as e:
         await client.execute("ringbuf-read", {"device": "nope", "size": 4})
-    assert e.value.error_class == "DeviceNotFound"
+    assert e.value.error.error.desc == "Device 'nope' not found"
     assert await client.execute("query-status")  # the session survives all of it
 
 

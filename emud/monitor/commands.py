@@ -619,7 +619,7 @@ def info_chardev(m: Monitor) -> list[dict[str, Any]]:
 def _ring(m: Monitor, device: str) -> RingBackend:
     dev = m.chardevs.get(device)
     if dev is None:
-        raise MonitorError(f"Device '{device}' not found", "DeviceNotFound")
+        raise MonitorError(f"Device '{device}' not found")  # GenericError, as QEMU says it
     if not isinstance(dev, RingBackend):
         raise MonitorError(f"{device} is not a ringbuf device")
     return dev

@@ -1,0 +1,101 @@
+"""The QMP wire behaviour, with qemu-system-riscv32 as the oracle.
+
+The same raw messages go to QEMU's QMP socket and to emud's; every reply
+(return, error class and text, id echo) must be the same.  Two known
+version differences are normalised: QEMU 7.2 (Debian's) offers the `oob`
+capability, which emud does not, so negotiation is plain; and its
+query-status still carries `singlestep`, which QEMU dropped later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+from typing import Any
+
+from conftest import IMAGES, boot
+from emud.daemon import Daemon
+from emud.monitor import Monitor
+from emud.monitor.qmp import QmpServer
+
+TIMEOUT = 10.0
+IMAGE = IMAGES / "uart_echo.elf"
+
+MESSAGES = [
+    b'{"execute": "query-status", "id": 1}',  # before negotiation
+    b'{"execute": "qmp_capabilities", "arguments": {"foo": 1}}',
+    b'{"execute": "qmp_capabilities"}',
+    b'{"execute": "qmp_capabilities", "id": "again"}',
+    b'{"execute": "query-status", "id": {"a": [1, null]}}',
+    b'{"execute": "nope", "id": 2}',
+    b"[1, 2]",
+    b'{"id": 9}',
+    b'{"execute": 5, "id": 10}',
+    b'{"execute": "stop", "arguments": [], "id": 11}',
+    b'{"execute": "stop", "bogus": 1, "id": 4}',
+    b'{"execute": "human-monitor-command", "id": 5}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": 5}, "id": 6}',
+    b'{"execute": "query-status", "arguments": {"x": 1}, "id": 7}',
+    b'{"execute": "ringbuf-read", "arguments": {"device": "nope", "size": 4}, "id": 8}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "info status"}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "frob"}, "id": 13}',
+    b'{"execute": "trace-event-set-state", "arguments": {"name": "nosuch", "enable": true}}',
+    b'{"execute": "cont", "id": 15}',
+    b'{"execute": "query-status", "id": 16}',
+    b'{"execute": "stop", "id": 17}',
+    b'{"execute": "query-status", "id": 18}',
+    b'{"execute": "system_reset", "id": 19}',
+]
+
+
+async def exchange(path: str) -> list[dict[str, Any]]:
+    """Send each message, collect what comes back up to its reply (events by name only)."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    await asyncio.wait_for(reader.readline(), TIMEOUT)  # greeting
+    transcript: list[dict[str, Any]] = []
+    for message in MESSAGES:
+        writer.write(message + b"\n")
+        while True:
+            reply = json.loads(await asyncio.wait_for(reader.readline(), TIMEOUT))
+            if "event" in reply:
+                transcript.append({"event": reply["event"], "data": reply.get("data")})
+                continue
+            if isinstance(reply.get("return"), dict):
+                reply["return"].pop("singlestep", None)
+            transcript.append(reply)
+            break
+    writer.close()
+    return transcript
+
+
+async def test_replies_match_qemu() -> None:
+    folder = tempfile.mkdtemp(prefix="emud-qmp-oracle-")
+    qemu_sock, emud_sock = os.path.join(folder, "qemu.sock"), os.path.join(folder, "emud.sock")
+    qemu = subprocess.Popen(
+        ["qemu-system-riscv32", "-machine", "virt", "-bios", "none", "-kernel", str(IMAGE),
+         "-S", "-display", "none", "-nodefaults", "-qmp", f"unix:{qemu_sock},server=on,wait=off"])
+    try:
+        for _ in range(200):
+            if os.path.exists(qemu_sock):
+                break
+            await asyncio.sleep(0.05)
+        expected = await exchange(qemu_sock)
+    finally:
+        qemu.kill()
+        qemu.wait()
+    daemon = Daemon(boot(IMAGE), start_paused=True, exit_on_poweroff=False)
+    server = QmpServer(Monitor(daemon), f"unix:{emud_sock}")
+    await server.start()
+    task = asyncio.create_task(daemon.run())
+    try:
+        ours = await exchange(emud_sock)
+    finally:
+        daemon.quit()
+        await asyncio.wait_for(task, TIMEOUT)
+        await server.close()
+    for message, want, got in zip(MESSAGES, expected, ours, strict=False):
+        assert got == want, message
+    assert len(ours) == len(expected)
