@@ -230,3 +230,11 @@ def test_registers_verbose_decodes_by_the_privileged_spec() -> None:
     assert " mcause   exception 2: illegal instruction" in monitor.execute_hmp_now(
         "info registers -v").splitlines()
     assert "mcause   exception" not in monitor.execute_hmp_now("info registers")
+
+
+async def test_every_completed_register_name_is_readable() -> None:
+    monitor = _fuzz_monitor()
+    names = (await monitor.execute_qmp("x-emud-query-completions", {}))["registers"]
+    assert {"pc", "a0", "x31", "mstatus", "mcause", "minstret"} <= set(names)
+    for name in names:
+        assert monitor.execute_hmp_now(f"p/x ${name}").startswith(("0x", "0"))

@@ -22,6 +22,7 @@ from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
 from emud.hw.plic import NUM_SOURCES, Plic
 from emud.machine import HPET_BASE, UART0_BASE
 from emud.memory import BusError
+from emud.monitor.core import CSR_BY_NAME
 from emud.monitor.errors import MonitorError
 from emud.monitor.hmpparse import MASK64, Format, parse_duration
 from emud.monitor.registry import Registry
@@ -146,7 +147,8 @@ def query_completions(m: Monitor) -> dict[str, list[str]]:
     except MonitorError:  # an unreadable store must not break completion
         tags = []
     return {"devices": [d.name for d in m.machine.devices],
-            "registers": ["pc", *(f"x{i}" for i in range(32)), *ABI_NAMES, *DUMP_CSRS],
+            "registers": ["pc", "fp", *(f"x{i}" for i in range(32)), *ABI_NAMES,
+                          *sorted(CSR_BY_NAME)],
             "tags": tags, "events": [ev.name for ev in trace.events()],
             "chardevs": list(m.chardevs)}
 
