@@ -273,6 +273,48 @@ handler:
     assert snap["x"][22] == 6 * 100  # every odd address traps (cause 6)
 
 
+def test_calls_and_returns_inside_a_region(build_asm: Build) -> None:
+    """A function called from inside a loop and after it: its return (from inside the
+    function's own loop) continues in the region, at a block outside that Python loop."""
+    elf = build_asm(PROLOGUE + """
+    li s2, 300
+top:
+    li s1, 0
+inner:
+    mv a0, s1
+    jal f
+    add s4, s4, a0
+    addi s1, s1, 1
+    li t1, 7
+    blt s1, t1, inner
+    mv a0, s2
+    jal f
+    add s5, s5, a0
+    addi s2, s2, -1
+    bnez s2, top
+""" + POWEROFF + """
+f:                          # the next multiple of 8 above a0, with the ret inside its loop
+    addi a0, a0, 1
+    andi t2, a0, 7
+    bnez t2, 1f
+    ret
+1:  addi a1, a1, 1
+    j f
+handler:
+    j handler
+""" + DATA)
+    def run(machine: Machine) -> None:
+        if machine.hart.accel is not None:  # one region from `top`, the inner loop nested
+            assert machine.image is not None
+            translator(machine).translate(machine.image.symbols["top"])
+        in_odd_slices(100_000)(machine)
+
+    snap, _ = both(elf, run, hot=1000)
+    assert snap["exit"] == 0
+    assert snap["x"][20] == 300 * sum((i // 8 + 1) * 8 for i in range(7))
+    assert snap["x"][21] == sum((n // 8 + 1) * 8 for n in range(1, 301))
+
+
 # --- self-modifying code ----------------------------------------------------------------
 
 

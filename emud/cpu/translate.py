@@ -108,6 +108,7 @@ class Translator:
         self.hart = hart
         self.ram = hart.bus.ram
         self.hot = HOT
+        self._returns_to: dict[int, int] = {}  # of the region being translated
         self.regions: dict[int, Region] = {}
         self.heat: dict[int, int] = {}
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
@@ -246,22 +247,23 @@ class Translator:
 
     def translate(self, entry: int) -> Region | None:
         """Compile the region at `entry`; None when its first instruction needs the interpreter."""
-        leaders, insns = self._discover(entry)
+        leaders, returns, insns = self._discover(entry)
         if insns.get(entry) is None:
             return None
-        # The entry first (loops back to it are the commonest edge: one test to dispatch),
-        # then the others in address order (so fall-through edges need no dispatch at all).
-        order = sorted(leaders, key=lambda pc: (pc != entry, pc < entry, pc))
+        by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in leaders}
+        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
         index = {pc: i for i, pc in enumerate(order)}
-        blocks = [self._block_insns(pc, index, insns) for pc in order]
+        blocks = [by_pc[pc] for pc in order]
         edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
         loops = _nested_loops(edges)
-        reserve = _reserves(blocks, edges)
+        returns_to = {pc: index[pc] for pc in returns}  # where a jalr may continue in the region
+        reserve = _reserves(blocks, edges, set(returns_to.values()))
+        self._returns_to = returns_to
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
         dirty = sorted({int(n) for line in body for n in ASSIGNED.findall(line)})
         used = sorted({int(n) for line in body for n in _registers(line)})
         source = "\n".join([
-            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags):",
+            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, T=T):",
             *(f"    x{n} = x[{n}]" for n in used),
             "    b = 0",
             "    while True:",
@@ -269,7 +271,7 @@ class Translator:
             *(f"    x[{n}] = x{n}" for n in dirty),
             "    return npc, r",
         ])
-        namespace = dict(self.namespace)
+        namespace = dict(self.namespace, T=returns_to)
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
         region: Region = namespace["region"]  # type: ignore[assignment]
         self.regions[entry] = region
@@ -287,10 +289,10 @@ class Translator:
         self.spans[entry] = spans
         return region
 
-    def _discover(self, entry: int) -> tuple[set[int], dict[int, Insn | None]]:
-        """Block leaders reachable from entry, and every instruction walked (None: needs
-        the interpreter)."""
-        leaders = {entry}
+    def _discover(self, entry: int) -> tuple[set[int], set[int], dict[int, Insn | None]]:
+        """Block leaders reachable from entry, the return addresses among them, and every
+        instruction walked (None: needs the interpreter)."""
+        leaders, returns = {entry}, set()
         insns: dict[int, Insn | None] = {}
         work = [entry]
         total = 0
@@ -318,21 +320,23 @@ class Translator:
                     lead(insn.npc)
                     break
                 if op == d.OP_JAL:
-                    if not d.rd(insn.word):  # calls leave the region: they would pull in too much
-                        lead((pc + d.imm_j(insn.word)) & M)
-                    break
-                if op == d.OP_JALR:
+                    lead((pc + d.imm_j(insn.word)) & M)
+                if op in (d.OP_JAL, d.OP_JALR) and d.rd(insn.word):  # a call: it may return here
+                    lead(insn.npc)
+                    if insn.npc in leaders:
+                        returns.add(insn.npc)
+                if op in (d.OP_JAL, d.OP_JALR):
                     break
                 pc = insn.npc
             else:
                 lead(pc)
-        return leaders, insns
+        return leaders, returns, insns
 
-    def _block_insns(self, pc: int, index: dict[int, int],
+    def _block_insns(self, pc: int, leaders: set[int],
                      insns: dict[int, Insn | None]) -> list[Insn]:
         """The instructions of the block at leader pc (empty: the first needs the interpreter)."""
         block: list[Insn] = []
-        while (insn := insns.get(pc)) is not None and (not block or pc not in index):
+        while (insn := insns.get(pc)) is not None and (not block or pc not in leaders):
             block.append(insn)
             if insn.word & 0x7F in (d.OP_BRANCH, d.OP_JAL, d.OP_JALR):
                 break
@@ -347,9 +351,11 @@ class Translator:
         op, w = last.word & 0x7F, last.word
         if op == d.OP_BRANCH:
             return [(last.pc + d.imm_b(w)) & M, last.npc]
+        # A call's return address counts as its successor: the callee's return goes there.
+        returns = [last.npc] if d.rd(w) else []
         if op == d.OP_JAL:
-            return [(last.pc + d.imm_j(w)) & M]
-        return [] if op == d.OP_JALR else [last.npc]
+            return [(last.pc + d.imm_j(w)) & M, *returns]
+        return returns if op == d.OP_JALR else [last.npc]
 
     def _emit(self, lo: int, hi: int, blocks: list[list[Insn]], index: dict[int, int],
               insns: dict[int, Insn | None], loops: dict[int, int], reserve: dict[int, int],
@@ -419,8 +425,11 @@ class Translator:
                       "    else:", *("        " + s for s in fall or ["pass"])]
         elif op == d.OP_JAL:
             lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
-        elif op == d.OP_JALR:
+        elif op == d.OP_JALR and not self._returns_to:
             lines += ["    npc = t; b = -1; break"]
+        elif op == d.OP_JALR:  # a return to a call in the region continues there
+            lines += ["    b = T.get(t, -1)", "    if b < 0:", "        npc = t; break",
+                      f"    if {lo} <= b <= {hi}:", "        continue", "    break"]
         elif insns.get(last.npc, 0) is None:  # the next instruction needs the interpreter
             lines += [f"    npc = {last.npc | 1}; b = -1; break"]
         else:
@@ -495,6 +504,26 @@ class Translator:
         return None
 
 
+def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
+    """Blocks in reverse postorder from the entry: every jump goes to a later block except
+    those closing a loop, and a loop's blocks stay together.  A branch's target is placed
+    right after it, its fall-through later."""
+    postorder: list[int] = []
+    seen = {entry}
+    stack = [(entry, iter(successors[entry]))]
+    while stack:
+        pc, todo = stack[-1]
+        for succ in todo:
+            if succ in successors and succ not in seen:
+                seen.add(succ)
+                stack.append((succ, iter(successors[succ])))
+                break
+        else:
+            stack.pop()
+            postorder.append(pc)
+    return postorder[::-1]
+
+
 def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
     """Loops that become Python loops: head -> last block, for each block h that a later
     block t jumps back to, spanning h..t, when those ranges nest properly."""
@@ -514,13 +543,14 @@ def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
     return chosen
 
 
-def _reserves(blocks: list[list[Insn]], edges: list[list[int]]) -> dict[int, int]:
+def _reserves(blocks: list[list[Insn]], edges: list[list[int]],
+              entries: set[int]) -> dict[int, int]:
     """Budget checks: block -> the most instructions run from it before the next check.
 
     Blocks are laid out so that every backward jump goes to a checked block; from a
     check, forward jumps alone reach the next one (or an exit) after a bounded run.
     """
-    checked = {0} | {j for i, targets in enumerate(edges) for j in targets if j <= i}
+    checked = {0} | entries | {j for i, targets in enumerate(edges) for j in targets if j <= i}
     longest = [0] * len(blocks)
     for i in reversed(range(len(blocks))):
         longest[i] = len(blocks[i]) + max(
