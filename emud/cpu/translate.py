@@ -65,9 +65,9 @@ OP_EXPR: dict[tuple[int, int], str] = {
     (0x01, 1): "mulh({a}, {b})",
     (0x01, 2): "mulhsu({a}, {b})",
     (0x01, 3): "({a} * {b}) >> 32",
-    (0x01, 4): "div({a}, {b})",
+    (0x01, 4): f"{{a}} // {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else div({{a}}, {{b}})",
     (0x01, 5): f"{{a}} // {{b}} if {{b}} else {M}",
-    (0x01, 6): "rem({a}, {b})",
+    (0x01, 6): f"{{a}} % {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else rem({{a}}, {{b}})",
     (0x01, 7): "{a} % {b} if {b} else {a}",
 }
 HELPERS = {"mulh": ALU_RR[(0x01, 1)], "mulhsu": ALU_RR[(0x01, 2)],
@@ -420,6 +420,10 @@ class Translator:
         if op == d.OP_BRANCH:
             a, b, f3 = _reg(d.rs1(w)), _reg(d.rs2(w)), d.funct3(w)
             cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
+            if (last.pc + d.imm_b(w)) & M == block[0].pc:  # a one-block loop: a bare while
+                return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
+                        f"        if not ({cond}):", "            break",
+                        "    if b < 0:", "        break", *("    " + s for s in goto(last.npc))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
             lines += [f"    if {cond}:", *("        " + s for s in taken or ["pass"]),
                       "    else:", *("        " + s for s in fall or ["pass"])]
