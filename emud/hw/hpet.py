@@ -337,8 +337,9 @@ class HPET(Device):
     def _resync_lines(self) -> None:
         """Drive every output to the level the state implies (after a load)."""
         levels = [False] * NUM_OUTPUTS
-        if not self.legacy and self.rtc_irq_level:
-            levels[RTC_ISA_IRQ] = True
+        if not self.legacy:  # the PIT's level is its own state; the RTC's is migrated here
+            levels[ISA_IRQ0_LINE] = self.pit_in.level
+            levels[RTC_ISA_IRQ] = bool(self.rtc_irq_level)
         for t in self.timers[:self.num_timers]:
             if (self.isr >> t.tn & 1 and t.config & TN_ENABLE and self.enabled
                     and not t.config & TN_FSB_ENABLE):
