@@ -11,8 +11,10 @@ import signal
 import sys
 from collections.abc import Callable
 
+from emud import trace
 from emud.chardev import SocketServerBackend, StdioBackend, open_backend
 from emud.daemon import Daemon, Detached, terminal_cbreak
+from emud.device import DeviceError
 from emud.gdbserver import start_gdb_server
 from emud.loader import ImageError, load_elf
 from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
@@ -85,11 +87,22 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: str | None = None,
             await server.close()
 
 
+def parse_globals(items: list[str]) -> dict[str, dict[str, str]]:
+    """QEMU's -global DEVICE.PROP=VALUE, collected per device (values parsed at realize)."""
+    props: dict[str, dict[str, str]] = {}
+    for item in items:
+        match = re.fullmatch(r"([\w-]+)\.([\w-]+)=(.*)", item)
+        if not match:
+            raise ValueError(f"invalid -global {item!r} (use DEVICE.PROP=VALUE)")
+        props.setdefault(match.group(1), {})[match.group(2)] = match.group(3)
+    return props
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
-    run.add_argument("image", help="RISC-V RV32 ELF file")
+    run.add_argument("image", nargs="?", help="RISC-V RV32 ELF file")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
     run.add_argument("-serial", "--serial", dest="serial", metavar="DEV",
@@ -113,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="detach once the sockets listen; guest power-off does not end emud "
                           "(stop it with QMP/shell `quit` or SIGTERM)")
     run.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid to FILE")
+    run.add_argument("--trace", "-trace", dest="trace", action="append", default=[],
+                     metavar="PATTERN",
+                     help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
+                          "--trace=-PATTERN disables; 'help' lists them); lines go to stderr")
+    run.add_argument("-global", "--global", dest="globals", action="append", default=[],
+                     metavar="DEVICE.PROP=VALUE",
+                     help="set a device property, e.g. hpet.timers=8 or pl011.migrate-clk=off")
     shell = commands.add_parser("shell", help="interactive monitor shell (a QMP client)")
     shell.add_argument("--qmp", default=default_socket_path(), metavar="unix:PATH|tcp:HOST:PORT",
                        help=f"the daemon's QMP socket (default {default_socket_path()})")
@@ -127,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         from shell.main import run_shell
 
         return run_shell(args.qmp, args.script)
+    if "help" in args.trace:
+        print("\n".join(ev.name for ev in trace.events()))
+        return 0
+    if args.image is None:
+        print("emud run: error: the following arguments are required: image", file=sys.stderr)
+        return 2
+    try:
+        for pattern in args.trace:
+            trace.enable(pattern)
+        device_props = parse_globals(args.globals)
+    except ValueError as e:
+        print(f"emud: {e}", file=sys.stderr)
+        return 1
     if args.serial is None:
         args.serial = "ringbuf" if args.daemonize else "stdio"
     if args.daemonize and args.serial == "stdio":
@@ -135,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serial = open_backend(args.serial)
         machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount,
-                          accel=args.accel)
+                          accel=args.accel, device_props=device_props)
         machine.load(load_elf(args.image))
-    except (ImageError, ValueError) as e:
+    except (ImageError, ValueError, DeviceError) as e:
         print(f"emud: {e}", file=sys.stderr)
         return 1
     detached = Detached() if args.daemonize else None
