@@ -113,9 +113,14 @@ def prop_uint(bits: int, default: int, *, name: str | None = None, minimum: int 
 
 
 class Device:
-    """Subclasses implement the MMIO handlers; `peek` must have no side effects."""
+    """Subclasses implement the MMIO handlers; `peek` must have no side effects.
 
-    name: ClassVar[str] = "device"  # QEMU type name; also the vmstate section idstr
+    Output lines are `IRQ` objects the device owns (by convention `irqs`); the
+    board connects their sinks.  Trace points are module-level `emud.trace` events.
+    """
+
+    name: ClassVar[str] = "device"  # QEMU type name
+    mmio_size: ClassVar[int] = 0  # length of the device's MMIO region
     vmstate: ClassVar[VMStateDescription | None] = None
     realized = False
 

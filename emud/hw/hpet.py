@@ -182,6 +182,7 @@ class HPETTimer:
 
 class HPET(Device):
     name = "hpet"
+    mmio_size = MMIO_SIZE
 
     num_timers = prop_uint(8, 3, name="timers", minimum=MIN_TIMERS, maximum=MAX_TIMERS,
                            doc="number of implemented timers")

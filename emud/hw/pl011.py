@@ -113,6 +113,7 @@ def _bit_names(value: int, names: Any) -> list[str]:
 
 class PL011(Device):
     name = "pl011"
+    mmio_size = MMIO_SIZE
     ids = ARM_ID
 
     migrate_clk = prop_bool(True, name="migrate-clk",
