@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from test_gdbstub_session import packets
 
-from conftest import IMAGES, boot, serial_text
+from conftest import IMAGES, serial_text
 from emud import trace
+from emud.chardev import RingBackend
 from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
-from emud.machine import UART0_BASE
+from emud.loader import load_elf
+from emud.machine import UART0_BASE, Machine
 from emud.memory import PAGE_DEBUG
 from gdbstub.codec import encode_le, frame
 from gdbstub.session import Session
@@ -23,11 +25,13 @@ Rig = tuple[Daemon, EmudTarget, Session]
 
 
 @pytest.fixture
-async def rig_for(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[Path], Rig]]:
+async def rig_for(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Rig]]:
     tasks: list[tuple[Daemon, asyncio.Task[int]]] = []
 
-    def make(image: Path) -> Rig:
-        daemon = Daemon(boot(image), exit_on_poweroff=False)
+    def make(image: Path, accel: str = "interp") -> Rig:
+        machine = Machine(RingBackend(), accel=accel)
+        machine.load(load_elf(image))
+        daemon = Daemon(machine, exit_on_poweroff=False)
         target = EmudTarget(daemon)
         session = Session(target, packet_log=target.server.packet_log)
         target.server.session = session  # no socket: replies stay in the session's outbox
@@ -196,14 +200,17 @@ handler:
 """
 
 
+@pytest.mark.parametrize("accel", ["interp", "translate"])
 @pytest.mark.parametrize("step_irqs", [False, True])
 async def test_single_step_masks_interrupts_by_default(
-        rig_for: Callable[[Path], Rig], build_asm: Callable[[str], Path], step_irqs: bool) -> None:
-    daemon, target, session = rig_for(build_asm(STEP_PROGRAM))
+        rig_for: Callable[..., Rig], build_asm: Callable[[str], Path], step_irqs: bool,
+        accel: str) -> None:
+    daemon, target, session = rig_for(build_asm(STEP_PROGRAM), accel)
     symbols = daemon.machine.image.symbols  # type: ignore[union-attr]
     assert ask(session, b"Z0,%x,4" % symbols["enable"]) == [b"OK"]
     ask(session, b"c")
     assert await stop_reply(session) == b"T05swbreak:;thread:1;"
+    ask(session, b"z0,%x,4" % symbols["enable"])  # no breakpoint: the accelerator may step
     target.step_irqs = step_irqs
     ask(session, b"s")
     ask(session, b"s")
