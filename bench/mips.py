@@ -1,6 +1,6 @@
 """Interpreter speed on the compute image: prints MIPS (best of N runs).
 
-    python bench/mips.py [--runs 3] [--image images/compute.elf]
+    python bench/mips.py [--runs 3] [--image images/compute.elf] [--accel interp|translate]
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 
 from emud.chardev import RingBackend
 from emud.loader import load_elf
-from emud.machine import Machine
+from emud.machine import ACCELERATORS, Machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(image: Path) -> tuple[int, float, str]:
-    machine = Machine(RingBackend())
+def measure(image: Path, accel: str) -> tuple[int, float, str]:
+    machine = Machine(RingBackend(), accel=accel)
     machine.load(load_elf(image))
     start = time.perf_counter()
     code = machine.run_until_poweroff()
@@ -32,8 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--image", type=Path, default=ROOT / "images" / "compute.elf")
+    parser.add_argument("--accel", choices=ACCELERATORS, default="interp")
     args = parser.parse_args()
-    results = [measure(args.image) for _ in range(args.runs)]
+    results = [measure(args.image, args.accel) for _ in range(args.runs)]
     insns, best, last_line = min(results, key=lambda r: r[1])
     print(f"image: {args.image.name}  ({last_line})")
     print(f"instructions: {insns}")

@@ -1,11 +1,13 @@
 """The `translate` accelerator: hot guest code becomes Python functions.
 
 A *region* is the set of basic blocks reachable from a hot entry pc by direct
-edges (branches, jal, and jalr back to a known block).  It is turned into the
-source of one function `region(x, r) -> (next_pc, r)` and compiled: registers
-live in locals (loaded from `x` on entry, written back on exit), jumps between
-its blocks are a Python loop, and `r`, the instructions the run may still
-retire, is charged per block.
+edges (branches, jumps, calls, and returns to a call site in the region).  It
+is turned into the source of one function `region(x, r) -> (next_pc, r)` and
+compiled: registers live in locals (loaded from `x` on entry, the assigned
+ones written back on exit), the blocks are laid out in reverse postorder
+inside a Python loop, guest loops become nested Python loops, and `r`, the
+instructions the run may still retire, is charged per block and checked at
+the entry and at loop heads.
 
 Only plain computation and RAM accesses are translated.  Everything else stays
 with the reference interpreter (`Hart.interpret`): CSR, system, atomic and
@@ -18,8 +20,9 @@ interrupt check, and a run retires the same instructions, with the same
 icount at every interrupt, as the interpreter alone.
 
 Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
-visits.  Regions are dropped when a page they cover is written (PAGE_CODE)
-and on fence.i.
+visits.  Pages with translated code are flagged PAGE_CODE: a region's store
+to such a page leaves the region if it may overwrite an instruction, and a
+store that changes a region's code drops the region; fence.i drops them all.
 """
 
 from __future__ import annotations
@@ -256,7 +259,8 @@ class Translator:
         blocks = [by_pc[pc] for pc in order]
         edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
         loops = _nested_loops(edges)
-        returns_to = {pc: index[pc] for pc in returns}  # where a jalr may continue in the region
+        # Where a jalr may continue in the region.
+        returns_to = {pc: index[pc] for pc in returns if pc in index}
         reserve = _reserves(blocks, edges, set(returns_to.values()))
         self._returns_to = returns_to
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
