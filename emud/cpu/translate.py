@@ -124,9 +124,13 @@ class Translator:
             "flags": ram.page_flags, "hits_code": self.hits_code, **HELPERS,
         }
         size = ram.size
-        # Address checks on o = (addr - ram.base) mod 2**32, by access size.
+        # Address checks on o, the offset into RAM, by access size.  With a power-of-two
+        # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
+        # wrapping to 32 bits when every wrong o, negative too, has a bit in the mask.
+        self.masked = size & (size - 1) == 0
+        self.unwrapped = self.masked and ram.base + size <= (1 << 32) - 2048
         self.bad_address = {
-            n: (f"o & {(M & ~(size - 1)) | (n - 1)}" if size & (size - 1) == 0
+            n: (f"o & {(M & ~(size - 1)) | (n - 1)}" if self.masked
                 else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
             for n in (1, 2, 4)
         }
@@ -444,6 +448,12 @@ class Translator:
             lines += ["    " + s for s in goto(last.npc)]
         return lines
 
+    def _offset(self, a: str, imm: int) -> str:
+        base = self.ram.base
+        if self.unwrapped:
+            return f"o = {a} - {base - imm}"
+        return f"o = ({a} + {(imm - base) & M}) & {M}"
+
     def _body(self, insn: Insn) -> list[str] | None:
         """Python lines for one instruction (BAIL where it must leave before it), or None
         when it needs the interpreter."""
@@ -484,7 +494,7 @@ class Translator:
             if kind is None:
                 return None
             view, shift, mask = LOAD_VIEW[kind]
-            lines = [f"o = ({a} + {(d.imm_i(w) - self.ram.base) & M}) & {M}",
+            lines = [self._offset(a, d.imm_i(w)),
                      f"if {self.bad_address[kind[0]]}:", f"    {BAIL}"]
             index = f"o >> {shift}" if shift else "o"
             return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
@@ -494,7 +504,7 @@ class Translator:
                 return None
             view, shift, mask = STORE_VIEW[size]
             bad = f"{self.bad_address[size]} or flags[o >> {PAGE_SHIFT}]"
-            return [f"o = ({a} + {(d.imm_s(w) - self.ram.base) & M}) & {M}",
+            return [self._offset(a, d.imm_s(w)),
                     f"if {bad}:",
                     f"    if {bad} != {PAGE_CODE} or hits_code(o, {size}):",
                     f"        {BAIL}",
