@@ -528,13 +528,13 @@ def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
     right after it, its fall-through later."""
     postorder: list[int] = []
     seen = {entry}
-    stack = [(entry, iter(successors[entry]))]
+    stack = [(entry, iter(successors[entry][::-1]))]
     while stack:
         pc, todo = stack[-1]
         for succ in todo:
             if succ in successors and succ not in seen:
                 seen.add(succ)
-                stack.append((succ, iter(successors[succ])))
+                stack.append((succ, iter(successors[succ][::-1])))
                 break
         else:
             stack.pop()
@@ -544,21 +544,27 @@ def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
 
 def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
     """Loops that become Python loops: head -> last block, for each block h that a later
-    block t jumps back to, spanning h..t, when those ranges nest properly."""
+    block t jumps back to, spanning h..t.  The ranges must nest; inner (shorter) loops
+    are chosen first, as they run most."""
     spans: dict[int, int] = {}
     for t, targets in enumerate(edges):
         for h in targets:
             if 0 < h <= t:
                 spans[h] = max(spans.get(h, h), t)
     chosen: dict[int, int] = {}
-    open_: list[int] = []  # ends of the chosen loops around the current head
-    for h in sorted(spans):
-        while open_ and open_[-1] < h:
-            open_.pop()
-        if (not open_ or spans[h] <= open_[-1]) and len(open_) < MAX_LOOP_DEPTH:
-            chosen[h] = spans[h]
-            open_.append(spans[h])
+    for h, t in sorted(spans.items(), key=lambda span: span[1] - span[0]):
+        inside = [(h2, t2) for h2, t2 in chosen.items() if h <= h2 and t2 <= t]
+        around = [(h2, t2) for h2, t2 in chosen.items() if h2 <= h and t <= t2]
+        if len(inside) + len(around) == sum(1 for h2, t2 in chosen.items()
+                                             if not (t2 < h or t < h2)) \
+                and _depth([*inside, (h, t)]) + len(around) <= MAX_LOOP_DEPTH:
+            chosen[h] = t
     return chosen
+
+
+def _depth(spans: list[tuple[int, int]]) -> int:
+    """How deep properly nested ranges go."""
+    return max(sum(1 for h2, t2 in spans if h2 <= h and t <= t2) for h, t in spans)
 
 
 def _reserves(blocks: list[list[Insn]], edges: list[list[int]],
