@@ -18,7 +18,7 @@ from emud.device import DeviceError
 from emud.gdbserver import start_gdb_server
 from emud.loader import ImageError, load_elf
 from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
-from emud.monitor import Monitor
+from emud.monitor import Monitor, SnapshotService
 from emud.monitor.qmp import QmpServer, default_socket_path
 from gdbstub.server import Address, parse_address
 
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="detach once the sockets listen; guest power-off does not end emud "
                           "(stop it with QMP/shell `quit` or SIGTERM)")
     run.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid to FILE")
+    run.add_argument("--snapshots", metavar="PATH",
+                     help="SQLite snapshot store for savevm/loadvm (default: one file per image "
+                          "under $XDG_STATE_HOME/emud/snapshots)")
     run.add_argument("--trace", "-trace", dest="trace", action="append", default=[],
                      metavar="PATTERN",
                      help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     # With a control plane attached, guest power-off is reported there, not the end.
     daemon = Daemon(machine, start_paused=args.paused,
                     exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
+    daemon.snapshots = SnapshotService(daemon, args.snapshots)  # the store opens on first use
     try:
         with terminal_cbreak() if isinstance(serial, StdioBackend) else contextlib.nullcontext():
             return asyncio.run(serve(daemon, args.gdb, args.qmp,

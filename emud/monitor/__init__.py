@@ -26,5 +26,6 @@ a renderer over that data.  The doors:
 
 from emud.monitor.core import Monitor, SnapshotHook, hmp_error_text
 from emud.monitor.errors import MonitorError
+from emud.monitor.snapshots import SnapshotService
 
-__all__ = ["Monitor", "MonitorError", "SnapshotHook", "hmp_error_text"]
+__all__ = ["Monitor", "MonitorError", "SnapshotHook", "SnapshotService", "hmp_error_text"]

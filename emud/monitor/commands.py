@@ -726,11 +726,19 @@ def delvm(m: Monitor, name: str) -> Any:
     return _store(m).delete(name)
 
 
-@command(info="snapshots", qmp="x-emud-query-snapshots",
-         help="show the currently saved VM snapshots",
-         render=lambda r: "\n".join(_snapshot_lines(r)))
-def info_snapshots(m: Monitor) -> list[dict[str, Any]]:
-    return list(_store(m).list())
+class SnapshotList(list[dict[str, Any]]):
+    """`info snapshots` rows; `verbose` (HMP -v) adds emud's storage columns."""
+
+    verbose = False
+
+
+@command(info="snapshots", qmp="x-emud-query-snapshots", args="verbose:-v", params="[-v]",
+         help="show the currently saved VM snapshots (-v: stored bytes and shared RAM pages)",
+         render=lambda r: "\n".join(_snapshot_lines(r, getattr(r, "verbose", False))))
+def info_snapshots(m: Monitor, verbose: bool = False) -> list[dict[str, Any]]:
+    rows = SnapshotList(_store(m).list())
+    rows.verbose = verbose
+    return rows
 
 
 def _human_size(size: int) -> str:
@@ -740,19 +748,25 @@ def _human_size(size: int) -> str:
     return f"{size / (1 << (10 * index)):.3g} {('', 'Ki', 'Mi', 'Gi', 'Ti')[index]}B"
 
 
-def _snapshot_lines(snaps: list[dict[str, Any]]) -> list[str]:
+def _snapshot_lines(snaps: list[dict[str, Any]], verbose: bool = False) -> list[str]:
     if not snaps:
         return ["There is no snapshot available."]
+    extra = f" {'STORED':>9} {'PAGES':>6} {'SHARED':>6} IMAGE" if verbose else ""
     lines = ["List of snapshots present on all disks:",
-             f"{'ID':<7} {'TAG':<16} {'VM_SIZE':>8} {'DATE':>19} {'VM_CLOCK':>15} {'ICOUNT':>10}"]
+             f"{'ID':<7} {'TAG':<16} {'VM_SIZE':>8} {'DATE':>19} {'VM_CLOCK':>15} {'ICOUNT':>10}"
+             + extra]
     for s in snaps:
         ns = s["vm-clock-nsec"]
         clock = (f"{ns // 3_600_000_000_000:04d}:{ns // 60_000_000_000 % 60:02d}:"
                  f"{ns // 1_000_000_000 % 60:02d}.{ns // 1_000_000 % 1000:03d}")
         date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["date-sec"]))
         icount = "--" if s.get("icount") is None else str(s["icount"])
-        lines.append(f"{str(s['id']):<7} {s['tag']:<16} {_human_size(s['vm-state-size']):>8} "
-                     f"{date:>19} {clock:>15} {icount:>10}")
+        row = (f"{str(s['id']):<7} {s['tag']:<16} {_human_size(s['vm-state-size']):>8} "
+               f"{date:>19} {clock:>15} {icount:>10}")
+        if verbose:
+            row += (f" {_human_size(s.get('stored-bytes', 0)):>9} {s.get('ram-pages', 0):>6} "
+                    f"{s.get('shared-pages', 0):>6} {str(s.get('image-sha256'))[:12]}")
+        lines.append(row)
     return lines
 
 
