@@ -126,11 +126,13 @@ class Translator:
         size = ram.size
         # Address checks on o, the offset into RAM, by access size.  With a power-of-two
         # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
-        # wrapping to 32 bits when every wrong o, negative too, has a bit in the mask.
+        # wrapping to 32 bits as every wrong o, negative too, has a bit in the mask.
+        # The mask is negative (-size | n - 1): it then fits one CPython int digit,
+        # which makes `o & mask` about twice as fast as with the 32-bit mask.
         self.masked = size & (size - 1) == 0
         self.unwrapped = self.masked and ram.base + size <= (1 << 32) - 2048
         self.bad_address = {
-            n: (f"o & {(M & ~(size - 1)) | (n - 1)}" if self.masked
+            n: (f"o & {-size | (n - 1)}" if self.masked
                 else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
             for n in (1, 2, 4)
         }
