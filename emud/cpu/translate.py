@@ -473,8 +473,13 @@ class Translator:
             if not rd:
                 return []
             shamt, uimm = imm & 31, imm & M
+            if f3 == 0 and imm and a != "0":
+                # Faster than `& M`, whose 32-bit operand takes CPython's slow int path.
+                if imm > 0:
+                    return [f"{dst} = {a} + {imm}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"]
+                return [f"{dst} = {a} - {-imm}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
             expr = {
-                0: f"({a} + {imm}) & {M}" if imm and a != "0" else a if imm == 0 else str(uimm),
+                0: a if imm == 0 else str(uimm),
                 1: f"({a} << {shamt}) & {M}",
                 2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
                 3: f"1 if {a} < {uimm} else 0",
