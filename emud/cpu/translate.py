@@ -52,12 +52,17 @@ ASSIGNED = re.compile(r"^\s*x(\d+) = ")
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
 
+# Signed a < b: the unsigned order when the signs agree, the reverse when they differ.
+# Cheaper than comparing a ^ S with b ^ S, much cheaper for values under 2**30 (one
+# CPython int digit, where an xor with S would make two).
+SIGNED_LT = f"({{a}} < {{b}}) if ({{a}} ^ {{b}}) < {S} else ({{a}} > {{b}})"
+SIGNED_GE = f"({{a}} >= {{b}}) if ({{a}} ^ {{b}}) < {S} else ({{a}} < {{b}})"
 # Register-register operations as Python expressions over {a} and {b} (both in 0..M).
 OP_EXPR: dict[tuple[int, int], str] = {
     (0x00, 0): f"({{a}} + {{b}}) & {M}",
     (0x20, 0): f"({{a}} - {{b}}) & {M}",
     (0x00, 1): f"({{a}} << ({{b}} & 31)) & {M}",
-    (0x00, 2): f"1 if ({{a}} ^ {S}) < ({{b}} ^ {S}) else 0",
+    (0x00, 2): f"1 if ({SIGNED_LT}) else 0",
     (0x00, 3): "1 if {a} < {b} else 0",
     (0x00, 4): "{a} ^ {b}",
     (0x00, 5): "{a} >> ({b} & 31)",
@@ -75,12 +80,12 @@ OP_EXPR: dict[tuple[int, int], str] = {
 }
 HELPERS = {"mulh": ALU_RR[(0x01, 1)], "mulhsu": ALU_RR[(0x01, 2)],
            "div": ALU_RR[(0x01, 4)], "rem": ALU_RR[(0x01, 6)]}
-# funct3 -> (signed, unsigned) comparison templates for branches.
+# funct3 -> comparison templates for branches.
 BRANCH_EXPR = {
     0: "{a} == {b}",
     1: "{a} != {b}",
-    4: f"({{a}} ^ {S}) < ({{b}} ^ {S})",
-    5: f"({{a}} ^ {S}) >= ({{b}} ^ {S})",
+    4: SIGNED_LT,
+    5: SIGNED_GE,
     6: "{a} < {b}",
     7: "{a} >= {b}",
 }
@@ -481,7 +486,7 @@ class Translator:
             expr = {
                 0: a if imm == 0 else str(uimm),
                 1: f"({a} << {shamt}) & {M}",
-                2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
+                2: f"1 if {a} < {imm} else 0" if imm >= 0 else f"1 if {S} <= {a} < {uimm} else 0",
                 3: f"1 if {a} < {uimm} else 0",
                 4: f"{a} ^ {uimm}",
                 5: f"(({a} ^ {S}) - {S} >> {shamt}) & {M}" if w >> 30 & 1 else f"{a} >> {shamt}",
