@@ -70,3 +70,16 @@ __attribute__((weak)) TRAP_HANDLER void trap_handler(void)
     uart_putc('\n');
     poweroff(EXIT_UNHANDLED_TRAP);
 }
+
+uint32_t claim_external_interrupt(void)
+{
+    uint32_t cause = csr_read(mcause);
+
+    if (cause != (MCAUSE_INTR | 11)) {
+        uart_puts("unexpected trap: mcause=");
+        uart_puthex(cause);
+        uart_putc('\n');
+        poweroff(EXIT_UNHANDLED_TRAP);
+    }
+    return PLIC_CLAIM;
+}

@@ -68,6 +68,11 @@ void uart_puts(const char *s);          /* no newline appended */
 void uart_puthex(uint32_t v);           /* always 8 lowercase digits */
 void uart_putdec(uint32_t v);
 
+/* For interrupt-driven guests' trap handlers: the trap must be the machine
+ * external interrupt (anything else is reported and fatal); claims it at the
+ * PLIC and returns the source. Complete it with PLIC_CLAIM = source. */
+uint32_t claim_external_interrupt(void);
+
 /* Power off via the syscon: 0 = success, else fail with exit code (crt0.S). */
 void poweroff(int code) __attribute__((noreturn));
 

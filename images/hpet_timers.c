@@ -35,15 +35,7 @@ static volatile uint32_t periods;           /* distinct timer 0 comparator value
 
 TRAP_HANDLER void trap_handler(void)
 {
-    uint32_t cause = csr_read(mcause);
-
-    if (cause != (MCAUSE_INTR | 11)) {
-        uart_puts("unexpected trap: mcause=");
-        uart_puthex(cause);
-        uart_putc('\n');
-        poweroff(EXIT_UNHANDLED_TRAP);
-    }
-    uint32_t src = PLIC_CLAIM;
+    uint32_t src = claim_external_interrupt();
     uint32_t isr = HPET_ISR;
 
     HPET_ISR = isr;                 /* W1C: level lines drop */

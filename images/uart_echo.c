@@ -19,15 +19,7 @@ static volatile uint32_t received, interrupts, done;
 
 TRAP_HANDLER void trap_handler(void)
 {
-    uint32_t cause = csr_read(mcause);
-
-    if (cause != (MCAUSE_INTR | 11)) {
-        uart_puts("unexpected trap: mcause=");
-        uart_puthex(cause);
-        uart_putc('\n');
-        poweroff(EXIT_UNHANDLED_TRAP);
-    }
-    uint32_t src = PLIC_CLAIM;
+    uint32_t src = claim_external_interrupt();
 
     if (src == UART0_IRQ && (UART_MIS & INT_RX)) {
         interrupts++;
