@@ -486,7 +486,7 @@ class Translator:
             expr = {
                 0: a if imm == 0 else str(uimm),
                 1: f"({a} << {shamt}) & {M}",
-                2: f"1 if {a} < {imm} else 0" if imm >= 0 else f"1 if {S} <= {a} < {uimm} else 0",
+                2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
                 3: f"1 if {a} < {uimm} else 0",
                 4: f"{a} ^ {uimm}",
                 5: f"(({a} ^ {S}) - {S} >> {shamt}) & {M}" if w >> 30 & 1 else f"{a} >> {shamt}",
