@@ -485,7 +485,8 @@ class Translator:
                 return [f"{dst} = {a} - {-imm}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
             expr = {
                 0: a if imm == 0 else str(uimm),
-                1: f"({a} << {shamt}) & {M}",
+                # Masked before the shift, the mask fits one CPython int digit.
+                1: f"({a} & {M >> shamt}) << {shamt}" if shamt > 1 else f"({a} << {shamt}) & {M}",
                 2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
                 3: f"1 if {a} < {uimm} else 0",
                 4: f"{a} ^ {uimm}",
@@ -500,6 +501,10 @@ class Translator:
                 return None
             if (d.funct7(w), f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
                 template = "{b}" if a == "0" else "{a}"
+            elif rd and (d.funct7(w), f3) == (0, 0):  # wrapped like addi, not with & M
+                return [f"{dst} = {a} + {b}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"]
+            elif rd and (d.funct7(w), f3) == (0x20, 0):
+                return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
             return [f"{dst} = {template.format(a=a, b=b)}"] if rd else []
         if op == d.OP_LOAD:
             kind = LOADS.get(f3)
