@@ -238,3 +238,21 @@ def test_qevm_export_import_roundtrip(saved: tuple[Machine, SnapshotData]) -> No
     for cut in (7, 20, len(stream) // 2, brace - 6):
         with pytest.raises(mg.MigrationError):
             mg.import_stream(machine, stream[:cut])
+
+
+def test_loadvm_of_a_running_guest_stops_and_resumes_it(tmp_path: Path) -> None:
+    from emud.daemon import Daemon
+    from emud.monitor import MonitorError, SnapshotService
+
+    daemon = Daemon(boot(IMAGES / "compute.elf"))
+    events: list[str] = []
+    daemon.listeners.append(lambda name, data: events.append(name))
+    service = SnapshotService(daemon, tmp_path / "s.sqlite")
+    service.save("a")
+    daemon.machine.run_until_poweroff(max_insns=1000)
+    with pytest.raises(MonitorError, match="does not exist"):
+        service.load("b")
+    assert events == [] and daemon.running  # a failed load touches nothing, run state included
+    service.load("a")
+    assert events == ["STOP", "RESUME"] and daemon.status == "running"
+    assert daemon.machine.clock.icount == 0
