@@ -20,10 +20,14 @@ from emud.snapshots import PAGE_SIZE, Section, SnapshotData, SnapshotInfo, Snaps
 from emud.vmstate import (
     BOOL,
     INT64,
+    QEMU_VM_EOF,
+    QEMU_VM_SECTION_FULL,
+    QEMU_VM_VMDESCRIPTION,
     UINT32,
     UINT64,
     Field,
     Staged,
+    State,
     VMStateDescription,
     VMStateError,
     parse_section_header,
@@ -157,15 +161,10 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
             raise MigrationError(f"{section.name}: no instance {section.instance_id}")
     if len(by_name) != len(snap.sections):
         raise MigrationError("a section appears twice")
-    staged: list[Staged] = []
-    for vmsd, obj in expected:
-        found = by_name.get(vmsd.name)
-        if found is None:
+    for vmsd, _ in expected:
+        if vmsd.name not in by_name:
             raise MigrationError(f"section '{vmsd.name}' is missing")
-        try:
-            staged.append(vmsd.decode(obj, found.data, found.version_id))
-        except VMStateError as e:
-            raise MigrationError(str(e)) from None
+    staged = list(_decode(machine, snap).values())  # in apply order
     ram = snap.ram
 
     def apply() -> None:
@@ -177,6 +176,21 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
         machine.hart.stop_requested = False
 
     return apply
+
+
+def _decode(machine: Machine, snap: SnapshotData) -> dict[str, Staged]:
+    """Decode every section the machine knows, in apply order; nothing is applied."""
+    by_name = {s.name: s for s in snap.sections}
+    staged: dict[str, Staged] = {}
+    for vmsd, obj in _sections(machine):
+        section = by_name.get(vmsd.name)
+        if section is None:
+            continue
+        try:
+            staged[vmsd.name] = vmsd.decode(obj, section.data, section.version_id)
+        except VMStateError as e:
+            raise MigrationError(str(e)) from None
+    return staged
 
 
 def restore(machine: Machine, snap: SnapshotData, *, same_image: bool = True) -> None:
@@ -206,30 +220,14 @@ class Change:
     new: Any
 
 
-def _decoded(machine: Machine, snap: SnapshotData) -> dict[str, dict[str, Any]]:
-    """Each section's field values, decoded with the machine's own descriptions."""
-    out: dict[str, dict[str, Any]] = {}
-    by_name = {s.name: s for s in snap.sections}
-    for vmsd, obj in _sections(machine):
-        section = by_name.get(vmsd.name)
-        if section is None:
-            continue
-        try:
-            out[vmsd.name] = _plain(vmsd.decode(obj, section.data, section.version_id)
-                                    .state.values())
-        except VMStateError as e:
-            raise MigrationError(str(e)) from None
-    return out
-
-
 def _plain(value: Any) -> Any:
     """Staged values with nested structs turned into dicts (comparable, printable)."""
+    if isinstance(value, State):
+        value = value.values()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
-    if hasattr(value, "values") and callable(value.values) and hasattr(value, "target"):
-        return _plain(value.values())
     return value
 
 
@@ -263,12 +261,14 @@ def diff(machine: Machine, a: SnapshotData, b: SnapshotData) -> list[Change]:
     for key in sorted(set(a.config) | set(b.config)):
         if a.config.get(key) != b.config.get(key):
             changes.append(Change("config", key, a.config.get(key), b.config.get(key)))
-    old, new = _decoded(machine, a), _decoded(machine, b)
+    old, new = _decode(machine, a), _decode(machine, b)
     for vmsd, _ in _sections(machine):
         flat_old: dict[str, Any] = {}
         flat_new: dict[str, Any] = {}
-        _flatten("", old.get(vmsd.name, {}), flat_old)
-        _flatten("", new.get(vmsd.name, {}), flat_new)
+        if vmsd.name in old:
+            _flatten("", _plain(old[vmsd.name].state), flat_old)
+        if vmsd.name in new:
+            _flatten("", _plain(new[vmsd.name].state), flat_new)
         for key in flat_old.keys() | flat_new.keys():
             if flat_old.get(key) != flat_new.get(key):
                 changes.append(Change(vmsd.name, key, flat_old.get(key), flat_new.get(key)))
@@ -284,7 +284,7 @@ def diff(machine: Machine, a: SnapshotData, b: SnapshotData) -> list[Change]:
 QEVM_MAGIC = 0x5145564D
 QEVM_VERSION = 3
 CONFIGURATION = 0x07
-SECTION_START, SECTION_END, SECTION_FULL, QEMU_VM_EOF, VMDESCRIPTION = 0x01, 0x03, 0x04, 0, 6
+SECTION_START, SECTION_END = 0x01, 0x03  # iterative sections (RAM); FULL etc. in vmstate
 RAM_MEM_SIZE, RAM_ZERO, RAM_PAGE, RAM_EOS, RAM_CONTINUE = 0x04, 0x02, 0x08, 0x10, 0x20
 RAM_IDSTR = "emud-virt.ram"
 RAM_SECTION_VERSION = 4
@@ -302,8 +302,8 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
     # RAM: START with the block list, then END with every non-zero page.
     ram_id = 0
     idstr = RAM_IDSTR.encode()
-    out += bytes([SECTION_START]) + ram_id.to_bytes(4, "big") + bytes([3]) + b"ram"
-    out += (0).to_bytes(4, "big") + RAM_SECTION_VERSION.to_bytes(4, "big")
+    # A START header is a FULL header with another type byte.
+    out += bytes([SECTION_START]) + section_header(ram_id, "ram", 0, RAM_SECTION_VERSION)[1:]
     out += (len(snap.ram) | RAM_MEM_SIZE).to_bytes(8, "big")
     out += bytes([len(idstr)]) + idstr + len(snap.ram).to_bytes(8, "big")
     out += RAM_EOS.to_bytes(8, "big") + section_footer(ram_id)
@@ -341,7 +341,7 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
         devices.append(entry)
     out += bytes([QEMU_VM_EOF])
     vmdesc = json.dumps({"page_size": PAGE_SIZE, "devices": devices}).encode()
-    out += bytes([VMDESCRIPTION]) + len(vmdesc).to_bytes(4, "big") + vmdesc
+    out += bytes([QEMU_VM_VMDESCRIPTION]) + len(vmdesc).to_bytes(4, "big") + vmdesc
     return bytes(out)
 
 
@@ -398,7 +398,7 @@ def import_stream(machine: Machine, data: bytes) -> SnapshotData:
             footer = take(5, "footer")
             if footer != section_footer(section_id):
                 raise MigrationError(f"stream: bad footer after section {section_id}")
-        elif kind == SECTION_FULL:
+        elif kind == QEMU_VM_SECTION_FULL:
             try:
                 header, start = parse_section_header(data, pos - 1)
             except VMStateError as e:

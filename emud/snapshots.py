@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS pages (
 """
 
 
+# A snapshot row as `_row`, `_info` and `load` read it (by position).
+_COLUMNS = ("id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table, "
+            "digest")
+
+
 class StoreError(Exception):
     """A snapshot cannot be found, read or written; the message says which and why."""
 
@@ -220,8 +225,8 @@ class SnapshotStore:
 
     def _row(self, tag_or_id: str) -> sqlite3.Row | tuple[Any, ...]:
         row = self.db.execute(
-            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table,"
-            " digest FROM snapshots WHERE tag = ? OR (CAST(id AS TEXT) = ? AND ? GLOB '[0-9]*')",
+            f"SELECT {_COLUMNS} FROM snapshots"
+            " WHERE tag = ? OR (CAST(id AS TEXT) = ? AND ? GLOB '[0-9]*')",
             (tag_or_id, tag_or_id, tag_or_id),
         ).fetchone()
         if row is None:
@@ -234,8 +239,7 @@ class SnapshotStore:
     def snapshots(self) -> list[SnapshotInfo]:
         referenced = self._referenced(self.db)
         rows = self.db.execute(
-            "SELECT id, tag, date, vm_clock_ns, icount, vm_size, stored_bytes, config, page_table,"
-            " digest FROM snapshots ORDER BY id"
+            f"SELECT {_COLUMNS} FROM snapshots ORDER BY id"
         ).fetchall()
         return [self._info(row, referenced) for row in rows]
 

@@ -698,7 +698,7 @@ def trace_event(m: Monitor, name: str, enable: bool) -> None:
 # --- snapshots ----------------------------------------------------------------------------
 
 
-def _store(m: Monitor) -> Any:
+def snapshot_store(m: Monitor) -> Any:
     if m.snapshots is None:
         raise MonitorError("Snapshots are not available: this daemon has no snapshot store")
     return m.snapshots
@@ -711,19 +711,19 @@ def _silent(result: Any) -> str:
 @command("savevm", args="name:s?", params="tag", complete="tags", render=_silent,
          help="save a VM snapshot. If no tag is provided, a new snapshot is created")
 def savevm(m: Monitor, name: str = "") -> Any:
-    return _store(m).save(name or time.strftime("vm-%Y%m%d%H%M%S"))
+    return snapshot_store(m).save(name or time.strftime("vm-%Y%m%d%H%M%S"))
 
 
 @command("loadvm", args="name:s", params="tag", complete="tags", render=_silent,
          help="restore a VM snapshot from its tag")
 def loadvm(m: Monitor, name: str) -> Any:
-    return _store(m).load(name)
+    return snapshot_store(m).load(name)
 
 
 @command("delvm", args="name:s", params="tag", complete="tags", render=_silent,
          help="delete a VM snapshot from its tag")
 def delvm(m: Monitor, name: str) -> Any:
-    return _store(m).delete(name)
+    return snapshot_store(m).delete(name)
 
 
 class SnapshotList(list[dict[str, Any]]):
@@ -736,7 +736,7 @@ class SnapshotList(list[dict[str, Any]]):
          help="show the currently saved VM snapshots (-v: stored bytes and shared RAM pages)",
          render=lambda r: "\n".join(_snapshot_lines(r, getattr(r, "verbose", False))))
 def info_snapshots(m: Monitor, verbose: bool = False) -> list[dict[str, Any]]:
-    rows = SnapshotList(_store(m).list())
+    rows = SnapshotList(snapshot_store(m).list())
     rows.verbose = verbose
     return rows
 

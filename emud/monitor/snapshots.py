@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emud import migration
-from emud.monitor.commands import command
+from emud.monitor.commands import command, snapshot_store
 from emud.monitor.errors import MonitorError
 from emud.snapshots import SnapshotInfo, SnapshotStore, StoreError, default_store_path
 
@@ -91,9 +91,11 @@ def _describe(info: SnapshotInfo) -> dict[str, Any]:
 
 
 def _service(m: Monitor) -> SnapshotService:
-    if not isinstance(m.snapshots, SnapshotService):
-        raise MonitorError("Snapshots are not available: this daemon has no snapshot store")
-    return m.snapshots
+    """The store behind the monitor; diff/export/import need emud's own, not any hook."""
+    service = snapshot_store(m)  # "Snapshots are not available" when there is none
+    if not isinstance(service, SnapshotService):
+        raise MonitorError("this snapshot store cannot diff, export or import snapshots")
+    return service
 
 
 # --- QMP: synchronous savevm/loadvm/delvm -------------------------------------------------
