@@ -47,6 +47,12 @@ handler:
 
 def test_plic_uart_rx_interrupt_echoes(build_asm: Build) -> None:
     image = build_asm(PROLOGUE + """
+    li t0, 0x1000002c       # PL011 LCR_H = 8-bit words, character mode
+    li t1, 0x60
+    sw t1, 0(t0)
+    li t0, 0x10000030       # CR = UARTEN|TXE|RXE: input is held until then
+    li t1, 0x301
+    sw t1, 0(t0)
     li t0, 0x10000038       # PL011 IMSC = RX
     li t1, 0x10
     sw t1, 0(t0)

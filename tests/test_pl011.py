@@ -51,9 +51,9 @@ def test_id_registers() -> None:
 
 def test_character_mode_holds_one_byte() -> None:
     rig = Rig()
-    assert rig.uart.can_receive() == 1
+    assert rig.uart.fifo_room() == 1
     assert rig.uart.receive(b"AB") == 1
-    assert rig.r(Reg.FR) == FR_TXFE | FR_RXFF and rig.uart.can_receive() == 0
+    assert rig.r(Reg.FR) == FR_TXFE | FR_RXFF and rig.uart.fifo_room() == 0
     assert rig.r(Reg.DR) == 0x41 and rig.r(Reg.FR) == FR_TXFE | FR_RXFE
     assert rig.r(Reg.DR) == 0x41  # empty: a stale slot, nothing popped
 

@@ -95,6 +95,7 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
     uart.clk.period = (10**9 << 32) // 24_000_000  # a 24 MHz clock, for the baud trace
     trace.enable("pl011_*")
     uart.write(Reg.LCR_H, 0x70, 4)
+    uart.write(Reg.CR, 0x301, 4)  # UARTEN|TXE|RXE: the receiver is ready
     uart.write(Reg.IBRD, 13, 4)
     uart.write(Reg.IMSC, 0x10, 4)
     uart.can_receive()
@@ -104,6 +105,7 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
     uart.read(0x050, 4)
     assert lines == [
         "pl011_write addr 0x02c value 0x00000070 reg LCRH",
+        "pl011_write addr 0x030 value 0x00000301 reg CR",
         "pl011_write addr 0x024 value 0x0000000d reg IBRD",
         "pl011_baudrate_change new baudrate 115384 (clk: 24000000hz, ibrd: 13, fbrd: 0)",
         "pl011_write addr 0x038 value 0x00000010 reg IMSC",
