@@ -56,7 +56,9 @@ def test_hpet_messages_are_qemus(lines: list[str]) -> None:
     hpet.write(0x0F0, 1, 4)
     hpet.write(0x124, 5, 4)
     hpet.write(0x100, 0x100, 4)
-    hpet.write(0x10C, 1, 4)
+    hpet.write(0x10C, 1, 4)  # 32-bit mode: the high half is invalid, and only that is traced
+    hpet.write(0x108, 2, 4)
+    hpet.write(0x12C, 0, 4)  # timer 1 is 64-bit: its high half is a comparator write
     hpet.write(0x198, 0, 4)
     hpet.read(0x190, 4)
     hpet.write(0x118, 0, 4)
@@ -77,8 +79,13 @@ def test_hpet_messages_are_qemus(lines: list[str]) -> None:
         "hpet_ram_write_tn_cfg hpet_ram_writel HPET_TN_CFG + 0",
         "hpet_ram_write enter hpet_ram_writel at 0x10c = 0x1",
         "hpet_ram_write_timer_id hpet_ram_writel timer_id = 0",
-        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 4",
         "hpet_ram_write_invalid_tn_cmp invalid HPET_TN_CMP + 4 write",
+        "hpet_ram_write enter hpet_ram_writel at 0x108 = 0x2",
+        "hpet_ram_write_timer_id hpet_ram_writel timer_id = 0",
+        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 0",
+        "hpet_ram_write enter hpet_ram_writel at 0x12c = 0x0",
+        "hpet_ram_write_timer_id hpet_ram_writel timer_id = 1",
+        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 4",
         "hpet_ram_write enter hpet_ram_writel at 0x198 = 0x0",
         "hpet_ram_write_timer_id hpet_ram_writel timer_id = 4",
         "hpet_timer_id_out_of_range timer id out of range: 0x4",
