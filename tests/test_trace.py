@@ -129,6 +129,21 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
     ]
 
 
+def test_pl011_loopback_cr_writes_update_the_interrupt_state_each_time(
+        lines: list[str]) -> None:
+    """Newest QEMU re-evaluates the interrupt on every CR write in loopback, even one
+    that changes no modem line; outside loopback a CR write does not."""
+    uart = PL011(IRQ("uart"), lambda data: None)
+    trace.enable("pl011_irq_state")
+    uart.write(Reg.CR, 0x301, 4)  # not in loopback: no update
+    uart.write(Reg.CR, 0x381, 4)  # loopback, no modem outputs: nothing changes
+    uart.write(Reg.CR, 0x381, 4)
+    uart.write(Reg.IMSC, 0x8, 4)  # DSR
+    uart.write(Reg.CR, 0x781, 4)  # DTR -> DSR: raised
+    uart.write(Reg.CR, 0x781, 4)  # again: still raised
+    assert lines == ["pl011_irq_state irq state 0"] * 3 + ["pl011_irq_state irq state 1"] * 2
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "emud", "run", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)

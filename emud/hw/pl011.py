@@ -251,10 +251,8 @@ class PL011(Device):
                                 (FR_RI, INT_RI)):
             if fr & fr_bit:
                 ris |= int_bit
-        level = (self.int_level & ~INT_MS) | ris
-        if level != self.int_level:
-            self.int_level = level
-            self._update_irq()
+        self.int_level = (self.int_level & ~INT_MS) | ris
+        self._update_irq()  # on every loopback CR write, changed or not (newest QEMU)
 
     # --- baud rate (trace only) ---------------------------------------------------------
 
