@@ -174,6 +174,19 @@ def test_ringbuf_input_reaches_a_guest_with_its_fifo_full() -> None:
     assert serial_text(machine).encode() == echo_of(LINE * 2 + b"q")
 
 
+def test_input_held_across_a_load_enters_the_loaded_fifo_with_its_interrupt() -> None:
+    machine = boot(ECHO)
+    assert machine.run_until_poweroff(max_insns=200_000) is None  # ready, FIFO empty
+    snap = migration.capture(machine)
+    machine.bus.write(0x1000_0030, 0, 4)  # CR = 0: the receiver is off, input is held
+    machine.serial.feed(b"held\nq")
+    assert machine.serial.pending_input == 6
+    migration.restore(machine, snap)  # receiver on again: in it goes, interrupt and all
+    assert machine.serial.pending_input == 0 and machine.plic.inputs[10].level
+    assert machine.run_until_poweroff(max_insns=200_000) == 0
+    assert serial_text(machine).endswith("held\n\necho: 6 bytes\n")
+
+
 # --- the real CLI: a file, a pipe, a socket, QMP ---------------------------------
 
 
