@@ -147,8 +147,7 @@ class PL011(Device):
         self.ifl = 0x12
         self.read_trigger = 1
         self.read_pos = self.read_count = 0  # read_fifo keeps stale contents, as in QEMU
-        self._drive_outputs()
-        self.accept_input()
+        self._drive_outputs()  # no accept_input: the receiver is not ready after reset
 
     # --- receive FIFO ---------------------------------------------------------------
 
