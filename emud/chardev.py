@@ -106,8 +106,15 @@ class StdioBackend(CharBackend):
         self.out.flush()
 
     async def start(self, on_input: Callable[[], None]) -> None:
-        if self.input_fd >= 0:
-            self._reader = asyncio.create_task(self._read_input(self.input_fd, on_input))
+        fd = self.input_fd
+        if fd < 0:
+            return
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            # A file's input is there from the guest's first instruction on, however the
+            # event loop schedules the reader.
+            while self.input_room.is_set() and (data := os.read(fd, 4096)):
+                self.feed(data)
+        self._reader = asyncio.create_task(self._read_input(fd, on_input))
 
     async def _read_input(self, fd: int, on_input: Callable[[], None]) -> None:
         """Read stdin while there is room (INPUT_BACKLOG) until end of file."""

@@ -133,6 +133,28 @@ async def test_a_source_pauses_while_the_guest_does_not_read() -> None:
         writer.join(TIMEOUT)
 
 
+async def test_a_file_is_there_before_the_first_instruction(tmp_path: Path) -> None:
+    """Input from a regular file does not wait for the event loop to run its reader."""
+    data = random.Random(2).randbytes(INPUT_BACKLOG + 10_000)
+    (tmp_path / "in").write_bytes(data)
+    rig = Rig()
+    with open(tmp_path / "in", "rb") as file:
+        rig.backend.input_fd = file.fileno()
+        await rig.backend.start(lambda: None)
+        try:
+            assert rig.backend.pending_input == INPUT_BACKLOG  # the rest stays in the file
+            rig.w(Reg.LCR_H, 0x70)
+            rig.w(Reg.CR, 0x301)
+            received = bytearray()
+            async with asyncio.timeout(TIMEOUT):
+                while len(received) < len(data):
+                    received += rig.drain()
+                    await asyncio.sleep(0)
+            assert received == data
+        finally:
+            rig.backend.close()
+
+
 # --- the board: delivery depends on the guest only ---------------------------------
 
 
