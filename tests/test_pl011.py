@@ -175,8 +175,11 @@ def test_info_decodes_registers() -> None:
     assert info["lcr_h"]["word_length"] == 8 and info["lcr_h"]["fifo_enabled"]
     assert info["fr"]["set"] == ["TXFE"]
     assert info["mis"]["set"] == ["RX"] and info["irq"]
-    assert info["rx_fifo"] == {"count": 2, "depth": 16, "read_pos": 0, "pending": [0x61, 0x62]}
+    assert info["rx_fifo"] == {"count": 2, "depth": 16, "read_pos": 0, "pending": [0x61, 0x62],
+                               "receiver_ready": False}  # UARTEN is clear
     assert info["cr"]["set"] == ["TXE", "RXE"]
+    rig.w(Reg.CR, 0x301)
+    assert rig.uart.info()["rx_fifo"]["receiver_ready"]
 
 
 # --- migration ------------------------------------------------------------------------

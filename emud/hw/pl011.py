@@ -370,7 +370,8 @@ class PL011(Device):
             "ris": {"value": self.int_level, "set": _bit_names(self.int_level, INT_NAMES)},
             "mis": {"value": mis, "set": _bit_names(mis, INT_NAMES)},
             "rx_fifo": {"count": self.read_count, "depth": self.fifo_depth,
-                        "read_pos": self.read_pos, "pending": pending},
+                        "read_pos": self.read_pos, "pending": pending,
+                        "receiver_ready": self.receiver_ready},  # else input waits
             "rsr": self.rsr,
             "ibrd": self.ibrd,
             "fbrd": self.fbrd,
