@@ -92,6 +92,8 @@ def _tcp(text: str, rest: str) -> Address:
     elif ":" in host:
         raise AddressError(f"invalid address {text!r}: put an IPv6 host in brackets "
                            "(tcp:[::1]:PORT)")
+    if "[" in host or "]" in host:
+        raise AddressError(f"invalid address {text!r}: stray bracket in the host")
     if not _PORT.fullmatch(port):
         raise AddressError(f"invalid address {text!r}: port {port!r} is not a number in 0..65535")
     if int(port) > 65535:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import IMAGES, ROOT
 from emud.listen import Address, AddressError, parse_address
@@ -81,10 +83,29 @@ def test_parse_address(text: str, address: Address) -> None:
     ("unix:/tmp/a\0b", "NUL byte"),
     ("", "use unix:PATH or tcp:HOST:PORT"),
     ("localhost:1234", "use unix:PATH or tcp:HOST:PORT"),
+    ("tcp:[[::1]]:80", "stray bracket"),
 ])
 def test_parse_address_rejects(text: str, why: str) -> None:
     with pytest.raises(AddressError, match=re.escape(why)):
         parse_address(text)
+
+
+@settings(derandomize=True, max_examples=3000, deadline=None, database=None)
+@given(st.one_of(st.text(max_size=40),
+                 st.builds("".join, st.lists(st.sampled_from(
+                     ["tcp:", "unix:", ":", "[", "]", "/", "0", "65535", "99999", "::1",
+                      "host", "\0", ",server", " "]), max_size=8))))
+def test_parse_address_fuzz(text: str) -> None:
+    """Any text parses to an address that prints and parses back the same, or is refused
+    with AddressError: never another exception (OverflowError was one)."""
+    try:
+        address = parse_address(text)
+    except AddressError as e:
+        assert "\n" not in str(e)
+        return
+    assert address.kind in ("tcp", "unix")
+    assert 0 <= address.port <= 65535
+    assert parse_address(str(address)) == address
 
 
 # --- every address option parses and fails the same way ------------------------------------
