@@ -82,7 +82,7 @@ class TraceAction(argparse.Action):
         if values == "help":
             print("\n".join(ev.name for ev in trace.events()))
             parser.exit()
-        getattr(namespace, self.dest).append(values)
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
 
 
 async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
-    run.add_argument("image", help="RISC-V RV32 ELF file")
+    run.add_argument("image", metavar="IMAGE", help="RISC-V RV32 ELF file")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
     run.add_argument("-serial", "--serial", dest="serial", metavar="DEV", type=serial_type,

@@ -491,9 +491,9 @@ def test_version_and_usage() -> None:
     version = emud("--version")
     assert version.returncode == 0 and re.fullmatch(r"emud \d+\.\d+\.\d+\n", version.stdout)
     usage = emud("run", "--help").stdout
-    assert re.search(r"usage: emud run .*\bimage\n", usage, re.S)
-    assert "[image]" not in usage
+    assert re.search(r"usage: emud run .*\bIMAGE\n", usage, re.S)
+    assert "[IMAGE]" not in usage
     missing = emud("run")
-    assert missing.returncode == 2 and "required: image" in missing.stderr
+    assert missing.returncode == 2 and "required: IMAGE" in missing.stderr
     listed = emud("run", "--trace", "help")  # still works without an image
     assert listed.returncode == 0 and "pl011_write" in listed.stdout.split()
