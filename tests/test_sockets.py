@@ -44,9 +44,20 @@ def must_fail(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedP
     return result
 
 
+_MADE: list[Path] = []
+
+
 def short_tmp() -> Path:
     """A directory with a short path (a Unix socket path holds at most 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="emud-s-"))
+    _MADE.append(Path(tempfile.mkdtemp(prefix="emud-s-")))
+    return _MADE[-1]
+
+
+@pytest.fixture(autouse=True)
+def _remove_tmp() -> Iterator[None]:
+    yield
+    while _MADE:
+        shutil.rmtree(_MADE.pop(), ignore_errors=True)
 
 
 def mode(path: str | Path) -> int:
@@ -271,7 +282,6 @@ def test_a_runtime_directory_others_control_is_refused(which: str, how: str) -> 
         assert daemon.stderr.startswith("emud: --qmp: cannot listen on unix:")
         assert f"refusing directory {bad}: {why}" in daemon.stderr
         assert stat.S_ISSOCK(os.lstat(runtime / "emud" / "qmp.sock").st_mode)  # not touched
-    shutil.rmtree(work)
 
 
 # --- private files ----------------------------------------------------------------------------
@@ -433,6 +443,22 @@ def test_a_stale_socket_is_replaced(option: str, daemons: list[Started]) -> None
     assert answers(path)
     one.stop()
     assert not path.exists()
+
+
+def test_real_gdb_over_the_private_unix_socket(daemons: list[Started]) -> None:
+    work = short_tmp()
+    sock = work / "gdb.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(sock))  # stale: replaced
+    one = start(daemons, "--gdb", f"unix:{sock}", "-S", pidfile=work / "pid")
+    assert f"gdb server listening on unix:{sock}" in one.stderr and mode(sock) == 0o600
+    gdb = subprocess.run(["gdb-multiarch", "-batch", "-nx", "-ex", f"target remote {sock}",
+                          "-ex", "p/x $pc", "-ex", "detach", str(IMAGES / "counter.elf")],
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         stdin=subprocess.DEVNULL)
+    assert "$1 = 0x80000000" in gdb.stdout, gdb.stdout + gdb.stderr
+    one.stop()
+    assert not sock.exists()
 
 
 # --- pidfile ----------------------------------------------------------------------------------
