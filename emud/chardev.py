@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -117,11 +116,7 @@ class SocketServerBackend(CharBackend):
         """Listen (emud.listen's policy); raises ListenError naming -serial."""
         self.on_input = on_input
         self.listener = Listener("-serial", self.address)
-        sock = self.listener.sock
-        if sock.family == socket.AF_UNIX:
-            self.server = await asyncio.start_unix_server(self._client, sock=sock)
-        else:
-            self.server = await asyncio.start_server(self._client, sock=sock)
+        self.server = await self.listener.start_server(self._client)
 
     def describe(self) -> str:
         return f"{self.listener or self.address},server"

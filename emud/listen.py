@@ -15,12 +15,14 @@ failed start must never damage a daemon that is already running:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import re
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from emud.hostfiles import SOCKET_UMASK, check_private_dir, ensure_private_dir, private_umask
@@ -29,6 +31,7 @@ LOOPBACK = "127.0.0.1"
 FORMS = "use unix:PATH or tcp:HOST:PORT"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, the last one a NUL
 _PORT = re.compile(r"[0-9]{1,5}")
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class AddressError(ValueError):
@@ -225,6 +228,12 @@ class Listener:
     def __str__(self) -> str:
         """The bound address (the real port when port 0 was asked for)."""
         return str(self.address)
+
+    async def start_server(self, connected: ClientHandler) -> asyncio.Server:
+        """An asyncio stream server calling `connected` for each client of this socket."""
+        if self.address.kind == "unix":
+            return await asyncio.start_unix_server(connected, sock=self.sock)
+        return await asyncio.start_server(connected, sock=self.sock)
 
     def close(self) -> None:
         self.sock.close()

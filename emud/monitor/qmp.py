@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import time
 from typing import Any
@@ -220,10 +219,7 @@ class QmpServer:
         """Listen (emud.listen's policy: 0600, stale sockets only replaced); raises ListenError."""
         listener = Listener(self.option, self.address)
         try:
-            if listener.sock.family == socket.AF_UNIX:
-                self._server = await asyncio.start_unix_server(self._accept, sock=listener.sock)
-            else:
-                self._server = await asyncio.start_server(self._accept, sock=listener.sock)
+            self._server = await listener.start_server(self._accept)
         except BaseException:
             listener.close()
             raise
