@@ -14,36 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 from typing import Any
 
-from emud.chardev import remove_stale_socket
+from emud.listen import Address, Listener, parse_address
 from emud.monitor.core import Monitor
 from emud.monitor.errors import MonitorError
 
 MAX_MESSAGE = 10 << 20  # qemu.qmp's own read limit
 MAX_BACKLOG = 16 << 20  # unread output after which a client is dropped
-
-
-def default_socket_path() -> str:
-    """Where `emud run --qmp` listens and `emud shell` connects when given no address."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/emud-{os.getuid()}"
-    return os.path.join(runtime, "emud", "qmp.sock")
-
-
-def parse_address(spec: str) -> tuple[str, str | tuple[str, int]]:
-    """`unix:PATH`, a bare PATH, or `tcp:HOST:PORT` (port 0 picks a free one)."""
-    if spec.startswith("tcp:"):
-        host, sep, port = spec[4:].rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"invalid QMP address {spec!r} (use tcp:HOST:PORT)")
-        return "tcp", (host or "127.0.0.1", int(port))
-    path = spec[5:] if spec.startswith("unix:") else spec
-    if not path:
-        raise ValueError(f"invalid QMP address {spec!r} (use unix:PATH or tcp:HOST:PORT)")
-    return "unix", path
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -221,35 +201,29 @@ class QmpClient:
 
 
 class QmpServer:
-    def __init__(self, monitor: Monitor, address: str) -> None:
+    def __init__(self, monitor: Monitor, address: str | Address, option: str = "--qmp") -> None:
+        """`address` as `--qmp` takes it; a bad one raises AddressError (a ValueError)."""
         self.monitor = monitor
-        self.kind, self.address = parse_address(address)
+        self.address = parse_address(address) if isinstance(address, str) else address
+        self.option = option  # named in errors
         self.clients: set[QmpClient] = set()
         self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
 
     @property
     def description(self) -> str:
         """Where clients connect, with the real port when tcp:…:0 was asked for."""
-        if self.kind == "unix":
-            return f"unix:{self.address}"
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"tcp:{host}:{port}"
+        return str(self._listener or self.address)
 
     async def start(self) -> None:
-        if self.kind == "unix":
-            path = str(self.address)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-            remove_stale_socket(path)
-            old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
-            try:
-                self._server = await asyncio.start_unix_server(self._accept, path)
-            finally:
-                os.umask(old_umask)
-        else:
-            assert isinstance(self.address, tuple)
-            host, port = self.address
-            self._server = await asyncio.start_server(self._accept, host, port)
+        """Listen (emud.listen's policy: 0600, stale sockets only replaced); raises ListenError."""
+        listener = Listener(self.option, self.address)
+        try:
+            self._server = await listener.start_server(self._accept)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
         self.monitor.daemon.listeners.append(self.broadcast)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -286,6 +260,6 @@ class QmpServer:
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self.kind == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(str(self.address))
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
