@@ -81,6 +81,15 @@ async def next_event(qmp: QMPClient, name: str) -> dict[str, Any]:
     return await asyncio.wait_for(wait(), TIMEOUT)
 
 
+def strict_json(line: bytes) -> Any:
+    """Parse a reply as JSON proper: NaN and Infinity, which Python accepts, are not JSON."""
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant} in {line[:200]!r}")
+
+    assert line.endswith(b"\r\n") and line.isascii() and line.count(b"\n") == 1
+    return json.loads(line, parse_constant=refuse)
+
+
 class RawClient:
     """A plain socket client: to see exactly what goes over the wire."""
 
@@ -102,12 +111,25 @@ class RawClient:
     async def send_raw(self, data: bytes) -> dict[str, Any]:
         self.writer.write(data)
         while True:
-            message: dict[str, Any] = json.loads(await self.read_line())
+            message: dict[str, Any] = strict_json(await self.read_line())
             if "event" not in message:
                 return message
 
     async def send(self, message: dict[str, Any]) -> dict[str, Any]:
         return await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    async def send_until(self, data: bytes, mark: str = "sync") -> list[dict[str, Any]]:
+        """Send data then a query-status with id `mark`: the replies up to that one's."""
+        self.writer.write(data + b'{"execute": "query-status", "id": "%s"}' % mark.encode())
+        replies = []
+        while True:
+            reply: dict[str, Any] = strict_json(await self.read_line())
+            if "event" in reply:
+                continue
+            replies.append(reply)
+            if reply.get("id") == mark:
+                assert "return" in reply
+                return replies[:-1]
 
     def close(self) -> None:
         self.writer.close()
@@ -313,3 +335,92 @@ async def test_stale_socket_is_replaced_but_files_are_not(vm: Vm) -> None:
         await QmpServer(Monitor(vm.daemon), f"unix:{regular}").start()
     assert regular.read_text() == "keep me"
     assert vm.daemon.listeners == listeners
+
+
+def errors(replies: list[dict[str, Any]]) -> list[str]:
+    """The descriptions of replies that must all be GenericErrors without an id."""
+    assert all(r.keys() == {"error"} and r["error"]["class"] == "GenericError" for r in replies)
+    return [r["error"]["desc"] for r in replies]
+
+
+async def test_nesting_is_limited_like_qemu_and_never_drops_the_client(vm: Vm) -> None:
+    vm.daemon.stop()
+    raw, _ = await RawClient.open(vm.path)
+    deepest = b"[" * 1023 + b"]" * 1023  # with the request's braces: QEMU's limit, 1024
+    raw.writer.write(b'{"execute": "query-status", "id": %s}' % deepest)
+    echoed = await raw.read_line()  # too deep for Python's json module to read back
+    assert echoed == b'{"return": {"running": false, "status": "paused"}, "id": %s}\r\n' % deepest
+    too_deep = b'{"execute": "query-status", "id": ' + b"[" * 1024 + b"]" * 1024 + b"}"
+    # QEMU drops the message at the 1025th bracket; each bracket left over is a stray.
+    assert errors(await raw.send_until(too_deep)) == [
+        "JSON nesting depth limit exceeded"] + ["JSON parse error, expecting value"] * 1025
+    flood = errors(await raw.send_until(b"[" * 1025 * 100))  # each 1025th drops the lot
+    assert flood == ["JSON nesting depth limit exceeded"] * 100
+    raw.close()
+
+
+async def test_replies_are_json_even_for_numbers_that_are_not(vm: Vm) -> None:
+    raw, _ = await RawClient.open(vm.path)
+    for number in (b"1e999", b"-1e999", b"1" * 400, b"-" + b"9" * 5000):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": %s}' % number)
+        shown = number[:40].decode()
+        assert errors(replies) == [f"JSON parse error, number {shown} is out of range"]
+    for word in (b"NaN", b"Infinity", b"-Infinity"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": %s}\n' % word)
+        assert errors(replies)[0].startswith("JSON parse error, stray ")
+    # Big but finite numbers are fine, integers echoed exactly.
+    big = 10**300
+    assert (await raw.send({"execute": "query-status", "id": big}))["id"] == big
+    assert (await raw.send({"execute": "query-status", "id": 1.5e300}))["id"] == 1.5e300
+    raw.close()
+
+
+async def test_strings_follow_qemus_rules(vm: Vm) -> None:
+    raw, _ = await RawClient.open(vm.path)
+    for escape in ("\\ud800", "\\uDFFF", "\\ud83d\\u0041", "\\u12g4"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": "x%sy"}'
+                                       % escape.encode())
+        shown = escape[:6]  # QEMU names the first escape: the pair is not one
+        assert errors(replies) == [f"JSON parse error, {shown} is not a valid Unicode character"]
+    for raw_bytes in (b"\xed\xa0\x80", b"\xc0\x80", b"\x80"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": "%s"}' % raw_bytes)
+        assert errors(replies) == ["JSON parse error, invalid UTF-8 sequence in string"]
+    # A raw control character cannot be in a string: the message is lost, input resumes.
+    replies = await raw.send_until(b'{"execute": "stop", "id": "a\x00b"}')
+    assert errors(replies) == ["JSON parse error, stray '\"a'", "JSON parse error, expecting value"]
+    assert vm.daemon.running
+    pair = await raw.send_raw(b'{"execute": "query-status", "id": "\\ud83d\\ude00\\u0000"}')
+    assert pair["id"] == "\U0001f600\0"  # an id may hold U+0000, as in QEMU ...
+    # ... an argument may not: emud's commands would hand it to paths and names.
+    for arguments in ({"device": "serial0", "data": "a\0"}, {"device": "serial0\0", "data": ""},
+                      {"device": "serial0", "data": "", "format": "utf8\0"}):
+        bad = next(name for name, value in arguments.items() if "\0" in value)
+        reply = await raw.send({"execute": "ringbuf-write", "arguments": arguments, "id": 1})
+        assert reply == {"id": 1, "error": {"class": "GenericError", "desc":
+                         f"Invalid parameter '{bad}': a string must not contain U+0000"}}
+    assert vm.daemon.machine.serial.read() == b""  # type: ignore[attr-defined]
+    raw.close()
+
+
+async def test_a_command_that_fails_unexpectedly_gives_one_line(
+        vm: Vm, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Monitor(vm.daemon).registry
+
+    def broken(m: Monitor) -> None:
+        raise RuntimeError("first line\nsecond line")
+
+    def not_json(m: Monitor) -> dict[str, float]:
+        return {"x": float("nan")}
+
+    monkeypatch.setattr(registry.qmp["query-version"], "handler", not_json)
+    raw, _ = await RawClient.open(vm.path)  # greeting sent before the patch below
+    monkeypatch.setattr(registry.qmp["query-status"], "handler", broken)
+    reply = await raw.send({"execute": "query-status", "id": 1})
+    assert reply == {"id": 1, "error": {"class": "GenericError",
+                     "desc": "internal error in 'query-status': first line second line"}}
+    reply = await raw.send({"execute": "query-version", "id": 2})
+    assert reply["id"] == 2 and reply["error"]["desc"].startswith("internal error")
+    monkeypatch.undo()
+    assert (await raw.send({"execute": "query-status"}))["return"]["running"]
+    raw.close()
+
