@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -424,3 +425,22 @@ async def test_a_command_that_fails_unexpectedly_gives_one_line(
     assert (await raw.send({"execute": "query-status"}))["return"]["running"]
     raw.close()
 
+
+async def test_hmp_errors_come_back_as_text_even_from_a_damaged_store(
+        vm: Vm, tmp_path: Path) -> None:
+    from emud.monitor.snapshots import SnapshotService
+
+    vm.daemon.snapshots = SnapshotService(vm.daemon, tmp_path / "store.sqlite")
+    raw, _ = await RawClient.open(vm.path)
+    saved = await raw.send({"execute": "human-monitor-command",
+                            "arguments": {"command-line": "savevm good"}})
+    assert saved == {"return": ""}
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:  # a record damaged on disk
+        db.execute("UPDATE snapshots SET config = '{' WHERE tag = 'good'")
+    for line in ("info snapshots", "loadvm good", "info snapshots -v"):
+        reply = await raw.send({"execute": "human-monitor-command",
+                                "arguments": {"command-line": line}})
+        text = reply["return"]
+        assert text.startswith("Error: ") and text.endswith("\r\n") and text.count("\n") == 1
+    assert (await raw.send({"execute": "query-status"}))["return"]["running"]
+    raw.close()
