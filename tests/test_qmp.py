@@ -23,6 +23,7 @@ from conftest import boot
 from emud.daemon import Daemon
 from emud.monitor import Monitor
 from emud.monitor.qmp import QmpServer
+from emud.monitor.qmpjson import JsonStreamer, dumps
 
 # Counts in a0 forever; `count` is a word the host can read and write.
 LOOP = """
@@ -444,3 +445,21 @@ async def test_hmp_errors_come_back_as_text_even_from_a_damaged_store(
         assert text.startswith("Error: ") and text.endswith("\r\n") and text.count("\n") == 1
     assert (await raw.send({"execute": "query-status"}))["return"]["running"]
     raw.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(value=JSON_VALUES, ascii_only=st.booleans(), cuts=st.lists(st.integers(1, 50)))
+def test_streamer_reads_what_json_writes_however_it_is_cut(
+        value: Any, ascii_only: bool, cuts: list[int]) -> None:
+    data = json.dumps({"v": value}, ensure_ascii=ascii_only).encode() * 2
+    streamer, out, pos = JsonStreamer(), [], 0
+    for cut in [*cuts, len(data)]:
+        out += streamer.feed(data[pos:pos + cut])
+        pos += cut
+    assert out == [{"v": value}] * 2 and streamer.pending == 0
+    assert dumps(value) == json.dumps(value)

@@ -44,9 +44,11 @@ _KEYWORD_RUN = re.compile(rb"[a-z]*")
 # Where skipping after a lexical error stops: what may start a fresh message.
 _RESYNC = re.compile(rb"[{}\[\]:,\x00-\x08\x0a-\x1f\xfe\xff]")
 _KEYWORDS = {"true": True, "false": False, "null": None}
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "'": "'", "b": "\b", "f": "\f", "n": "\n",
-            "r": "\r", "t": "\t"}
-_HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Text whose escapes are all JSON's and whose \\u escapes are scalar values or pairs.
+_GOOD_ESCAPES = re.compile(r"""(?:[^\\]+|\\["\\/bfnrt]
+    |\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4}
+    |\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})*""", re.VERBOSE)
 
 # A token: a structural character (str), or the bytes of a string, number or keyword.
 Token = str | bytes
@@ -64,14 +66,17 @@ class ParseError(Exception):
 
 
 class JsonStreamer:
-    """Feed bytes, get back each complete top-level value or a JsonError, in order."""
+    """Feed bytes, get back each complete top-level value or a JsonError, in order.
+
+    Tokens go to the parser as they come (a long message costs no pause at its
+    end); a parse error is reported when the message's brackets balance, as
+    QEMU does, so the rest of a broken message never counts as new input.
+    """
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.scanned = 0  # how much of an incomplete token at the buffer's start is checked
-        self.tokens: list[Token] = []
-        self.size = 0  # bytes in self.tokens
-        self.braces = self.brackets = 0
+        self._reset()
         self.recovering = False
 
     @property
@@ -98,7 +103,9 @@ class JsonStreamer:
                 self.scanned = -end
                 break
             if valid:
-                out.extend(self._push(_STRUCTURAL.get(buf[pos]) or bytes(buf[pos:end])))
+                done = self._push(_STRUCTURAL.get(buf[pos]) or bytes(buf[pos:end]))
+                if done is not None:
+                    out.append(done)
             else:
                 out.append(self._stray(bytes(buf[pos:end])))
             pos = end
@@ -112,29 +119,36 @@ class JsonStreamer:
         return JsonError(f"JSON parse error, stray '{shown}'")
 
     def _reset(self) -> None:
-        self.tokens, self.size = [], 0
+        self.parser = Parser()
+        self.error: ParseError | None = None
+        self.count = self.size = 0  # tokens and bytes in this message
         self.braces = self.brackets = 0
 
-    def _push(self, token: Token) -> list[Any]:
+    def _push(self, token: Token) -> Any:
+        """The message's value or JsonError once `token` completes it, else None."""
         if isinstance(token, str):
             self.braces += (token == "{") - (token == "}")
             self.brackets += (token == "[") - (token == "]")
-        self.tokens.append(token)
+        self.count += 1
         self.size += len(token)
         if self.braces + self.brackets > MAX_NESTING:
             self._reset()
-            return [JsonError("JSON nesting depth limit exceeded")]
-        if len(self.tokens) > MAX_TOKENS:
+            return JsonError("JSON nesting depth limit exceeded")
+        if self.count > MAX_TOKENS:
             self._reset()
-            return [JsonError("JSON token count limit exceeded")]
+            return JsonError("JSON token count limit exceeded")
+        if self.error is None:
+            try:
+                self.parser.push(token)
+            except ParseError as e:
+                self.error = e
         if (self.braces > 0 or self.brackets > 0) and self.braces >= 0 and self.brackets >= 0:
-            return []
-        tokens = self.tokens
+            return None
+        parser, error = self.parser, self.error
         self._reset()
-        try:
-            return [parse(tokens)]
-        except ParseError as e:
-            return [JsonError(f"JSON parse error, {e}")]
+        if error is None and not parser.done:
+            error = ParseError("expecting value")
+        return JsonError(f"JSON parse error, {error}") if error else parser.value
 
 
 def lex(buf: bytearray, pos: int, scanned: int = 0) -> tuple[int, bool]:
@@ -162,13 +176,19 @@ def lex(buf: bytearray, pos: int, scanned: int = 0) -> tuple[int, bool]:
     return end, run is _KEYWORD_RUN or _NUMBER.fullmatch(buf, pos, end) is not None
 
 
-def parse(tokens: list[Token]) -> Any:
-    """One value from a complete message's tokens, without recursion."""
-    # Each open container: [container, key awaiting its value, state], where state
-    # says what may come next: "first" (after the opening bracket), "item" (after a
-    # comma), "colon" (after a key), "value" (after the colon) or "sep".
-    stack: list[list[Any]] = []
-    for token in tokens:
+class Parser:
+    """Builds one value from its tokens, one `push` at a time, without recursion."""
+
+    def __init__(self) -> None:
+        # Each open container: [container, key awaiting its value, state], where state
+        # says what may come next: "first" (after the opening bracket), "item" (after a
+        # comma), "colon" (after a key), "value" (after the colon) or "sep".
+        self.stack: list[list[Any]] = []
+        self.done = False
+        self.value: Any = None
+
+    def push(self, token: Token) -> None:
+        stack = self.stack
         top = stack[-1] if stack else None
         state = top[2] if top is not None else None
         is_dict = top is not None and isinstance(top[0], dict)
@@ -177,11 +197,11 @@ def parse(tokens: list[Token]) -> Any:
             if token != ":":
                 raise ParseError("missing : in object pair")
             top[2] = "value"
-            continue
+            return
         if top is not None and state == "sep":
             if token == ",":
                 top[2] = "item"
-                continue
+                return
             if token != close:
                 raise ParseError(f"expected separator in {'dict' if is_dict else 'list'}")
             stack.pop()
@@ -198,22 +218,22 @@ def parse(tokens: list[Token]) -> Any:
             if key in top[0]:
                 raise ParseError("duplicate key")
             top[1], top[2] = key, "colon"
-            continue
+            return
         elif token in ("{", "["):
             stack.append([{} if token == "{" else [], None, "first"])
-            continue
+            return
         else:
             value = scalar(token)
         # A value is complete: it is the result, or goes into its container.
         if not stack:
-            return value
+            self.done, self.value = True, value
+            return
         top = stack[-1]
         if isinstance(top[0], dict):
             top[0][top[1]] = value
         else:
             top[0].append(value)
         top[2] = "sep"
-    raise ParseError("expecting value")
 
 
 def scalar(token: Token) -> Any:
@@ -245,28 +265,28 @@ def decode_string(raw: bytes) -> str:
         raise ParseError("invalid UTF-8 sequence in string") from None
     if "\\" not in text:
         return text
+    try:  # the C decoder, for speed; it also takes lone surrogates and refuses \'
+        decoded: str = json.loads(f'"{text}"')
+    except ValueError:
+        return _decode_escapes(text)
+    return _decode_escapes(text) if _SURROGATE.search(decoded) else decoded
+
+
+def _decode_escapes(text: str) -> str:
+    """Runs of JSON's own escapes by the C decoder, the others one by one."""
     out, pos = [], 0
-    while (i := text.find("\\", pos)) >= 0:
-        out.append(text[pos:i])
-        c = text[i + 1]
-        if c != "u":
-            if c not in _ESCAPES:
-                raise ParseError("invalid escape sequence in string")
-            out.append(_ESCAPES[c])
-            pos = i + 2
-            continue
-        pos = i + 6
-        cp = int(text[i + 2:pos], 16) if _HEX4.fullmatch(text, i + 2, pos) else -1
-        if 0xD800 <= cp < 0xDC00 and text.startswith("\\u", pos) \
-                and _HEX4.fullmatch(text, pos + 2, pos + 6) \
-                and 0xDC00 <= (low := int(text[pos + 2:pos + 6], 16)) < 0xE000:
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)
-            pos += 6
-        if cp < 0 or 0xD800 <= cp < 0xE000:
-            raise ParseError(f"{text[i:pos]} is not a valid Unicode character")
-        out.append(chr(cp))
-    out.append(text[pos:])
-    return "".join(out)
+    while True:
+        end = _GOOD_ESCAPES.match(text, pos).end()  # type: ignore[union-attr]
+        out.append(json.loads(f'"{text[pos:end]}"'))
+        if end == len(text):
+            return "".join(out)
+        if text.startswith("\\'", end):
+            out.append("'")
+            pos = end + 2
+        elif text.startswith("\\u", end):  # bad hex digits or a surrogate not in a pair
+            raise ParseError(f"{text[end:end + 6]} is not a valid Unicode character")
+        else:
+            raise ParseError("invalid escape sequence in string")
 
 
 class _Piece(str):
