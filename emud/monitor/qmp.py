@@ -1,7 +1,8 @@
 """A QMP-compatible server (QEMU's docs/interop/qmp-spec.rst) over Unix or TCP sockets.
 
 Input is a stream of JSON objects (no framing needed: qemu.qmp sends them
-back to back); output is one object per line (CRLF, ASCII).  Each client gets
+back to back), read by QEMU's rules (emud.monitor.qmpjson); output is one
+object per line (CRLF, ASCII), always JSON.  Each client gets
 the greeting, must negotiate with `qmp_capabilities`, then runs commands in
 order; replies echo the request's `id` verbatim and carry none when the
 request had none.  Events go to every negotiated client.  Many clients at
