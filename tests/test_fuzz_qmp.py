@@ -90,6 +90,7 @@ class Fuzzer:
         self.rng = rng
         self.count = 0
         self.commands = sorted(REGISTRY.qmp.items(), key=lambda item: item[0])
+        self.wrong_typed: set[tuple[str, str]] = set()  # (command, argument) pairs tried
 
     def key(self) -> str:
         self.count += 1
@@ -127,6 +128,7 @@ class Fuzzer:
         if how == 0 and params:  # a wrong type
             param = rng.choice(params)
             args[param.name] = rng.choice([v for v in WRONG_VALUES if wrong(param.kind, v)])
+            self.wrong_typed.add((name, param.name))
         elif how == 1 and any(not p.optional for p in params):  # one missing
             del args[rng.choice([p.name for p in params if not p.optional])]
         elif how == 2:  # one too many
@@ -303,6 +305,9 @@ async def test_fuzz_qmp(tmp_path: Path) -> None:
             inputs += len(items)
             assert await machine_state(observer) == before
         elapsed = time.monotonic() - started
+        every = {(name, p.name) for name, cmd in REGISTRY.qmp.items() for p in cmd.args
+                 if p.kind != "/"}
+        assert fuzzer.wrong_typed == every  # each argument of each command had a wrong type
         print(f"QMP fuzz: {inputs} inputs, {replies} replies in {elapsed:.1f} s")
         await oversized_and_partial(socket, observer)
         assert await machine_state(observer) == before

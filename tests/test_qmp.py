@@ -401,6 +401,8 @@ async def test_strings_follow_qemus_rules(vm: Vm) -> None:
         assert reply == {"id": 1, "error": {"class": "GenericError", "desc":
                          f"Invalid parameter '{bad}': a string must not contain U+0000"}}
     assert vm.daemon.machine.serial.read() == b""  # type: ignore[attr-defined]
+    unknown = await raw.send({"execute": "nosuch", "arguments": {"a": "\0"}})
+    assert unknown["error"]["class"] == "CommandNotFound"  # the command is looked up first
     raw.close()
 
 

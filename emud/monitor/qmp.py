@@ -127,8 +127,6 @@ class QmpClient:
             self.error(request, "QMP input member 'execute' must be a string")
         elif not isinstance(arguments, dict):
             self.error(request, "QMP input member 'arguments' must be an object")
-        elif (bad := _nul_argument(arguments)) is not None:
-            self.error(request, f"Invalid parameter '{bad}': a string must not contain U+0000")
         elif name == "qmp_capabilities":
             self.negotiate(request, arguments)
         elif not self.negotiated:
@@ -156,6 +154,9 @@ class QmpClient:
         self.reply(request, {"return": {}})
 
     async def execute(self, request: dict[str, Any], name: str, arguments: dict[str, Any]) -> None:
+        if name in self.monitor.registry.qmp and (bad := _nul_argument(arguments)) is not None:
+            self.error(request, f"Invalid parameter '{bad}': a string must not contain U+0000")
+            return
         try:
             result = await self.monitor.execute_qmp(name, arguments)
         except MonitorError as e:
