@@ -401,6 +401,16 @@ async def test_strings_follow_qemus_rules(vm: Vm) -> None:
         assert reply == {"id": 1, "error": {"class": "GenericError", "desc":
                          f"Invalid parameter '{bad}': a string must not contain U+0000"}}
     assert vm.daemon.machine.serial.read() == b""  # type: ignore[attr-defined]
+    # The same for a tag, ringbuf data and a file name, before any command code runs.
+    for name, arguments in (("x-emud-savevm", {"tag": "a\ud800"}),
+                            ("ringbuf-write", {"device": "serial0", "data": "\udfff"}),
+                            ("x-emud-snapshot-export", {"tag": "t", "file": "/tmp/\udbff"})):
+        message = json.dumps({"execute": name, "arguments": arguments, "id": 2}).encode()
+        desc = errors(await raw.send_until(message))[0]
+        assert desc.endswith("is not a valid Unicode character")
+        arguments = {key: value[:-1] + "\0" for key, value in arguments.items()}
+        reply = await raw.send({"execute": name, "arguments": arguments, "id": 3})
+        assert reply["error"]["desc"].endswith("a string must not contain U+0000")
     unknown = await raw.send({"execute": "nosuch", "arguments": {"a": "\0"}})
     assert unknown["error"]["class"] == "CommandNotFound"  # the command is looked up first
     raw.close()
