@@ -34,7 +34,7 @@ from conftest import IMAGES, ROOT
 from emud.monitor.commands import REGISTRY
 
 SEED = 1515
-BATCHES = 40
+BATCHES = 32
 PER_BATCH = 700
 TIMEOUT = 60.0
 RAM = 1 << 20
