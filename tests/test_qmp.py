@@ -434,6 +434,9 @@ async def test_a_command_that_fails_unexpectedly_gives_one_line(
                      "desc": "internal error in 'query-status': first line second line"}}
     reply = await raw.send({"execute": "query-version", "id": 2})
     assert reply["id"] == 2 and reply["error"]["desc"].startswith("internal error")
+    monkeypatch.setattr(registry.qmp["query-version"], "handler", lambda m: {"x": b"bytes"})
+    reply = await raw.send({"execute": "query-version", "id": 3})
+    assert reply["id"] == 3 and reply["error"]["desc"].startswith("internal error")
     monkeypatch.undo()
     assert (await raw.send({"execute": "query-status"}))["return"]["running"]
     raw.close()

@@ -76,7 +76,7 @@ class QmpClient:
             return
         try:
             line = encode(message)
-        except ValueError as e:  # a result holding NaN: a bug, but the client gets a reply
+        except (TypeError, ValueError) as e:  # a result not JSON (NaN, bytes): a bug, still a reply
             error = {"class": "GenericError", "desc": f"internal error: reply not JSON: {e}"}
             line = encode({"error": error} | ({"id": message["id"]} if "id" in message else {}))
         self.writer.write(line)
