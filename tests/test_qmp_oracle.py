@@ -56,6 +56,7 @@ MESSAGES = [
     b'{"execute": "query-status", "id": "\\ud83d\\ude00\\u0000\\u00e9"}',
     b'{"execute": "query-status", "id": "a\x00b"}',
     b'{"execute": "query-status", "id": "a\tb"}',
+    b'{"execute": "query-status", "id": "a\\\x01b"}',
     b'{"execute": "query-status", "id": "a\xffb"}',
     b'{"execute": "query-status", "id": "a\xed\xa0\x80b"}',
     b'{"execute": "query-status", "id": "\xc3\xa9\x7f"}',

@@ -164,6 +164,8 @@ def lex(buf: bytearray, pos: int, scanned: int = 0) -> tuple[int, bool]:
         end = m.end()
         if end == len(buf) or (end == len(buf) - 1 and buf[end] == 0x5C):
             return -(end - pos), False
+        if buf[end] == 0x5C:  # an escape of a byte refused: both belong to the error
+            return end + 2, False
         return end + 1, buf[end] == 0x22
     run = _NUMBER_RUN if ch == 0x2D or 0x30 <= ch <= 0x39 else _KEYWORD_RUN
     m = run.match(buf, pos + scanned)
