@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
-import socket
 import stat
 import sys
 from collections import deque
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
+
+from emud.hostfiles import open_private
+from emud.listen import Address, AddressError, Listener, parse_address
 
 
 class CharFrontend(Protocol):
@@ -164,7 +165,7 @@ class FileBackend(CharBackend):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd = open_private(path)  # 0600, never through a symlink: guest output is private
 
     def write(self, data: bytes) -> None:
         os.write(self.fd, data)
@@ -196,24 +197,12 @@ class RingBackend(CharBackend):
 MAX_BACKLOG = 1 << 20
 
 
-def remove_stale_socket(path: str) -> None:
-    """Unlink a socket left by an earlier run; anything else at `path` is left alone.
-
-    A socket someone still listens on is not stale: OSError(EADDRINUSE), so a second
-    daemon never steals the first one's address.
-    """
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return
-    except OSError:
-        return
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody answers: left over from a run that died
-            return
-    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running program")
+def parse_serial_socket(spec: str) -> Address:
+    """`unix:PATH,server` or `tcp:HOST:PORT,server` (emud.listen's grammar plus `,server`)."""
+    if not spec.endswith(",server"):
+        raise AddressError(f"invalid serial socket {spec!r}: only server mode is supported "
+                           "(unix:PATH,server or tcp:HOST:PORT,server)")
+    return parse_address(spec.removesuffix(",server"))
 
 
 class SocketServerBackend(CharBackend):
@@ -226,37 +215,20 @@ class SocketServerBackend(CharBackend):
 
     def __init__(self, spec: str) -> None:
         super().__init__()
-        self.spec = spec
-        address = spec.removesuffix(",server")
-        self.kind, _, self.address = address.partition(":")
-        if self.kind == "tcp":
-            host, sep, port = self.address.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError(f"invalid serial address {spec!r} (use tcp:HOST:PORT,server)")
-        elif not self.address:
-            raise ValueError(f"invalid serial address {spec!r} (use unix:PATH,server)")
+        self.address = parse_serial_socket(spec)
         self.writer: asyncio.StreamWriter | None = None
         self.server: asyncio.Server | None = None
+        self.listener: Listener | None = None
         self.on_input: Callable[[], None] = lambda: None
 
     async def start(self, on_input: Callable[[], None]) -> None:
+        """Listen (emud.listen's policy); raises ListenError naming -serial."""
         self.on_input = on_input
-        if self.kind == "unix":
-            remove_stale_socket(self.address)
-            old_umask = os.umask(0o177)
-            try:
-                self.server = await asyncio.start_unix_server(self._client, self.address)
-            finally:
-                os.umask(old_umask)
-        else:
-            host, _, port = self.address.rpartition(":")
-            self.server = await asyncio.start_server(self._client, host or "127.0.0.1", int(port))
+        self.listener = Listener("-serial", self.address)
+        self.server = await self.listener.start_server(self._client)
 
     def describe(self) -> str:
-        if self.server is not None and self.kind == "tcp":
-            host, port = self.server.sockets[0].getsockname()[:2]
-            return f"tcp:{host}:{port},server"
-        return self.spec
+        return f"{self.listener or self.address},server"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.writer is not None:
@@ -287,9 +259,8 @@ class SocketServerBackend(CharBackend):
             self.writer.close()
         if self.server is not None:
             self.server.close()
-        if self.kind == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(self.address)
+        if self.listener is not None:
+            self.listener.close()  # removes only a socket file it created
 
 
 def open_backend(spec: str) -> CharBackend:
@@ -302,10 +273,11 @@ def open_backend(spec: str) -> CharBackend:
         try:
             return FileBackend(spec[5:])
         except OSError as e:
-            raise ValueError(f"cannot open serial file {spec[5:]!r}: {e.strerror}") from None
+            why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+            raise ValueError(f"-serial: cannot open {spec}: {why}") from None
     if spec == "ringbuf":
         return RingBackend()
-    if spec.startswith(("unix:", "tcp:")) and spec.endswith(",server"):
+    if spec.startswith(("unix:", "tcp:")):
         return SocketServerBackend(spec)
     raise ValueError(f"unknown serial backend {spec!r} (use stdio, file:PATH, ringbuf, null, "
                      "unix:PATH,server or tcp:HOST:PORT,server)")

@@ -5,22 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sys
 from collections.abc import Callable
 
 from emud import trace
-from emud.chardev import SocketServerBackend, StdioBackend, open_backend
+from emud.chardev import SocketServerBackend, StdioBackend, open_backend, parse_serial_socket
 from emud.daemon import Daemon, Detached, terminal_cbreak
 from emud.device import DeviceError
 from emud.gdbserver import start_gdb_server
+from emud.listen import (
+    Address,
+    AddressError,
+    Listener,
+    ListenError,
+    default_socket_path,
+    parse_address,
+    runtime_dirs,
+)
 from emud.loader import ImageError, load_elf
 from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
 from emud.monitor import Monitor, SnapshotService
-from emud.monitor.qmp import QmpServer, default_socket_path
-from gdbstub.server import Address, parse_address
+from emud.monitor.commands import EMUD_VERSION
+from emud.monitor.qmp import QmpServer
+from emud.pidfile import Pidfile, PidfileError
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
@@ -47,44 +56,70 @@ def parse_icount(text: str) -> int:
     return int(match.group(1))
 
 
-def parse_gdb_address(text: str) -> Address:
+def address_type(text: str) -> Address:
+    """An address option's value (--gdb, --qmp, shell --qmp): argparse names the option."""
     try:
         return parse_address(text)
-    except ValueError as e:
+    except AddressError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-async def serve(daemon: Daemon, gdb: Address | None, qmp: str | None = None,
+def serial_type(text: str) -> str:
+    """-serial: a socket's address is checked here like the other address options."""
+    if text.startswith(("unix:", "tcp:")):
+        try:
+            parse_serial_socket(text)
+        except AddressError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+class TraceAction(argparse.Action):
+    """--trace PATTERN (repeatable); `--trace help` lists the events and exits."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if values == "help":
+            print("\n".join(ev.name for ev in trace.events()))
+            parser.exit()
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
+
+
+async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
                 ready: Callable[[str], None] | None = None) -> int:
     """Start the control planes, then run the machine until quit.
 
     `ready` gets the banner (where everything listens) once all sockets are up.
+    Whatever was started is closed again on the way out, also when a later
+    socket fails to start (a ListenError naming its option).
     """
     banner = []
-    server = await start_gdb_server(daemon, gdb) if gdb else None
-    if server:
-        banner.append(f"emud: gdb server listening on {server.address}")
-    qmp_server = QmpServer(Monitor(daemon), qmp) if qmp else None
-    if qmp_server:
-        await qmp_server.start()
-        banner.append(f"emud: QMP listening on {qmp_server.description}")
-    serial = daemon.machine.serial
-    await serial.start(daemon.wake.set)
-    if isinstance(serial, SocketServerBackend):
-        banner.append(f"emud: serial0 (PL011) listening on {serial.describe()}")
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
-    text = "".join(line + "\n" for line in banner)
-    if ready:
-        ready(text)
-    else:
-        print(text, end="", file=sys.stderr, flush=True)
+    started = contextlib.AsyncExitStack()
     try:
+        if gdb:
+            listener = Listener("--gdb", gdb)
+            started.callback(listener.close)
+            server = await start_gdb_server(daemon, listener.sock)
+            started.push_async_callback(server.close)
+            banner.append(f"emud: gdb server listening on {listener}")
+        if qmp:
+            qmp_server = QmpServer(Monitor(daemon), qmp)
+            await qmp_server.start()
+            started.push_async_callback(qmp_server.close)
+            banner.append(f"emud: QMP listening on {qmp_server.description}")
+        serial = daemon.machine.serial
+        await serial.start(daemon.wake.set)
+        if isinstance(serial, SocketServerBackend):
+            banner.append(f"emud: serial0 (PL011) listening on {serial.describe()}")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
+        text = "".join(line + "\n" for line in banner)
+        if ready:
+            ready(text)
+        else:
+            print(text, end="", file=sys.stderr, flush=True)
         return await daemon.run()
     finally:
-        if qmp_server:
-            await qmp_server.close()
-        if server:
-            await server.close()
+        await started.aclose()
 
 
 def parse_globals(items: list[str]) -> dict[str, dict[str, str]]:
@@ -100,12 +135,13 @@ def parse_globals(items: list[str]) -> dict[str, dict[str, str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
+    parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
-    run.add_argument("image", nargs="?", help="RISC-V RV32 ELF file")
+    run.add_argument("image", metavar="IMAGE", help="RISC-V RV32 ELF file")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
-    run.add_argument("-serial", "--serial", dest="serial", metavar="DEV",
+    run.add_argument("-serial", "--serial", dest="serial", metavar="DEV", type=serial_type,
                      help="PL011 backend: stdio (default; ringbuf with --daemonize), file:PATH, "
                           "ringbuf, null, unix:PATH,server, tcp:HOST:PORT,server")
     run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
@@ -113,23 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=ACCELERATORS, default=DEFAULT_ACCEL,
                      help=f"interp: the reference interpreter; translate: hot code compiled to "
                           f"Python, same results (default {DEFAULT_ACCEL})")
-    run.add_argument("--gdb", type=parse_gdb_address, metavar="tcp:HOST:PORT|unix:PATH",
+    run.add_argument("--gdb", type=address_type, metavar="tcp:HOST:PORT|unix:PATH",
                      help="serve the GDB remote protocol (the daemon outlives gdb sessions)")
-    run.add_argument("-s", dest="gdb", action="store_const", const=parse_gdb_address(GDB_DEFAULT),
+    run.add_argument("-s", dest="gdb", action="store_const", const=parse_address(GDB_DEFAULT),
                      help=f"shorthand for --gdb {GDB_DEFAULT}")
     run.add_argument("-S", dest="paused", action="store_true",
-                     help="start with the guest paused (e.g. until gdb continues)")
-    run.add_argument("--qmp", nargs="?", const=default_socket_path(),
+                     help="start with the guest paused until gdb or QMP resumes it "
+                          "(needs --gdb/-s or --qmp)")
+    run.add_argument("--qmp", nargs="?", const=default_socket_path(), type=address_type,
                      metavar="unix:PATH|tcp:HOST:PORT",
                      help=f"serve QMP (default address {default_socket_path()}, mode 0600)")
     run.add_argument("--daemonize", "--daemon", action="store_true",
                      help="detach once the sockets listen; guest power-off does not end emud "
                           "(stop it with QMP/shell `quit` or SIGTERM)")
-    run.add_argument("--pidfile", metavar="FILE", help="write the daemon's pid to FILE")
+    run.add_argument("--pidfile", metavar="FILE",
+                     help="write the daemon's pid to FILE once it serves (refused while FILE "
+                          "names a running process)")
     run.add_argument("--snapshots", metavar="PATH",
                      help="SQLite snapshot store for savevm/loadvm (default: one file per image "
                           "under $XDG_STATE_HOME/emud/snapshots)")
-    run.add_argument("--trace", "-trace", dest="trace", action="append", default=[],
+    run.add_argument("--trace", "-trace", dest="trace", action=TraceAction, default=[],
                      metavar="PATTERN",
                      help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
                           "--trace=-PATTERN disables; 'help' lists them); lines go to stderr")
@@ -137,25 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="DEVICE.PROP=VALUE",
                      help="set a device property, e.g. hpet.timers=8 or pl011.migrate-clk=off")
     shell = commands.add_parser("shell", help="interactive monitor shell (a QMP client)")
-    shell.add_argument("--qmp", default=default_socket_path(), metavar="unix:PATH|tcp:HOST:PORT",
+    shell.add_argument("--qmp", type=address_type, metavar="unix:PATH|tcp:HOST:PORT",
                        help=f"the daemon's QMP socket (default {default_socket_path()})")
     shell.add_argument("-c", dest="script", metavar="'CMD; CMD'",
                        help="run these monitor commands and exit (status 1 on the first error)")
     return parser
 
 
+def start_shell(address: Address | None, script: str | None) -> int:
+    from shell.main import run_shell
+
+    if address is None:  # the default socket: trusted only in a directory nobody else controls
+        return run_shell(default_socket_path(), script, private_dirs=runtime_dirs())
+    return run_shell(address.path if address.kind == "unix" else str(address), script)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "shell":
-        from shell.main import run_shell
-
-        return run_shell(args.qmp, args.script)
-    if "help" in args.trace:
-        print("\n".join(ev.name for ev in trace.events()))
-        return 0
-    if args.image is None:
-        print("emud run: error: the following arguments are required: image", file=sys.stderr)
-        return 2
+        return start_shell(args.qmp, args.script)
+    if args.paused and not (args.gdb or args.qmp):
+        print("emud: -S would wait forever: nothing could resume the guest "
+              "(add --gdb/-s or --qmp)", file=sys.stderr)
+        return 1
     try:
         for pattern in args.trace:
             trace.enable(pattern)
@@ -168,39 +211,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemonize and args.serial == "stdio":
         print("emud: --daemonize cannot use -serial stdio (try unix:PATH,server)", file=sys.stderr)
         return 1
+    pidfile = Pidfile(args.pidfile) if args.pidfile else None
     try:
+        if pidfile:
+            pidfile.check()  # before anything is created
         serial = open_backend(args.serial)
+    except (ValueError, OSError) as e:
+        print(f"emud: {e}", file=sys.stderr)
+        return 1
+    try:
         machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount,
                           accel=args.accel, device_props=device_props)
         machine.load(load_elf(args.image))
     except (ImageError, ValueError, DeviceError) as e:
+        serial.close()
         print(f"emud: {e}", file=sys.stderr)
         return 1
     detached = Detached() if args.daemonize else None
-    if args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
+
+    def ready(banner: str) -> None:
+        if pidfile:
+            pidfile.write()  # only now: every socket listens
+        if detached:
+            detached.ready(banner)
+        else:
+            print(banner, end="", file=sys.stderr, flush=True)
+
     # With a control plane attached, guest power-off is reported there, not the end.
     daemon = Daemon(machine, start_paused=args.paused,
                     exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
     daemon.snapshots = SnapshotService(daemon, args.snapshots)  # the store opens on first use
     try:
         with terminal_cbreak() if isinstance(serial, StdioBackend) else contextlib.nullcontext():
-            return asyncio.run(serve(daemon, args.gdb, args.qmp,
-                                     detached.ready if detached else None))
-    except OSError as e:
-        message = f"emud: cannot listen: {e}\n"
+            return asyncio.run(serve(daemon, args.gdb, args.qmp, ready))
+    except OSError as e:  # ListenError and PidfileError name their option
+        message = f"emud: {e}\n" if isinstance(e, ListenError | PidfileError) else \
+            f"emud: cannot start: {e}\n"
         if detached:
-            detached.fail(message)
-        print(message, end="", file=sys.stderr)
+            detached.fail(message)  # the waiting parent prints it, once
+        else:
+            print(message, end="", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     finally:
         serial.close()
-        if args.pidfile:
-            with contextlib.suppress(OSError):
-                os.unlink(args.pidfile)
+        if pidfile:
+            pidfile.remove()
 
 
 if __name__ == "__main__":

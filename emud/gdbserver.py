@@ -11,6 +11,7 @@ outlives every gdb session.  Single steps mask interrupts (`step_irqs`).
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from typing import Any
 
@@ -23,7 +24,7 @@ from emud.daemon import Daemon
 from emud.machine import RunState
 from emud.memory import BusError
 from emud.monitor import Monitor, MonitorError, hmp_error_text
-from gdbstub.server import Address, GdbServer
+from gdbstub.server import GdbServer
 from gdbstub.target import (
     BreakpointHit,
     Exited,
@@ -285,8 +286,9 @@ class EmudTarget:
             return f"Error: internal error in '{command}': {e!r}\n"
 
 
-async def start_gdb_server(daemon: Daemon, address: Address) -> GdbServer:
+async def start_gdb_server(daemon: Daemon, sock: socket.socket) -> GdbServer:
+    """Serve gdb on `sock`, a listening socket the caller bound (emud.listen)."""
     target = EmudTarget(daemon)
-    await target.server.listen(address)
+    await target.server.serve(sock)
     return target.server
 

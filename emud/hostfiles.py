@@ -18,14 +18,18 @@ from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+SOCKET_UMASK = 0o177  # a Unix socket is born 0777 & ~umask: this makes it 0600
 
 
 class UnsafePathError(OSError):
     """A directory or file that emud refuses to use; the message says why, in one line."""
 
 
-def check_private_dir(path: str | Path) -> None:
-    """Refuse a directory that is a symlink, not the user's, or open to group or others."""
+def check_private_dir(path: str | Path, forbidden: int = 0o077) -> None:
+    """Refuse a directory that is a symlink, not the user's, or open to group or others.
+
+    `forbidden` are the mode bits that must be clear (0o022: others may look but not write).
+    """
     try:
         st = os.lstat(path)
     except OSError as e:
@@ -37,7 +41,7 @@ def check_private_dir(path: str | Path) -> None:
     if st.st_uid != os.getuid():
         raise UnsafePathError(f"refusing directory {path}: owned by uid {st.st_uid}, "
                               f"not by you (uid {os.getuid()})")
-    if st.st_mode & 0o077:
+    if st.st_mode & forbidden:
         raise UnsafePathError(f"refusing directory {path}: mode {stat.S_IMODE(st.st_mode):04o} "
                               "lets other users in (chmod 700 it)")
 
@@ -56,9 +60,13 @@ def ensure_private_dir(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def private_umask() -> Iterator[None]:
-    """Files and sockets made inside are born 0600 (directories 0700): no window for others."""
-    old = os.umask(0o077)
+def private_umask(mask: int = 0o077) -> Iterator[None]:
+    """Files made inside are born 0600 and directories 0700: no window for others.
+
+    A socket takes its mode from the umask alone (0777 masked), so binding one
+    needs SOCKET_UMASK to be born 0600.
+    """
+    old = os.umask(mask)
     try:
         yield
     finally:
@@ -74,7 +82,8 @@ def open_private(path: str | Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_
     with private_umask():
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:  # never chmod a device or FIFO
             os.fchmod(fd, FILE_MODE)
     except OSError:
         os.close(fd)

@@ -22,7 +22,7 @@ from emud.irq import IRQ
 from emud.loader import ElfImage, ImageError
 from emud.memory import AddressSpace, BusError, Ram, Region
 
-# Memory map (ARCHITECTURE.md)
+# Memory map (docs/architecture.md)
 SYSCON_BASE, SYSCON_SIZE = 0x0010_0000, 0x1000
 CLINT_BASE, CLINT_SIZE = 0x0200_0000, 0x10000
 PLIC_BASE, PLIC_SIZE = 0x0C00_0000, 0x400000

@@ -1,4 +1,4 @@
-"""Declarative migration state with QEMU's wire encoding (migration-and-qtest.md A3-A5).
+"""Declarative migration state with QEMU's wire encoding (docs/migration.md A3-A5).
 
 A device declares a `VMStateDescription` next to its fields: a name, a version
 range, ordered typed fields (optionally version-gated, arrays of fixed size or

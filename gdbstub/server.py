@@ -1,4 +1,4 @@
-"""The asyncio side: listen on TCP or a Unix socket and move bytes to and from a Session.
+"""The asyncio side: serve a listening TCP or Unix socket and move bytes to and from a Session.
 
 One gdb at a time; a second connection is refused while one is attached.
 A connection that misbehaves is dropped; the server keeps listening.
@@ -8,40 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from gdbstub.session import PacketLog, Session
 from gdbstub.target import StopReason, Target
-
-
-@dataclass(frozen=True)
-class Address:
-    kind: str  # "tcp" or "unix"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    """`tcp:HOST:PORT`, `tcp::PORT`/`:PORT`/`PORT` (loopback) or `unix:PATH`."""
-    if text.startswith("unix:"):
-        if not text[5:]:
-            raise ValueError("unix: needs a path")
-        return Address("unix", path=text[5:])
-    rest = text[4:] if text.startswith("tcp:") else text
-    host, _, port = rest.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid gdb address {text!r} (use tcp:HOST:PORT or unix:PATH)")
-    return Address("tcp", host=host, port=int(port))
 
 
 def _log(message: str) -> None:
@@ -58,21 +31,17 @@ class GdbServer:
         self._writer: asyncio.StreamWriter | None = None
         self._connection: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
-        self.address: Address | None = None
 
-    async def listen(self, address: Address) -> Address:
-        """Start listening; returns the bound address (port 0 picks a free port)."""
-        if address.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
-                if not os.path.isdir(address.path):
-                    os.unlink(address.path)  # a stale socket from an earlier run
-            self._server = await asyncio.start_unix_server(self._serve, address.path)
-            self.address = address
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept debuggers on `sock`, a listening TCP or Unix socket.
+
+        The caller binds it and removes a socket file afterwards: where to
+        listen, and what may be replaced there, is the application's policy.
+        """
+        if sock.family == socket.AF_UNIX:
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
         else:
-            self._server = await asyncio.start_server(self._serve, address.host, address.port)
-            host, port = self._server.sockets[0].getsockname()[:2]
-            self.address = Address("tcp", host=host, port=port)
-        return self.address
+            self._server = await asyncio.start_server(self._serve, sock=sock)
 
     async def close(self) -> None:
         # End the connection by closing it, not by cancelling its task: its reader sees
@@ -84,9 +53,6 @@ class GdbServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-            if self.address is not None and self.address.kind == "unix":
-                with contextlib.suppress(OSError):
-                    os.unlink(self.address.path)
 
     def report_stop(self, reason: StopReason) -> None:
         """The target stopped (or exited): tell the attached gdb, if it is waiting."""

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-/* Memory map (see /work/shared/ARCHITECTURE.md, "The machine"). */
+/* Memory map (see docs/architecture.md, "The machine (emud-virt)"). */
 #define SYSCON_BASE     0x00100000u
 #define CLINT_BASE      0x02000000u
 #define PLIC_BASE       0x0c000000u

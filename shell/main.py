@@ -14,11 +14,16 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from emud.hostfiles import UnsafePathError, check_private_dir, open_private, private_umask
 from shell.completion import CompletionCache, MonitorCompleter
 from shell.qmpclient import Disconnected, QmpConnection, QmpError
+
+if TYPE_CHECKING:
+    from prompt_toolkit.history import History
 
 PROMPT = "(emud) "
 
@@ -26,6 +31,28 @@ PROMPT = "(emud) "
 def history_path() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(state) / "emud" / "shell_history"
+
+
+def open_history() -> History:
+    """The persistent history: a 0600 file in a directory only the user can write to.
+
+    A missing directory is created 0700.  An existing one (an older emud made it
+    0755) is used if it is the user's and nobody else can write to it, since
+    then nobody else can swap the file; otherwise the shell says so and keeps
+    its history in memory.
+    """
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    path = history_path()
+    try:
+        with private_umask():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        check_private_dir(path.parent, forbidden=0o022)
+        os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    except OSError as e:
+        print(f"emud shell: history is not saved: {e}", file=sys.stderr)
+        return InMemoryHistory()
+    return FileHistory(str(path))
 
 
 def split_script(text: str) -> list[str]:
@@ -59,8 +86,9 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 class Shell:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, private_dirs: Sequence[str] = ()) -> None:
         self.address = address
+        self.private_dirs = private_dirs  # checked before connecting (emud.hostfiles)
         self.qmp = QmpConnection(self.on_event)
         self.cache = CompletionCache()
         self.status: dict[str, Any] = {}
@@ -147,13 +175,10 @@ class Shell:
     async def interact(self) -> int:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-        from prompt_toolkit.history import FileHistory
         from prompt_toolkit.patch_stdout import patch_stdout
 
-        path = history_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
         session: PromptSession[str] = PromptSession(
-            history=FileHistory(str(path)), completer=MonitorCompleter(self.cache),
+            history=open_history(), completer=MonitorCompleter(self.cache),
             complete_while_typing=False, auto_suggest=AutoSuggestFromHistory(),
             bottom_toolbar=self.toolbar, refresh_interval=0.5)
         self.interactive = True
@@ -201,6 +226,12 @@ class Shell:
 
     async def main(self, script: str | None) -> int:
         try:
+            for directory in self.private_dirs:  # or another user's socket could answer
+                check_private_dir(directory)
+        except UnsafePathError as e:
+            print(f"emud shell: not connecting to {self.address}: {e}", file=sys.stderr)
+            return 1
+        try:
             await self.qmp.connect(self.address)
         except (OSError, Disconnected, ValueError) as e:
             print(f"emud shell: cannot connect to {self.address}: {e}", file=sys.stderr)
@@ -218,5 +249,6 @@ class Shell:
             await self.qmp.close()
 
 
-def run_shell(address: str, script: str | None = None) -> int:
-    return asyncio.run(Shell(address).main(script))
+def run_shell(address: str, script: str | None = None, private_dirs: Sequence[str] = ()) -> int:
+    """`private_dirs`: directories that must be the user's alone before `address` is trusted."""
+    return asyncio.run(Shell(address, private_dirs).main(script))

@@ -1,4 +1,4 @@
-"""A small client for QEMU's qtest protocol (spec: migration-and-qtest.md, Part B).
+"""A small client for QEMU's qtest protocol (docs/qtest.md, Part B).
 
 QEMU runs with `-qtest stdio`: requests are written to its stdin, replies and
 asynchronous `IRQ raise N` / `IRQ lower N` lines come back on its stdout.  A QMP

@@ -1,7 +1,7 @@
 """Guests that use the HPET and the PL011 through the PLIC (images/hpet_timers.c,
 images/uart_echo.c).  The guests check themselves; the expected lines follow from
 the spec (period 10^7 fs, 3 timers, line n = PLIC source 32 + n,
-legacy timers on lines 2 and 8: ARCHITECTURE.md)."""
+legacy timers on lines 2 and 8: docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HPET model: registers, timers, interrupts, properties and migration (spec/hpet.md, "new")."""
+"""HPET model: registers, timers, interrupts, properties and migration (docs/hpet.md, "new")."""
 
 from __future__ import annotations
 

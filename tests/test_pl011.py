@@ -1,4 +1,4 @@
-"""PL011 model: registers, FIFO, loopback, interrupts and migration (spec/pl011.md, "new")."""
+"""PL011 model: registers, FIFO, loopback, interrupts and migration (docs/pl011.md, "new")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """HPET: our model against Debian's qemu-system-x86_64 7.2 (`-M q35`) under -qtest.
 
-Debian's QEMU has no qtest accelerator, so there is no `clock_step` (spec
-migration-and-qtest.md §B5).  The scenarios are built so that no result depends
+Debian's QEMU has no qtest accelerator, so there is no `clock_step` (see
+docs/qtest.md §B5).  The scenarios are built so that no result depends
 on when QEMU's wall-clock-driven virtual time happens to be read:
 
 * Register scenarios run with the VM paused (`-S`): QEMU's virtual clock stays
@@ -23,7 +23,7 @@ on when QEMU's wall-clock-driven virtual time happens to be read:
 QEMU's HPET lines arrive at the IOAPIC, intercepted there: output n is reported
 as n.  Ours is PLIC source 32 + n, except that ISA IRQ 0 (output 0: legacy timer 0
 and the PIT input) is delivered on line 2, where the pc's IOAPIC puts it
-(ARCHITECTURE.md); so QEMU's 0 is compared with our 2, and no expiry scenario
+(docs/architecture.md); so QEMU's 0 is compared with our 2, and no expiry scenario
 routes an enabled timer to line 0 or 2 by its INT_ROUTE field (ambiguous).
 Areas where 7.2 and newest QEMU differ are avoided (§17), or asserted as
 `Difference`s.
@@ -163,7 +163,7 @@ def read64(read: Callable[[int], int], offset: int) -> int:
 
 @pytest.fixture(scope="module")
 def halt_bios(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64 KiB firmware whose reset vector is `cli; hlt; jmp .-1` (spec §B5, strategy 2)."""
+    """A 64 KiB firmware whose reset vector is `cli; hlt; jmp .-1` (qtest.md §B5, strategy 2)."""
     path = tmp_path_factory.mktemp("bios") / "halt.bin"
     path.write_bytes(bytes(0x10000 - 16) + bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(12))
     return path
@@ -303,7 +303,7 @@ def spy_on(machine: Machine, line: int, edges: list[Edge]) -> None:
 
 def spy_on_pit_enabled(machine: Machine, edges: list[Edge]) -> None:
     """Record `pit_enabled` as qtest does: a line is printed when its level differs from
-    the last one printed, and qtest assumes 0 before the first (spec §B4), although the
+    the last one printed, and qtest assumes 0 before the first (docs/qtest.md §B4), although the
     output is high after reset."""
     irq = machine.hpet.pit_enabled
     sink = irq.sink

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from conftest import boot
 from emud.daemon import Daemon
 from emud.monitor import Monitor
 from emud.monitor.qmp import QmpServer
+from emud.monitor.qmpjson import JsonStreamer, dumps
 
 # Counts in a0 forever; `count` is a word the host can read and write.
 LOOP = """
@@ -81,6 +83,15 @@ async def next_event(qmp: QMPClient, name: str) -> dict[str, Any]:
     return await asyncio.wait_for(wait(), TIMEOUT)
 
 
+def strict_json(line: bytes) -> Any:
+    """Parse a reply as JSON proper: NaN and Infinity, which Python accepts, are not JSON."""
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant} in {line[:200]!r}")
+
+    assert line.endswith(b"\r\n") and line.isascii() and line.count(b"\n") == 1
+    return json.loads(line, parse_constant=refuse)
+
+
 class RawClient:
     """A plain socket client: to see exactly what goes over the wire."""
 
@@ -102,12 +113,25 @@ class RawClient:
     async def send_raw(self, data: bytes) -> dict[str, Any]:
         self.writer.write(data)
         while True:
-            message: dict[str, Any] = json.loads(await self.read_line())
+            message: dict[str, Any] = strict_json(await self.read_line())
             if "event" not in message:
                 return message
 
     async def send(self, message: dict[str, Any]) -> dict[str, Any]:
         return await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    async def send_until(self, data: bytes, mark: str = "sync") -> list[dict[str, Any]]:
+        """Send data then a query-status with id `mark`: the replies up to that one's."""
+        self.writer.write(data + b'{"execute": "query-status", "id": "%s"}' % mark.encode())
+        replies = []
+        while True:
+            reply: dict[str, Any] = strict_json(await self.read_line())
+            if "event" in reply:
+                continue
+            replies.append(reply)
+            if reply.get("id") == mark:
+                assert "return" in reply
+                return replies[:-1]
 
     def close(self) -> None:
         self.writer.close()
@@ -313,3 +337,144 @@ async def test_stale_socket_is_replaced_but_files_are_not(vm: Vm) -> None:
         await QmpServer(Monitor(vm.daemon), f"unix:{regular}").start()
     assert regular.read_text() == "keep me"
     assert vm.daemon.listeners == listeners
+
+
+def errors(replies: list[dict[str, Any]]) -> list[str]:
+    """The descriptions of replies that must all be GenericErrors without an id."""
+    assert all(r.keys() == {"error"} and r["error"]["class"] == "GenericError" for r in replies)
+    return [r["error"]["desc"] for r in replies]
+
+
+async def test_nesting_is_limited_like_qemu_and_never_drops_the_client(vm: Vm) -> None:
+    vm.daemon.stop()
+    raw, _ = await RawClient.open(vm.path)
+    deepest = b"[" * 1023 + b"]" * 1023  # with the request's braces: QEMU's limit, 1024
+    raw.writer.write(b'{"execute": "query-status", "id": %s}' % deepest)
+    echoed = await raw.read_line()  # too deep for Python's json module to read back
+    assert echoed == b'{"return": {"running": false, "status": "paused"}, "id": %s}\r\n' % deepest
+    too_deep = b'{"execute": "query-status", "id": ' + b"[" * 1024 + b"]" * 1024 + b"}"
+    # QEMU drops the message at the 1025th bracket; each bracket left over is a stray.
+    assert errors(await raw.send_until(too_deep)) == [
+        "JSON nesting depth limit exceeded"] + ["JSON parse error, expecting value"] * 1025
+    flood = errors(await raw.send_until(b"[" * 1025 * 100))  # each 1025th drops the lot
+    assert flood == ["JSON nesting depth limit exceeded"] * 100
+    raw.close()
+
+
+async def test_replies_are_json_even_for_numbers_that_are_not(vm: Vm) -> None:
+    raw, _ = await RawClient.open(vm.path)
+    for number in (b"1e999", b"-1e999", b"1" * 400, b"-" + b"9" * 5000):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": %s}' % number)
+        shown = number[:40].decode()
+        assert errors(replies) == [f"JSON parse error, number {shown} is out of range"]
+    for word in (b"NaN", b"Infinity", b"-Infinity"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": %s}\n' % word)
+        assert errors(replies)[0].startswith("JSON parse error, stray ")
+    # Big but finite numbers are fine, integers echoed exactly.
+    big = 10**300
+    assert (await raw.send({"execute": "query-status", "id": big}))["id"] == big
+    assert (await raw.send({"execute": "query-status", "id": 1.5e300}))["id"] == 1.5e300
+    raw.close()
+
+
+async def test_strings_follow_qemus_rules(vm: Vm) -> None:
+    raw, _ = await RawClient.open(vm.path)
+    for escape in ("\\ud800", "\\uDFFF", "\\ud83d\\u0041", "\\u12g4"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": "x%sy"}'
+                                       % escape.encode())
+        shown = escape[:6]  # QEMU names the first escape: the pair is not one
+        assert errors(replies) == [f"JSON parse error, {shown} is not a valid Unicode character"]
+    for raw_bytes in (b"\xed\xa0\x80", b"\xc0\x80", b"\x80"):
+        replies = await raw.send_until(b'{"execute": "query-status", "id": "%s"}' % raw_bytes)
+        assert errors(replies) == ["JSON parse error, invalid UTF-8 sequence in string"]
+    # A raw control character cannot be in a string: the message is lost, input resumes.
+    replies = await raw.send_until(b'{"execute": "stop", "id": "a\x00b"}')
+    assert errors(replies) == ["JSON parse error, stray '\"a'", "JSON parse error, expecting value"]
+    assert vm.daemon.running
+    pair = await raw.send_raw(b'{"execute": "query-status", "id": "\\ud83d\\ude00\\u0000"}')
+    assert pair["id"] == "\U0001f600\0"  # an id may hold U+0000, as in QEMU ...
+    # ... an argument may not: emud's commands would hand it to paths and names.
+    for arguments in ({"device": "serial0", "data": "a\0"}, {"device": "serial0\0", "data": ""},
+                      {"device": "serial0", "data": "", "format": "utf8\0"}):
+        bad = next(name for name, value in arguments.items() if "\0" in value)
+        reply = await raw.send({"execute": "ringbuf-write", "arguments": arguments, "id": 1})
+        assert reply == {"id": 1, "error": {"class": "GenericError", "desc":
+                         f"Invalid parameter '{bad}': a string must not contain U+0000"}}
+    assert vm.daemon.machine.serial.read() == b""  # type: ignore[attr-defined]
+    # The same for a tag, ringbuf data and a file name, before any command code runs.
+    for name, arguments in (("x-emud-savevm", {"tag": "a\ud800"}),
+                            ("ringbuf-write", {"device": "serial0", "data": "\udfff"}),
+                            ("x-emud-snapshot-export", {"tag": "t", "file": "/tmp/\udbff"})):
+        message = json.dumps({"execute": name, "arguments": arguments, "id": 2}).encode()
+        desc = errors(await raw.send_until(message))[0]
+        assert desc.endswith("is not a valid Unicode character")
+        arguments = {key: value[:-1] + "\0" for key, value in arguments.items()}
+        reply = await raw.send({"execute": name, "arguments": arguments, "id": 3})
+        assert reply["error"]["desc"].endswith("a string must not contain U+0000")
+    unknown = await raw.send({"execute": "nosuch", "arguments": {"a": "\0"}})
+    assert unknown["error"]["class"] == "CommandNotFound"  # the command is looked up first
+    raw.close()
+
+
+async def test_a_command_that_fails_unexpectedly_gives_one_line(
+        vm: Vm, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Monitor(vm.daemon).registry
+
+    def broken(m: Monitor) -> None:
+        raise RuntimeError("first line\nsecond line")
+
+    def not_json(m: Monitor) -> dict[str, float]:
+        return {"x": float("nan")}
+
+    monkeypatch.setattr(registry.qmp["query-version"], "handler", not_json)
+    raw, _ = await RawClient.open(vm.path)  # greeting sent before the patch below
+    monkeypatch.setattr(registry.qmp["query-status"], "handler", broken)
+    reply = await raw.send({"execute": "query-status", "id": 1})
+    assert reply == {"id": 1, "error": {"class": "GenericError",
+                     "desc": "internal error in 'query-status': first line second line"}}
+    reply = await raw.send({"execute": "query-version", "id": 2})
+    assert reply["id"] == 2 and reply["error"]["desc"].startswith("internal error")
+    monkeypatch.setattr(registry.qmp["query-version"], "handler", lambda m: {"x": b"bytes"})
+    reply = await raw.send({"execute": "query-version", "id": 3})
+    assert reply["id"] == 3 and reply["error"]["desc"].startswith("internal error")
+    monkeypatch.undo()
+    assert (await raw.send({"execute": "query-status"}))["return"]["running"]
+    raw.close()
+
+
+async def test_hmp_errors_come_back_as_text_even_from_a_damaged_store(
+        vm: Vm, tmp_path: Path) -> None:
+    from emud.monitor.snapshots import SnapshotService
+
+    vm.daemon.snapshots = SnapshotService(vm.daemon, tmp_path / "store.sqlite")
+    raw, _ = await RawClient.open(vm.path)
+    saved = await raw.send({"execute": "human-monitor-command",
+                            "arguments": {"command-line": "savevm good"}})
+    assert saved == {"return": ""}
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:  # a record damaged on disk
+        db.execute("UPDATE snapshots SET config = '{' WHERE tag = 'good'")
+    for line in ("info snapshots", "loadvm good", "info snapshots -v"):
+        reply = await raw.send({"execute": "human-monitor-command",
+                                "arguments": {"command-line": line}})
+        text = reply["return"]
+        assert text.startswith("Error: ") and text.endswith("\r\n") and text.count("\n") == 1
+    assert (await raw.send({"execute": "query-status"}))["return"]["running"]
+    raw.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner), max_leaves=20)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(value=JSON_VALUES, ascii_only=st.booleans(), cuts=st.lists(st.integers(1, 50)))
+def test_streamer_reads_what_json_writes_however_it_is_cut(
+        value: Any, ascii_only: bool, cuts: list[int]) -> None:
+    data = json.dumps({"v": value}, ensure_ascii=ascii_only).encode() * 2
+    streamer, out, pos = JsonStreamer(), [], 0
+    for cut in [*cuts, len(data)]:
+        out += streamer.feed(data[pos:pos + cut])
+        pos += cut
+    assert out == [{"v": value}] * 2 and streamer.pending == 0
+    assert dumps(value) == json.dumps(value)

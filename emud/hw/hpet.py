@@ -1,4 +1,4 @@
-"""HPET (IA-PC High Precision Event Timer), following QEMU's newest C model (spec/hpet.md).
+"""HPET (IA-PC High Precision Event Timer), following QEMU's newest C model (docs/hpet.md).
 
 The counter runs at QEMU's 100 MHz (10 ns per tick) on the virtual clock.  Each
 section of the spec marked "new" is what this model does; the docstrings note

@@ -1,4 +1,4 @@
-"""ARM PL011 UART, following QEMU's current model (spec/pl011.md).
+"""ARM PL011 UART, following QEMU's current model (docs/pl011.md).
 
 Characters are instantaneous: there is no TX FIFO and no baud timing.  The RX
 FIFO is 16 deep with FEN set and 1 deep without.  Differences from Debian's

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from emud.chardev import CharBackend
 from emud.cpu.csr import Csr
 from emud.cpu.disasm import ABI_NAMES, CSR_NAMES
-from emud.monitor.errors import MonitorError
+from emud.monitor.errors import MonitorError, internal_error
 from emud.monitor.hmpparse import Format, ParseError
 from emud.monitor.registry import ArgContext, Command, check_qmp_args, parse_hmp_args
 
@@ -143,6 +143,8 @@ class Monitor(ArgContext):
             return await self.execute_hmp(line)
         except MonitorError as e:
             return hmp_error_text(e)
+        except Exception as e:  # a bug is an error too, and HMP shows every error as text
+            return hmp_error_text(internal_error(line.split(maxsplit=1)[0], e))
 
     async def execute_qmp(self, name: str, arguments: dict[str, Any]) -> Any:
         """Run one QMP command by name; returns its JSON-able result. Raises MonitorError."""

@@ -1,7 +1,8 @@
 """A QMP-compatible server (QEMU's docs/interop/qmp-spec.rst) over Unix or TCP sockets.
 
 Input is a stream of JSON objects (no framing needed: qemu.qmp sends them
-back to back); output is one object per line (CRLF, ASCII).  Each client gets
+back to back), read by QEMU's rules (emud.monitor.qmpjson); output is one
+object per line (CRLF, ASCII), always JSON.  Each client gets
 the greeting, must negotiate with `qmp_capabilities`, then runs commands in
 order; replies echo the request's `id` verbatim and carry none when the
 request had none.  Events go to every negotiated client.  Many clients at
@@ -14,104 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 import time
 from typing import Any
 
-from emud.chardev import remove_stale_socket
+from emud.listen import Address, Listener, parse_address
 from emud.monitor.core import Monitor
-from emud.monitor.errors import MonitorError
+from emud.monitor.errors import MonitorError, internal_error
+from emud.monitor.qmpjson import JsonError, JsonStreamer, dumps
 
 MAX_MESSAGE = 10 << 20  # qemu.qmp's own read limit
 MAX_BACKLOG = 16 << 20  # unread output after which a client is dropped
 
 
-def default_socket_path() -> str:
-    """Where `emud run --qmp` listens and `emud shell` connects when given no address."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/emud-{os.getuid()}"
-    return os.path.join(runtime, "emud", "qmp.sock")
-
-
-def parse_address(spec: str) -> tuple[str, str | tuple[str, int]]:
-    """`unix:PATH`, a bare PATH, or `tcp:HOST:PORT` (port 0 picks a free one)."""
-    if spec.startswith("tcp:"):
-        host, sep, port = spec[4:].rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"invalid QMP address {spec!r} (use tcp:HOST:PORT)")
-        return "tcp", (host or "127.0.0.1", int(port))
-    path = spec[5:] if spec.startswith("unix:") else spec
-    if not path:
-        raise ValueError(f"invalid QMP address {spec!r} (use unix:PATH or tcp:HOST:PORT)")
-    return "unix", path
-
-
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=True).encode() + b"\r\n"
-
-
-_JSON_BYTES = frozenset(b" \t\r\n{}[]:,-+.0123456789eEtruefalsn")
-
-
-class JsonSplitter:
-    """Cuts a byte stream into top-level JSON values, like QEMU's json-streamer.
-
-    Objects and arrays end when their brackets balance (strings and escapes
-    respected); a stray scalar or bracket is a value of its own, which the
-    caller then rejects.  A byte that cannot appear in JSON outside a string
-    ends the current value at once (as QEMU's lexer errors do), so garbage
-    costs one error reply and never swallows the commands after it.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.depth = 0
-        self.pos = 0  # scan position in buffer
-        self.in_string = self.escaped = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buffer += data
-        out = []
-        buf = self.buffer
-        while self.pos < len(buf):
-            ch = buf[self.pos]
-            self.pos += 1
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == 0x5C:  # backslash
-                    self.escaped = True
-                elif ch == 0x22:
-                    self.in_string = False
-            elif ch == 0x22:
-                self.in_string = True
-            elif ch not in _JSON_BYTES:  # the rest of this word belongs to the same error
-                while self.pos < len(buf) and buf[self.pos] not in b" \t\r\n{":
-                    self.pos += 1
-                out.append(self._take())
-            elif ch in b"{[":
-                self.depth += 1
-            elif ch in b"}]":
-                self.depth -= 1
-                if self.depth <= 0:
-                    out.append(self._take())
-            elif self.depth == 0 and chr(ch).isspace():
-                if self.buffer[: self.pos].strip():  # a scalar ends at white space
-                    out.append(self._take())
-                else:
-                    del buf[: self.pos]
-                    self.pos = 0
-        return out
-
-    def _take(self) -> bytes:
-        value = bytes(self.buffer[: self.pos]).strip()
-        del self.buffer[: self.pos]
-        self.pos = self.depth = 0
-        return value
-
-    @property
-    def pending(self) -> int:
-        return len(self.buffer)
+    """One output line.  The id goes back as it came, at any depth (json.dumps
+    recurses); NaN and infinities are refused (ValueError): they are not JSON."""
+    body = json.dumps({k: v for k, v in message.items() if k != "id"}, allow_nan=False)
+    if "id" in message:
+        body = f'{body[:-1]}{", " if len(message) > 1 else ""}"id": {dumps(message["id"])}}}'
+    return body.encode() + b"\r\n"
 
 
 class QmpClient:
@@ -132,7 +54,12 @@ class QmpClient:
         if transport.get_write_buffer_size() > MAX_BACKLOG:
             transport.abort()  # a client that never reads must not eat our memory
             return
-        self.writer.write(encode(message))
+        try:
+            line = encode(message)
+        except (TypeError, ValueError) as e:  # a result not JSON (NaN, bytes): a bug, still a reply
+            error = {"class": "GenericError", "desc": f"internal error: reply not JSON: {e}"}
+            line = encode({"error": error} | ({"id": message["id"]} if "id" in message else {}))
+        self.writer.write(line)
 
     def reply(self, request: dict[str, Any], body: dict[str, Any]) -> None:
         if "id" in request:
@@ -145,7 +72,7 @@ class QmpClient:
     async def serve(self) -> None:
         self.send({"QMP": {"version": self.monitor.registry.qmp["query-version"].handler(
             self.monitor), "capabilities": []}})
-        splitter = JsonSplitter()
+        streamer = JsonStreamer()
         while True:
             try:
                 data = await self.reader.read(65536)
@@ -153,19 +80,17 @@ class QmpClient:
                 return
             if not data:
                 return
-            for message in splitter.feed(data):
+            for message in streamer.feed(data):
                 await self.handle(message)
-            if splitter.pending > MAX_MESSAGE:
+            if streamer.pending > MAX_MESSAGE:
                 self.error({}, "JSON parse error, message too long")
                 return
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
 
-    async def handle(self, line: bytes) -> None:
-        try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            self.error({}, f"JSON parse error, {e}")
+    async def handle(self, request: Any) -> None:
+        if isinstance(request, JsonError):
+            self.error({}, request.desc)
             return
         if not isinstance(request, dict):
             self.error({}, "QMP input must be a JSON object")
@@ -209,47 +134,66 @@ class QmpClient:
         self.reply(request, {"return": {}})
 
     async def execute(self, request: dict[str, Any], name: str, arguments: dict[str, Any]) -> None:
+        if name in self.monitor.registry.qmp and (bad := _nul_argument(arguments)) is not None:
+            self.error(request, f"Invalid parameter '{bad}': a string must not contain U+0000")
+            return
         try:
             result = await self.monitor.execute_qmp(name, arguments)
         except MonitorError as e:
             self.error(request, e.desc, e.error_class)
         except Exception as e:  # a bug in one command must not take the daemon down
-            print(f"emud: QMP command {name} failed: {e!r}", file=sys.stderr)
-            self.error(request, f"internal error in '{name}': {e}")
+            self.error(request, internal_error(name, e).desc)
         else:
             self.reply(request, {"return": result})
 
 
+def _nul_argument(arguments: dict[str, Any]) -> str | None:
+    """The first argument holding a string with U+0000 anywhere in it, if any.
+
+    QEMU's JSON parser takes `\\u0000`, but its commands see C strings, where
+    it cannot be a character; emud's would pass it on to paths and names, so
+    it is refused for every command alike.  Iterative: arguments may nest 1024 deep.
+    """
+    for name, value in arguments.items():
+        todo = [value]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, str):
+                if "\0" in item:
+                    return name
+            elif isinstance(item, dict):
+                if any("\0" in key for key in item):
+                    return name
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+    return None
+
+
 class QmpServer:
-    def __init__(self, monitor: Monitor, address: str) -> None:
+    def __init__(self, monitor: Monitor, address: str | Address, option: str = "--qmp") -> None:
+        """`address` as `--qmp` takes it; a bad one raises AddressError (a ValueError)."""
         self.monitor = monitor
-        self.kind, self.address = parse_address(address)
+        self.address = parse_address(address) if isinstance(address, str) else address
+        self.option = option  # named in errors
         self.clients: set[QmpClient] = set()
         self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
 
     @property
     def description(self) -> str:
         """Where clients connect, with the real port when tcp:…:0 was asked for."""
-        if self.kind == "unix":
-            return f"unix:{self.address}"
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"tcp:{host}:{port}"
+        return str(self._listener or self.address)
 
     async def start(self) -> None:
-        if self.kind == "unix":
-            path = str(self.address)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-            remove_stale_socket(path)
-            old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
-            try:
-                self._server = await asyncio.start_unix_server(self._accept, path)
-            finally:
-                os.umask(old_umask)
-        else:
-            assert isinstance(self.address, tuple)
-            host, port = self.address
-            self._server = await asyncio.start_server(self._accept, host, port)
+        """Listen (emud.listen's policy: 0600, stale sockets only replaced); raises ListenError."""
+        listener = Listener(self.option, self.address)
+        try:
+            self._server = await listener.start_server(self._accept)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
         self.monitor.daemon.listeners.append(self.broadcast)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -286,6 +230,6 @@ class QmpServer:
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self.kind == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(str(self.address))
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
