@@ -5,28 +5,81 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from emud.hostfiles import open_private
 from emud.listen import Address, AddressError, Listener, parse_address
 
 
+class CharFrontend(Protocol):
+    """The device side of a serial port (QEMU's chardev front-end handlers)."""
+
+    def can_receive(self) -> int:
+        """How many bytes the device takes now (0: hold them)."""
+        ...
+
+    def receive(self, data: bytes) -> int:
+        """Take up to `can_receive()` bytes; returns how many were consumed."""
+        ...
+
+
+# Input held for the guest beyond which sources stop reading (a pipe or a socket then
+# waits in the kernel): a guest that never reads cannot make emud grow without bound.
+INPUT_BACKLOG = 1 << 16
+
+
 class CharBackend:
-    """Output sink; input arrives through `feed` (called by the daemon's I/O)."""
+    """One serial port's host side: output sink, and input held until the device takes it.
+
+    Input (`feed`) goes to the attached front end at once as far as it can take
+    it; the rest is held, in order, and delivered when the device calls
+    `accept_input` (it freed FIFO space or enabled its receiver).  So when a byte
+    enters the device depends only on the guest, never on how runs are sliced.
+    """
 
     name = "null"
 
     def __init__(self) -> None:
-        self.pending_input: deque[int] = deque()
+        self._held = bytearray()
+        self._frontend: CharFrontend | None = None
+        # Set while sources may read more input (see INPUT_BACKLOG).
+        self.input_room = asyncio.Event()
+        self.input_room.set()
+
+    def attach(self, frontend: CharFrontend) -> None:
+        self._frontend = frontend
+        self.accept_input()
+
+    @property
+    def pending_input(self) -> int:
+        """Bytes held for the guest."""
+        return len(self._held)
+
+    def feed(self, data: bytes) -> None:
+        """Input from the host side, in arrival order."""
+        self._held += data
+        self.accept_input()
+
+    def accept_input(self) -> None:
+        """The front end may take more: deliver what is held, as far as it goes."""
+        frontend = self._frontend
+        held = self._held
+        while held and frontend is not None and (room := frontend.can_receive()) > 0:
+            taken = frontend.receive(bytes(held[:room]))
+            if taken <= 0:
+                break
+            del held[:taken]
+        if len(held) < INPUT_BACKLOG:
+            self.input_room.set()
+        else:
+            self.input_room.clear()
 
     def write(self, data: bytes) -> None:
         pass
-
-    def feed(self, data: bytes) -> None:
-        self.pending_input.extend(data)
 
     def close(self) -> None:
         pass
@@ -39,15 +92,71 @@ class CharBackend:
 
 
 class StdioBackend(CharBackend):
+    """Output to stdout; input from stdin (a terminal, a pipe or a regular file)."""
+
     name = "stdio"
 
-    def __init__(self, out: BinaryIO | None = None) -> None:
+    def __init__(self, out: BinaryIO | None = None, input_fd: int | None = None) -> None:
         super().__init__()
         self.out = out if out is not None else sys.stdout.buffer
+        self.input_fd = _stdin_fd() if input_fd is None else input_fd
+        self._reader: asyncio.Task[None] | None = None
 
     def write(self, data: bytes) -> None:
         self.out.write(data)
         self.out.flush()
+
+    async def start(self, on_input: Callable[[], None]) -> None:
+        fd = self.input_fd
+        if fd < 0:
+            return
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            # A file's input is there from the guest's first instruction on, however the
+            # event loop schedules the reader.
+            while self.input_room.is_set() and (data := os.read(fd, 4096)):
+                self.feed(data)
+        self._reader = asyncio.create_task(self._read_input(fd, on_input))
+
+    async def _read_input(self, fd: int, on_input: Callable[[], None]) -> None:
+        """Read stdin while there is room (INPUT_BACKLOG) until end of file."""
+        loop = asyncio.get_running_loop()
+        pollable = True
+        while True:
+            await self.input_room.wait()
+            if pollable:
+                readable = loop.create_future()
+                try:
+                    loop.add_reader(fd, readable.set_result, None)
+                except PermissionError:  # a regular file (`< input`): epoll refuses it
+                    pollable = False
+                else:
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(fd)
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            self.feed(data)
+            on_input()
+            await asyncio.sleep(0)  # a file is always readable: let the guest run
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def _stdin_fd() -> int:
+    """stdin's descriptor, or -1 when there is none (closed, or replaced in tests)."""
+    try:
+        fd = sys.stdin.fileno()
+        os.fstat(fd)
+    except (OSError, ValueError, AttributeError):
+        return -1
+    return fd
 
 
 class FileBackend(CharBackend):
@@ -126,7 +235,10 @@ class SocketServerBackend(CharBackend):
             self.writer.close()
         self.writer = writer
         try:
-            while data := await reader.read(4096):
+            while True:
+                await self.input_room.wait()  # held input has room (INPUT_BACKLOG)
+                if not (data := await reader.read(4096)):
+                    break
                 self.feed(data)
                 self.on_input()
         except ConnectionError:

@@ -78,10 +78,21 @@ class VirtualClock:
         return True
 
     def run_timers(self) -> None:
-        # Callbacks may re-arm their own or other timers, so look again each time.
+        """Run the timers that are due, each at most once per call.
+
+        Callbacks may arm other timers, which run in the same call when due.  A
+        timer that re-arms itself (or is re-armed) for a time already past, as an
+        HPET deadline of 2^63 ns or more wraps to, waits for the next instruction
+        boundary: the loop is bounded and time advances between its firings.
+        """
+        fired: set[Timer] = set()
         while self._timers:
             due = min(self._timers, key=lambda t: (t.expire_time, t.order))
             if due.expire_time > self.now_ns:
                 return
+            if due in fired:
+                due.expire_time = self.now_ns + (1 << self.shift)
+                continue
+            fired.add(due)
             due.cancel()
             due.callback()

@@ -17,7 +17,6 @@ import tty
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from emud.chardev import StdioBackend
 from emud.machine import Machine, RunState
 
 if TYPE_CHECKING:
@@ -99,55 +98,24 @@ class Daemon:
 
     # --- the loop -----------------------------------------------------------------
 
-    def _on_stdin(self) -> None:
-        try:
-            data = os.read(sys.stdin.fileno(), 4096)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
-            return
-        self.machine.serial.feed(data)
-        self.wake.set()
-
     async def run(self) -> int:
         """Serve until quit; returns the guest's exit code (0 if it never powered off)."""
         machine = self.machine
-        loop = asyncio.get_running_loop()
-        reading_stdin = isinstance(machine.serial, StdioBackend) and _has_fd(sys.stdin)
-        if reading_stdin:
-            try:
-                loop.add_reader(sys.stdin.fileno(), self._on_stdin)
-            except PermissionError:  # a regular file (`< input`): epoll refuses it, read it now
-                reading_stdin = False
-                machine.serial.feed(sys.stdin.buffer.read())
-        try:
-            while not self.quit_requested:
-                if not self.running:
-                    self.wake.clear()
-                    await self.wake.wait()
-                    continue
-                state = machine.run_slice()
-                self._after_slice(state)
-                if state is RunState.IDLE:
-                    self.wake.clear()
-                    await self.wake.wait()
-                else:
-                    await asyncio.sleep(0)
-        finally:
-            if reading_stdin:
-                loop.remove_reader(sys.stdin.fileno())
+        while not self.quit_requested:
+            if not self.running:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            state = machine.run_slice()
+            self._after_slice(state)
+            if state is RunState.IDLE:
+                self.wake.clear()
+                await self.wake.wait()
+            else:
+                await asyncio.sleep(0)
         if self.quit_reason:
             self.emit("SHUTDOWN", {"guest": False, "reason": self.quit_reason})
         return machine.exit_code or 0
-
-
-def _has_fd(stream: object) -> bool:
-    try:
-        os.fstat(stream.fileno())  # type: ignore[attr-defined]
-    except (OSError, ValueError, AttributeError):
-        return False
-    return True
 
 
 class Detached:

@@ -75,7 +75,9 @@ class Machine:
         hart.time_source = lambda: self.clint.mtime
         self.syscon = Syscon(self.poweroff, self.request_reset)
         self.serial = serial
-        self.uart0 = PL011(self.plic.inputs[UART0_IRQ], serial.write, **props.get("pl011", {}))
+        self.uart0 = PL011(self.plic.inputs[UART0_IRQ], serial.write,
+                           accept_input=serial.accept_input, **props.get("pl011", {}))
+        serial.attach(self.uart0)
         self.hpet = HPET(self.clock, self._fsb_write, **props.get("hpet", {}))
         for line, irq in enumerate(self.hpet.irqs):
             irq.sink = self.plic.inputs[HPET_IRQ_BASE + line].set
@@ -142,16 +144,10 @@ class Machine:
 
     # --- running ------------------------------------------------------------------
 
-    def feed_serial(self) -> None:
-        pending = self.serial.pending_input
-        while pending and self.uart0.can_receive():
-            self.uart0.receive(bytes([pending.popleft()]))
-
     def run_slice(self, limit: int = SLICE) -> RunState:
         """Run at most `limit` instructions, never past the next timer deadline."""
         if self.exit_code is not None:
             return RunState.POWEROFF
-        self.feed_serial()
         hart = self.hart
         if hart.waiting and (state := self._wait()) is not None:
             return state
@@ -192,5 +188,5 @@ class Machine:
             state = self.run_slice(limit)
             if state is RunState.POWEROFF:
                 return self.exit_code
-            if state is RunState.IDLE and not self.serial.pending_input:
+            if state is RunState.IDLE:  # held input waits for the guest, which sleeps
                 return None

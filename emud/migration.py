@@ -172,6 +172,7 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
         for item in staged:
             item.apply()
         machine.hart.flush_code()
+        machine.serial.accept_input()  # held host input may enter the loaded FIFO
         machine.exit_code = None
         machine.hart.stop_requested = False
 

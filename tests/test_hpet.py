@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,8 +12,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qemu.qmp import QMPClient
 
-from conftest import boot
+from conftest import IMAGES, ROOT, boot
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.device import DeviceError
@@ -400,6 +404,98 @@ def test_catch_up_matches_the_loop() -> None:
     for cmp64, cur, period in cases:
         assert catch_up(cmp64, cur, period) == loop(cmp64, cur, period)
     assert catch_up(0, 1 << 62, 3) == ((1 << 62) + 2)  # no loop over 2^61 periods
+
+
+# --- deadlines 2^63 ns or more away (issue 15) ------------------------------------------
+
+
+def count_firings(timer: Any, per_pass: int) -> list[int]:
+    """Count a timer's callbacks; more than `per_pass` in one run of the timers is the
+    unbounded loop this guards against (raised as an error instead of a hang)."""
+    fired = [0]
+    callback = timer.callback
+
+    def counted() -> None:
+        fired[0] += 1
+        if fired[0] > per_pass:
+            raise AssertionError("the timer loop keeps firing at the same instant")
+        callback()
+    timer.callback = counted
+    return fired
+
+
+def arm_far_periodic(write: Callable[[int, int], None]) -> None:
+    """The three stores of issue 15: periodic timer 0, period 2^60 ticks, then enable."""
+    write(tconf(0), INT_ENB | PERIODIC)
+    write(tcmp(0) + 4, 0x1000_0000)  # periodic without VAL_SET: the period's high half
+    write(CONF, ENABLE)
+
+
+def test_a_deadline_past_2_63_ns_fires_once_per_instant_without_looping() -> None:
+    rig = Rig()
+    arm_far_periodic(rig.w)
+    t = rig.hpet.timers[0]
+    fired = count_firings(t.qemu_timer, per_pass=1)
+    rig.clock.run_timers()
+    # QEMU's arithmetic: tick * 10 wraps past 2^63 to a deadline in the past, so the
+    # timer fires at once, and the catch-up adds one period to the all-ones comparator.
+    assert fired == [1] and rig.r64(tcmp(0)) == (1 << 60) - 1
+    assert rig.take() == [(0, "raise", 0), (0, "lower", 0)]
+    # Re-armed into the past again, it waits for the next step (1 ns at shift 0).
+    assert rig.clock.next_deadline() == 1
+    for step in range(1, 4):
+        fired[0] = 0
+        rig.clock.now_ns = step
+        rig.clock.run_timers()
+        assert fired == [1]
+    assert [ns for ns, kind, _ in rig.take() if kind == "raise"] == [1, 2, 3]
+    assert rig.r64(tcmp(0)) == (1 << 60) - 1  # the comparator is not ahead of the counter
+
+
+def test_a_machine_with_a_far_hpet_deadline_runs_and_time_advances() -> None:
+    machine = boot(IMAGES / "counter.elf")
+    assert machine.run_until_poweroff(max_insns=1000) is None
+    arm_far_periodic(lambda offset, value: machine.bus.write(HPET_BASE + offset, value, 4))
+    count_firings(machine.hpet.timers[0].qemu_timer, per_pass=50_000)
+    start_ns, start_icount = machine.clock.now_ns, machine.clock.icount
+    assert machine.run_until_poweroff(max_insns=20_000) is None  # returns at its budget
+    assert machine.clock.icount == start_icount + 20_000
+    assert machine.clock.now_ns == start_ns + 20_000
+    assert machine.hpet.info()["timers"][0]["deadline_ns"] == machine.clock.now_ns + 1
+
+
+async def test_the_monitor_reproduction_keeps_the_daemon_answering(tmp_path: Path) -> None:
+    sock = str(tmp_path / "qmp.sock")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emud", "run", str(IMAGES / "counter.elf"), "--qmp",
+        f"unix:{sock}", "-S", "-serial", "null", cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert b"QMP listening" in await asyncio.wait_for(proc.stderr.readline(), 30)
+        qmp = QMPClient("hpet-test")
+        await asyncio.wait_for(qmp.connect(sock), 30)
+
+        async def hmp(line: str) -> str:
+            result = await asyncio.wait_for(
+                qmp.execute("human-monitor-command", {"command-line": line}), 60)
+            assert isinstance(result, str)
+            return result
+        for line in ("write 0xfed00100 0xc 4", "write 0xfed0010c 0x10000000 4",
+                     "write 0xfed00010 1 4", "run-for 20us"):
+            await hmp(line)
+        clock = await asyncio.wait_for(qmp.execute("x-emud-query-clock"), 30)
+        assert isinstance(clock, dict) and clock["ns"] >= 20_000
+        await qmp.execute("cont")
+        assert (await asyncio.wait_for(qmp.execute("query-status"), 30))["running"]
+        await qmp.execute("quit")
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        with contextlib.suppress(EOFError):
+            await qmp.disconnect()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 def test_info_reports_modes_routes_and_deadlines() -> None:

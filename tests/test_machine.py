@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import boot, serial_text
+from emud import migration
+from emud.chardev import RingBackend
 from emud.clock import VirtualClock
-from emud.machine import RunState
+from emud.machine import CLINT_BASE, PLIC_BASE, Machine, RunState
 
 Build = Callable[..., Path]
 
@@ -47,6 +49,12 @@ handler:
 
 def test_plic_uart_rx_interrupt_echoes(build_asm: Build) -> None:
     image = build_asm(PROLOGUE + """
+    li t0, 0x1000002c       # PL011 LCR_H = 8-bit words, character mode
+    li t1, 0x60
+    sw t1, 0(t0)
+    li t0, 0x10000030       # CR = UARTEN|TXE|RXE: input is held until then
+    li t1, 0x301
+    sw t1, 0(t0)
     li t0, 0x10000038       # PL011 IMSC = RX
     li t1, 0x10
     sw t1, 0(t0)
@@ -144,3 +152,20 @@ def test_clock_timers_fire_in_deadline_order() -> None:
     assert not clock.jump_to_next_deadline()
     a.modify(50)
     assert clock.jump_to_next_deadline() and fired == ["b", "a"] and clock.now_ns == 50
+
+
+def test_wide_and_misaligned_clint_and_plic_writes_keep_their_registers_in_range() -> None:
+    """Found by tests/test_fuzz_mmio.py: the monitor's 8-byte `write` at the high half
+    of mtimecmp/mtime, or a misaligned PLIC enable store, left values wider than the
+    registers, and every savevm then failed."""
+    machine = Machine(RingBackend())
+    bus = machine.bus
+    bus.write(CLINT_BASE + 0x4004, (1 << 64) - 1, 8)  # mtimecmp high half, 8 bytes
+    bus.write(CLINT_BASE + 0xBFFC, (1 << 64) - 1, 8)  # mtime high half: mtime wraps
+    bus.write(PLIC_BASE + 0x2006, 0xFFFF_FFFF, 4)  # enable, misaligned
+    assert machine.clint.mtimecmp == (1 << 64) - 1
+    assert machine.clint.mtime == 0xFFFF_FFFF_0000_0000
+    assert machine.plic.enable >> 64 == 0 and not machine.plic.enable & 1
+    snap = migration.capture(machine)
+    migration.restore(machine, snap)
+    assert migration.capture(machine).sections == snap.sections

@@ -56,7 +56,9 @@ def test_hpet_messages_are_qemus(lines: list[str]) -> None:
     hpet.write(0x0F0, 1, 4)
     hpet.write(0x124, 5, 4)
     hpet.write(0x100, 0x100, 4)
-    hpet.write(0x10C, 1, 4)
+    hpet.write(0x10C, 1, 4)  # 32-bit mode: the high half is invalid, and only that is traced
+    hpet.write(0x108, 2, 4)
+    hpet.write(0x12C, 0, 4)  # timer 1 is 64-bit: its high half is a comparator write
     hpet.write(0x198, 0, 4)
     hpet.read(0x190, 4)
     hpet.write(0x118, 0, 4)
@@ -77,8 +79,13 @@ def test_hpet_messages_are_qemus(lines: list[str]) -> None:
         "hpet_ram_write_tn_cfg hpet_ram_writel HPET_TN_CFG + 0",
         "hpet_ram_write enter hpet_ram_writel at 0x10c = 0x1",
         "hpet_ram_write_timer_id hpet_ram_writel timer_id = 0",
-        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 4",
         "hpet_ram_write_invalid_tn_cmp invalid HPET_TN_CMP + 4 write",
+        "hpet_ram_write enter hpet_ram_writel at 0x108 = 0x2",
+        "hpet_ram_write_timer_id hpet_ram_writel timer_id = 0",
+        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 0",
+        "hpet_ram_write enter hpet_ram_writel at 0x12c = 0x0",
+        "hpet_ram_write_timer_id hpet_ram_writel timer_id = 1",
+        "hpet_ram_write_tn_cmp hpet_ram_writel HPET_TN_CMP + 4",
         "hpet_ram_write enter hpet_ram_writel at 0x198 = 0x0",
         "hpet_ram_write_timer_id hpet_ram_writel timer_id = 4",
         "hpet_timer_id_out_of_range timer id out of range: 0x4",
@@ -95,6 +102,7 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
     uart.clk.period = (10**9 << 32) // 24_000_000  # a 24 MHz clock, for the baud trace
     trace.enable("pl011_*")
     uart.write(Reg.LCR_H, 0x70, 4)
+    uart.write(Reg.CR, 0x301, 4)  # UARTEN|TXE|RXE: the receiver is ready
     uart.write(Reg.IBRD, 13, 4)
     uart.write(Reg.IMSC, 0x10, 4)
     uart.can_receive()
@@ -104,6 +112,7 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
     uart.read(0x050, 4)
     assert lines == [
         "pl011_write addr 0x02c value 0x00000070 reg LCRH",
+        "pl011_write addr 0x030 value 0x00000301 reg CR",
         "pl011_write addr 0x024 value 0x0000000d reg IBRD",
         "pl011_baudrate_change new baudrate 115384 (clk: 24000000hz, ibrd: 13, fbrd: 0)",
         "pl011_write addr 0x038 value 0x00000010 reg IMSC",
@@ -118,6 +127,21 @@ def test_pl011_messages_are_qemus(lines: list[str]) -> None:
         "pl011_read addr 0xfe0 value 0x00000011 reg ID",
         "pl011_read addr 0x050 value 0x00000000 reg UNKN",
     ]
+
+
+def test_pl011_loopback_cr_writes_update_the_interrupt_state_each_time(
+        lines: list[str]) -> None:
+    """Newest QEMU re-evaluates the interrupt on every CR write in loopback, even one
+    that changes no modem line; outside loopback a CR write does not."""
+    uart = PL011(IRQ("uart"), lambda data: None)
+    trace.enable("pl011_irq_state")
+    uart.write(Reg.CR, 0x301, 4)  # not in loopback: no update
+    uart.write(Reg.CR, 0x381, 4)  # loopback, no modem outputs: nothing changes
+    uart.write(Reg.CR, 0x381, 4)
+    uart.write(Reg.IMSC, 0x8, 4)  # DSR
+    uart.write(Reg.CR, 0x781, 4)  # DTR -> DSR: raised
+    uart.write(Reg.CR, 0x781, 4)  # again: still raised
+    assert lines == ["pl011_irq_state irq state 0"] * 3 + ["pl011_irq_state irq state 1"] * 2
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

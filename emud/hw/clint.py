@@ -58,7 +58,7 @@ class Clint(Device):
     def _reg64(self, offset: int, base: int, size: int) -> tuple[int, int]:
         """(shift, mask) of a 32- or 64-bit access within a 64-bit register."""
         shift = 8 * (offset - base)
-        return shift, ((1 << (8 * size)) - 1) << shift
+        return shift, ((1 << (8 * size)) - 1) << shift & ALL_ONES  # an 8-byte access at +4
 
     def peek(self, offset: int, size: int) -> int:
         if offset == MSIP:
@@ -79,7 +79,8 @@ class Clint(Device):
         elif MTIME <= offset < MTIME + 8:
             shift, mask = self._reg64(offset, MTIME, size)
             new = (self.mtime & ~mask) | ((value << shift) & mask)
-            self.mtime_offset = new - self.clock.now_ns // NS_PER_TICK
+            offset = (new - self.clock.now_ns // NS_PER_TICK) & ALL_ONES  # mtime wraps
+            self.mtime_offset = offset - (1 << 64) if offset >> 63 else offset  # int64
             self._update_mtip()
 
     def _loaded(self) -> None:

@@ -440,7 +440,6 @@ class HPET(Device):
                 trace_ram_write_tn_cfg(offset & 4)
                 self._write_timer_config(t, _deposit(t.config, shift, length, value))
             case TimerReg.CMP:
-                trace_ram_write_tn_cmp(offset & 4)
                 self._write_comparator(t, shift, length, value)
             case TimerReg.ROUTE:
                 t.fsb = _deposit(t.fsb, shift, length, value)
@@ -487,11 +486,12 @@ class HPET(Device):
 
     def _write_comparator(self, t: HPETTimer, shift: int, length: int, value: int) -> None:
         if t.mode32:
-            if shift:
+            if shift:  # only this event, as newest QEMU (C and Rust) traces it
                 trace_ram_write_invalid_tn_cmp()  # 7.2 stores the high half anyway
                 return
             length = 64
             value &= M32
+        trace_ram_write_tn_cmp(shift >> 3)  # the address bit 2, like QEMU's `addr & 4`
         if not t.periodic or t.config & TN_SETVAL:
             t.cmp = _deposit(t.cmp, shift, length, value)
         if t.periodic:

@@ -119,11 +119,16 @@ class PL011(Device):
     migrate_clk = prop_bool(True, name="migrate-clk",
                             doc="migrate the clock input (false on machine types <= 5.1)")
 
-    def __init__(self, irq: IRQ, transmit: Callable[[bytes], None], **props: Any) -> None:
-        """`irq` is output 0 (UARTINTR, the only one the board wires)."""
+    def __init__(self, irq: IRQ, transmit: Callable[[bytes], None], *,
+                 accept_input: Callable[[], None] = lambda: None, **props: Any) -> None:
+        """`irq` is output 0 (UARTINTR, the only one the board wires).
+
+        `transmit` sends to the character backend; `accept_input` tells it the
+        device may take more input now (QEMU's qemu_chr_fe_accept_input)."""
         self.irq = irq
         self.irqs = [irq] + [IRQ(f"pl011.{n}") for n in IRQ_OUTPUT_NAMES[1:]]
         self.transmit = transmit
+        self.accept_input = accept_input
         self.clk = ClockIn()  # unconnected on emud-virt, like QEMU's virt board (0 Hz)
         self.read_fifo = [0] * FIFO_DEPTH
         self.flags = self.lcr = self.rsr = self.cr = self.dmacr = 0
@@ -142,7 +147,7 @@ class PL011(Device):
         self.ifl = 0x12
         self.read_trigger = 1
         self.read_pos = self.read_count = 0  # read_fifo keeps stale contents, as in QEMU
-        self._drive_outputs()
+        self._drive_outputs()  # no accept_input: the receiver is not ready after reset
 
     # --- receive FIFO ---------------------------------------------------------------
 
@@ -154,11 +159,26 @@ class PL011(Device):
     def loopback(self) -> bool:
         return bool(self.cr & CR_LBE)
 
+    @property
+    def receiver_ready(self) -> bool:
+        """Whether the guest can take the host's bytes: UART and receiver enabled
+        (CR.UARTEN, CR.RXE), RX connected to the line (not loopback), 8-bit words.
+
+        QEMU delivers regardless; emud holds input in the backend until then, so
+        input that is ready before the guest (a file, a pipe) is not dropped into
+        the reset-state 1-deep FIFO, which the guest's FIFO-enable write flushes.
+        """
+        return (self.cr & (CR_UARTEN | CR_RXE | CR_LBE) == CR_UARTEN | CR_RXE
+                and self.lcr >> LCR_WLEN_SHIFT & 3 == 3)
+
+    def fifo_room(self) -> int:
+        """Free RX FIFO slots (what QEMU's can_receive answers)."""
+        return max(0, self.fifo_depth - self.read_count)
+
     def can_receive(self) -> int:
-        """How many bytes the backend may deliver now (free FIFO slots)."""
-        depth = self.fifo_depth
-        available = max(0, depth - self.read_count)
-        trace_can_receive(self.lcr, self.read_count, depth, available)
+        """How many bytes the backend may deliver now: free FIFO slots once ready."""
+        available = self.fifo_room() if self.receiver_ready else 0
+        trace_can_receive(self.lcr, self.read_count, self.fifo_depth, available)
         return available
 
     def receive(self, data: bytes) -> int:
@@ -180,6 +200,11 @@ class PL011(Device):
 
     def _put_fifo(self, value: int) -> None:
         depth = self.fifo_depth
+        if self.read_count >= depth:
+            # Overrun (loopback TX or a break into a full FIFO): the byte is lost, as on
+            # the hardware.  Newest QEMU overwrites a slot and counts past the depth, a
+            # state its own post_load refuses, so a snapshot of it would not load.
+            return
         self.read_fifo[(self.read_pos + self.read_count) & (depth - 1)] = value
         self.read_count += 1
         self.flags &= ~FR_RXFE
@@ -204,6 +229,7 @@ class PL011(Device):
         trace_read_fifo(self.read_count, self.fifo_depth)
         self.rsr = value >> 8
         self._update_irq()
+        self.accept_input()
         return value
 
     # --- interrupts -----------------------------------------------------------------
@@ -229,10 +255,8 @@ class PL011(Device):
                                 (FR_RI, INT_RI)):
             if fr & fr_bit:
                 ris |= int_bit
-        level = (self.int_level & ~INT_MS) | ris
-        if level != self.int_level:
-            self.int_level = level
-            self._update_irq()
+        self.int_level = (self.int_level & ~INT_MS) | ris
+        self._update_irq()  # on every loopback CR write, changed or not (newest QEMU)
 
     # --- baud rate (trace only) ---------------------------------------------------------
 
@@ -297,10 +321,12 @@ class PL011(Device):
                 self._trace_baudrate()
             case Reg.LCR_H:
                 self._write_lcr(value)
+                self.accept_input()  # the FIFO may be bigger or emptier, the words 8 bits
             case Reg.CR:
                 self.cr = value
                 if self.loopback:
                     self._loopback_modem_update()
+                self.accept_input()  # the receiver may be on now
             case Reg.IFLS:
                 self.ifl = value
             case Reg.IMSC:
@@ -344,7 +370,8 @@ class PL011(Device):
             "ris": {"value": self.int_level, "set": _bit_names(self.int_level, INT_NAMES)},
             "mis": {"value": mis, "set": _bit_names(mis, INT_NAMES)},
             "rx_fifo": {"count": self.read_count, "depth": self.fifo_depth,
-                        "read_pos": self.read_pos, "pending": pending},
+                        "read_pos": self.read_pos, "pending": pending,
+                        "receiver_ready": self.receiver_ready},  # else input waits
             "rsr": self.rsr,
             "ibrd": self.ibrd,
             "fbrd": self.fbrd,
@@ -359,6 +386,8 @@ class PL011(Device):
     # --- vmstate --------------------------------------------------------------------
 
     def _loaded(self) -> None:
+        # Held input enters once the whole machine is loaded (migration's apply), not
+        # here: the PLIC, loaded after this section, would forget the line it raised.
         self._drive_outputs()
 
 

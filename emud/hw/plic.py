@@ -96,7 +96,7 @@ class Plic(Device):
         elif ENABLE <= offset < ENABLE + NUM_SOURCES // 8:
             shift = 8 * (offset - ENABLE)
             self.enable = (self.enable & ~(0xFFFF_FFFF << shift)) | ((value & 0xFFFF_FFFF) << shift)
-            self.enable &= ~1
+            self.enable &= (1 << NUM_SOURCES) - 2  # no source 0; a misaligned write's excess
         elif offset == THRESHOLD:
             self.threshold = value & PRIORITY_MASK
         elif offset == CLAIM:
