@@ -247,6 +247,7 @@ async def machine_state(conn: Connection) -> tuple[Any, ...]:
 
 async def start(tmp_path: Path) -> tuple[Process, str]:
     socket = str(tmp_path / "run" / "qmp.sock")
+    (tmp_path / "run").mkdir(mode=0o700)  # an explicit socket's directory must exist
     env = os.environ | {"XDG_RUNTIME_DIR": str(tmp_path / "run"),
                         "XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
