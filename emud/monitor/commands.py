@@ -6,7 +6,6 @@ for the structured twins QEMU lacks.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import time
@@ -202,44 +201,46 @@ def _render_where(r: dict[str, Any]) -> str:
     return f"0x{r['pc']:08x}:  {r['insn']}"
 
 
+MAX_STEP = 10_000_000
+
+
+def _render_progress(r: dict[str, Any]) -> str:
+    """The stop line, after a note when the command ended before its goal."""
+    note = ""
+    if r.get("executed", r.get("count")) != r.get("count"):
+        note = f"stopped after {r['executed']} of {r['count']} steps ({r['status']})\n"
+    elif r.get("target-ns") is not None and not r["completed"]:
+        note = (f"stopped at {r['ns']} ns, before the target {r['target-ns']} ns "
+                f"({r['status']})\n")
+    return note + _render_where(r)
+
+
 @command("step", args="count:l?", params="[n]", qmp="x-emud-step",
-         help="execute n instructions (default 1) while the VM is stopped", render=_render_where)
-def step(m: Monitor, count: int = 1) -> dict[str, Any]:
-    if m.daemon.running:
+         help="execute n instructions (default 1, at most 10000000) while the VM is stopped; "
+              "`stop` or Ctrl-C in the shell ends it early", render=_render_progress)
+async def step(m: Monitor, count: int = 1) -> dict[str, Any]:
+    daemon = m.daemon
+    if daemon.running:
         raise MonitorError("The VM is running; stop it first")
-    if not 0 < count <= 10_000_000:
-        raise MonitorError("step count must be between 1 and 10000000")
-    m.daemon.step(count)
-    return _where(m)
+    if not 0 < count <= MAX_STEP:
+        raise MonitorError(f"step count must be between 1 and {MAX_STEP}")
+    if daemon.stepping:
+        raise MonitorError("another step is in progress")
+    executed = await daemon.step_async(count)
+    return _where(m) | {"count": count, "executed": executed}
 
 
 @command("run-for", args="duration:s", params="DURATION", qmp="x-emud-run-for",
-         help="run for a span of virtual time (10ms, 5us, 1000ns, 2s), then stop",
-         render=_render_where)
+         help="run for a span of virtual time (10ms, 5us, 1000ns, 2s; at most 3600s), then "
+              "stop; `stop` or Ctrl-C in the shell ends it early", render=_render_progress)
 async def run_for(m: Monitor, duration: str) -> dict[str, Any]:
     ns = parse_duration(duration)
-    daemon, clock = m.daemon, m.machine.clock
+    daemon = m.daemon
     if daemon.status == "shutdown":
         raise MonitorError("Resetting the Virtual Machine is required")
-    done = asyncio.Event()
-
-    def listener(event: str, data: dict[str, Any]) -> None:
-        if event in ("STOP", "SHUTDOWN"):
-            done.set()
-
-    timer = clock.timer(daemon.stop)
-    timer.modify(clock.now_ns + ns)
-    daemon.listeners.append(listener)
-    try:
-        if daemon.running:
-            await done.wait()
-        else:
-            daemon.cont()
-            await done.wait()
-    finally:
-        timer.cancel()
-        daemon.listeners.remove(listener)
-    return _where(m)
+    target = m.machine.clock.now_ns + ns
+    completed = await daemon.run_for(ns)
+    return _where(m) | {"target-ns": target, "completed": completed}
 
 
 # --- registers and memory ---------------------------------------------------------------
@@ -449,8 +450,10 @@ def memory_write(m: Monitor, addr: int, data: str) -> None:
 def info_clock(m: Monitor) -> dict[str, Any]:
     clock = m.machine.clock
     deadline = clock.next_deadline()
+    targets = m.daemon.run_for_targets
     return {"mode": "icount", "shift": clock.shift, "ns": clock.now_ns, "icount": clock.icount,
-            "next-deadline": None if deadline == NEVER else deadline}
+            "next-deadline": None if deadline == NEVER else deadline,
+            "run-for-target": min(targets) if targets else None}
 
 
 def _clock_lines(r: dict[str, Any]) -> list[str]:

@@ -6,9 +6,11 @@ tested on its own.  Errors are `ParseError` with QEMU's wording.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from emud.monitor.errors import MonitorError
 
@@ -237,17 +239,24 @@ def expression(cur: Cursor, register: Lookup, symbol: Lookup) -> int:
 # --- duration (run-for) ---------------------------------------------------------------
 
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_DURATION = re.compile(r"(\d{1,20})(?:\.(\d{0,20}))?(ns|us|ms|s)?")
+MAX_DURATION_NS = 3600 * 1_000_000_000  # an hour of virtual time; `cont` runs longer
 
 
 def parse_duration(text: str) -> int:
-    """'10ms', '5us', '1000ns', '0.5s' or a bare number of ns -> ns (virtual time)."""
-    body = text.strip().lower()
-    unit = next((u for u in ("ns", "us", "ms", "s") if body.endswith(u)), "ns")
-    number = body[: len(body) - len(unit)] if body.endswith(unit) else body
-    try:
-        ns = round(float(number) * _UNITS[unit]) if "." in number else int(number) * _UNITS[unit]
-    except ValueError:
-        raise MonitorError(f"invalid duration '{text}' (e.g. 10ms, 5us, 1000ns, 2s)") from None
+    """'10ms', '5us', '1000ns', '0.5s' or a bare number of ns -> ns (virtual time).
+
+    Plain decimals only (no exponents, inf or nan), rounded to whole ns, between
+    1 ns and MAX_DURATION_NS."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise MonitorError(f"invalid duration '{text}' (e.g. 10ms, 5us, 1000ns, 2s)")
+    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3) or "ns"
+    scale = _UNITS[unit]
+    ns = int(whole) * scale + round(Fraction(int(fraction or "0"), 10 ** len(fraction)) * scale)
     if ns <= 0:
         raise MonitorError(f"duration must be positive, not '{text}'")
+    if ns > MAX_DURATION_NS:
+        raise MonitorError(f"duration '{text}' is too long: run-for takes at most 3600s "
+                           "of virtual time (use cont to run longer)")
     return ns
