@@ -317,6 +317,16 @@ def _printc(value: int) -> str:
     return f"'{chr(value)}'" if 32 <= value <= 126 else f"'\\x{value:02x}'"
 
 
+# x and xp show at most this many lines (256 KiB as words, 16384 instructions), so one
+# command neither holds the loop for long nor sends a reply of many megabytes.
+MAX_DUMP_LINES = 16384
+
+
+def _capped(lines: list[str], values: list[Any], addr: int) -> dict[str, Any]:
+    lines.append(f"(output capped at {MAX_DUMP_LINES} lines; the next address is 0x{addr:x})")
+    return {"lines": lines, "values": values, "truncated": True, "next": addr}
+
+
 def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str, Any]:
     """QEMU's memory_dump layout (16 bytes a line, 8 for bytes, address prefix) as `lines`,
     and the items themselves as `values` (integers, or instructions for /i)."""
@@ -325,13 +335,15 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     lines: list[str] = []
     values: list[Any] = []
     if fmt.letter == "i":
-        for _ in range(fmt.count):
+        for done in range(fmt.count):
+            if done == MAX_DUMP_LINES:
+                return _capped(lines, values, addr)
             length, text = _disas_at(m, addr)
             lines.append(f"0x{addr:0{width}x}:  {text}")
             if not length:
                 break
             values.append({"addr": addr, "length": length, "text": text[18:]})
-            addr += length
+            addr = (addr + length) & 0xFFFF_FFFF
         return {"lines": lines, "values": values}
     line_size = 8 if fmt.size == 1 else 16
     remaining = fmt.size * fmt.count
@@ -339,6 +351,8 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     digits = {"o": -(-size * 8 // 3), "u": -(-size * 80 // 33), "d": -(-size * 80 // 33)}.get(
         fmt.letter, size * 2)
     while remaining > 0:
+        if len(lines) == MAX_DUMP_LINES:
+            return _capped(lines, values, addr)
         chunk = min(remaining, line_size)
         prefix = f"{addr:0{width}x}:"
         try:
@@ -656,11 +670,20 @@ def qmp_ringbuf_read(m: Monitor, device: str, size: int, format: str = "utf8") -
     return data.decode("utf-8", errors="replace")
 
 
+def _utf8(data: str) -> bytes:
+    """The bytes of `data`; a lone surrogate (JSON's \\udc80) has none, so it is refused."""
+    try:
+        return data.encode()
+    except UnicodeEncodeError as e:
+        raise MonitorError(f"data is not valid text: lone surrogate U+{ord(data[e.start]):04X} "
+                           f"at character {e.start}") from None
+
+
 @command("ringbuf_write", args="device:s,data:s", params="device data",
          help="Send data to the guest through a ring buffer character device "
               "(it arrives in the PL011's receive FIFO)", complete="chardevs")
 def ringbuf_write(m: Monitor, device: str, data: str) -> None:
-    _ring(m, device).feed(data.encode())
+    _ring(m, device).feed(_utf8(data))
     m.daemon.wake.set()
 
 
@@ -672,7 +695,7 @@ def qmp_ringbuf_write(m: Monitor, device: str, data: str, format: str = "utf8") 
         except ValueError:
             raise MonitorError("data is not valid base64") from None
     elif format == "utf8":
-        raw = data.encode()
+        raw = _utf8(data)
     else:
         raise MonitorError(f"Parameter 'format' does not accept value '{format}'")
     _ring(m, device).feed(raw)

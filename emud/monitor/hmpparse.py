@@ -105,9 +105,12 @@ def parse_format(cur: Cursor, sticky: Format) -> Format:
         return Format(1, sticky.letter, sticky.size)
     cur.pos += 1
     start = cur.pos
-    while cur.peek().isdigit():
+    while cur.peek() in _DIGITS:
         cur.pos += 1
-    count = int(cur.text[start : cur.pos]) if cur.pos > start else 1
+    digits = cur.text[start : cur.pos].lstrip("0") or "0"
+    # More items than anyone can dump; the commands cap what they show (and say so).
+    count = int(digits) if len(digits) <= 18 else 10**18
+    count = count if cur.pos > start else 1
     letter: str | None = None
     size: int | None = None
     while True:
@@ -129,6 +132,12 @@ def parse_format(cur: Cursor, sticky: Format) -> Format:
 Lookup = Callable[[str], int]  # name -> value; raises MonitorError when unknown
 
 
+MAX_NESTING = 100  # parentheses and unary operators inside one another (QEMU: the C stack)
+# The most digits (leading zeros aside) a 64-bit number has in each base.
+_MAX_DIGITS = {16: 16, 10: 20, 8: 22}
+_DIGITS = frozenset(string.digits)  # ASCII only: str.isdigit() also accepts '²' and '٣'
+
+
 class _Expr:
     """QEMU's monitor expression grammar, plus ELF symbol names."""
 
@@ -136,6 +145,17 @@ class _Expr:
         self.cur = cur
         self.register = register
         self.symbol = symbol
+        self.depth = 0
+
+    def _nested(self) -> int:
+        """unary() one level down; deep nesting is an error, not a Python RecursionError."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ParseError(f"expression nested too deeply (at most {MAX_NESTING} levels)")
+        try:
+            return self.unary()
+        finally:
+            self.depth -= 1
 
     def _next_op(self, ops: str) -> str | None:
         """Consume the next operator in `ops` (after blanks); otherwise leave the cursor."""
@@ -181,11 +201,15 @@ class _Expr:
         ch = cur.peek()
         if ch in ("+", "-", "~"):
             cur.pos += 1
-            value = self.unary()
+            value = self._nested()
             return value if ch == "+" else -value if ch == "-" else ~value
         if ch == "(":
             cur.pos += 1
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise ParseError(f"expression nested too deeply (at most {MAX_NESTING} levels)")
             value = self.sum()
+            self.depth -= 1
             if self._next_op(")") is None:
                 raise ParseError("')' expected")
             return value
@@ -200,7 +224,7 @@ class _Expr:
         if ch == "$":
             cur.pos += 1
             return self.register(self._name())
-        if ch.isdigit():
+        if ch in _DIGITS:
             return self._number()
         if ch.isalpha() or ch in "_.":
             return self.symbol(self._name())
@@ -228,7 +252,10 @@ class _Expr:
         start = cur.pos
         while cur.peek() and cur.peek() in digits:
             cur.pos += 1
-        return int(text[start : cur.pos], base)
+        significant = text[start : cur.pos].lstrip("0") or "0"
+        if len(significant) > _MAX_DIGITS[base] or int(significant, base) > MASK64:
+            raise ParseError("number too large")  # strtoull's ERANGE, as QEMU reports it
+        return int(significant, base)
 
 
 def expression(cur: Cursor, register: Lookup, symbol: Lookup) -> int:
