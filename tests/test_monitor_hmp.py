@@ -47,6 +47,8 @@ SAME_AS_QEMU = [
     "info trace-events nosuch*",
 ]
 
+HELP_WITH_DETAILS = {"help x", "help xp", "help p", "help print"}
+
 
 @pytest.fixture
 async def qemu() -> AsyncIterator[QMPClient]:
@@ -73,6 +75,10 @@ async def test_hmp_output_matches_qemu(qemu: QMPClient) -> None:
     for line in SAME_AS_QEMU:
         expected = await qemu.execute("human-monitor-command", {"command-line": line})
         ours = await monitor.human_monitor_command(line)
+        if line in HELP_WITH_DETAILS:  # QEMU's line first, then emud's details (formats)
+            first, _, details = ours.partition("\n")
+            assert details.startswith("  format: ") or "  format: " in details, line
+            ours = first + "\n"
         assert ours.replace("\n", "\r\n") == expected, line
 
 
@@ -170,3 +176,18 @@ def test_overlong_lines_are_refused_before_parsing() -> None:
                                            r"HMP takes at most 65536\)$"):
         monitor.execute_hmp_now(line)
     assert monitor.execute_hmp_now("p/d " + "1+" * 30_000 + "1") == "30001\n"
+
+
+def test_help_for_one_command_lists_its_formats() -> None:
+    monitor = Monitor(Daemon(boot(IMAGE), start_paused=True))
+    lines = monitor.execute_hmp_now("help x").splitlines()
+    assert lines[0] == "x /fmt addr -- virtual memory dump starting at 'addr'"
+    assert "  format: x hex, d signed decimal, u unsigned decimal, o octal, c char, " \
+           "i instruction" in lines
+    assert "  size: b 8-bit, h 16-bit, w 32-bit, g 64-bit (not used by i)" in lines
+    assert monitor.execute_hmp_now("help xp").splitlines()[1:] == lines[1:]
+    # The whole list stays one line per command.
+    listing = monitor.execute_hmp_now("help").splitlines()
+    assert not any(line.startswith("  format") for line in listing)
+    assert "QEMU release" in monitor.execute_hmp_now("help info version")
+    assert "version of QEMU" not in monitor.execute_hmp_now("help info version")

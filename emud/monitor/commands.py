@@ -19,7 +19,7 @@ from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
 from emud.hw.plic import NUM_SOURCES, Plic
-from emud.machine import HPET_BASE, UART0_BASE
+from emud.machine import HPET_BASE, UART0_BASE, UART0_IRQ
 from emud.memory import BusError
 from emud.monitor.core import CSR_BY_NAME
 from emud.monitor.errors import MonitorError
@@ -103,6 +103,8 @@ def help_(m: Monitor, name: str = "") -> list[str]:
     for cmd in reg.hmp_commands():
         if not name or name in (cmd.name, *cmd.aliases):
             lines.append(_help_line("", cmd.spelling, cmd.params, cmd.help))
+            if name:
+                lines += cmd.details
     if name and not lines:
         raise MonitorError(f"unknown command: '{name}'", plain=True)
     return lines
@@ -115,7 +117,8 @@ def info(m: Monitor) -> list[str]:
     return lines
 
 
-@command(info="version", qmp="query-version", help="show the version of QEMU",
+@command(info="version", qmp="query-version",
+         help="show the QEMU release whose QMP emud follows, and emud's own version",
          render=lambda r: "{major}.{minor}.{micro}".format(**r["qemu"]) + f" ({r['package']})")
 def info_version(m: Monitor) -> dict[str, Any]:
     return {"qemu": dict(QEMU_VERSION), "package": f"emud {EMUD_VERSION}"}
@@ -381,14 +384,22 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     return {"lines": lines, "values": values}
 
 
+DUMP_FORMATS = (
+    "  /fmt is /{count}{format}{size}; a part left out keeps its last value",
+    "  format: x hex, d signed decimal, u unsigned decimal, o octal, c char, i instruction",
+    "  size: b 8-bit, h 16-bit, w 32-bit, g 64-bit (not used by i)",
+    f"  at most {MAX_DUMP_LINES} lines a command; a note then gives the next address",
+)
+
+
 @command("x", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
-         help="virtual memory dump starting at 'addr'")
+         help="virtual memory dump starting at 'addr'", details=DUMP_FORMATS)
 def x(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=False)
 
 
 @command("xp", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
-         help="physical memory dump starting at 'addr'")
+         help="physical memory dump starting at 'addr'", details=DUMP_FORMATS)
 def xp(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=True)
 
@@ -409,7 +420,10 @@ def format_value(letter: str, value: int) -> str:
 
 @command("print|p", args="fmt:/,value:l", params="/fmt expr",
          help="print expression value (use $reg for CPU register access)",
-         render=lambda r: r["text"], complete="registers")
+         render=lambda r: r["text"], complete="expression", details=(
+             "  format: x hex (the default), d signed decimal, u unsigned decimal, o octal, "
+             "c char",
+             "  expr: numbers (0x hex, 0 octal), $reg, ELF symbols, + - * / % & | ^ ~ ( )"))
 def print_(m: Monitor, fmt: Format, value: int) -> dict[str, Any]:
     return {"value": value, "text": format_value(fmt.letter, value)}
 
@@ -568,7 +582,8 @@ def _pic_lines(r: dict[str, Any]) -> list[str]:
          help="show the PL011 UART registers, decoded, and its receive FIFO",
          render=lambda r: "\n".join(_pl011_lines(r)))
 def info_pl011(m: Monitor) -> dict[str, Any]:
-    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0"}
+    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0",
+                                     "plic-source": UART0_IRQ}
 
 
 def _pl011_lines(r: dict[str, Any]) -> list[str]:
@@ -583,7 +598,8 @@ def _pl011_lines(r: dict[str, Any]) -> list[str]:
     fifo = r["rx_fifo"]
     pending = " ".join(f"{b:02x}" for b in fifo["pending"])
     baud = f"{r['baudrate']} baud" if r["baudrate"] else "baud rate not set"
-    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, irq {int(r['irq'])}"
+    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, PLIC source "
+            f"{r['plic-source']} (line {('low', 'high')[bool(r['irq'])]})"
             f"{', loopback' if r['loopback'] else ''}",
             flags("FR"), flags("CR"),
             f"  LCR_H  0x{lcr['value']:04x} [{' '.join(lcr_fields)}]",

@@ -67,6 +67,7 @@ class Command:
     aliases: tuple[str, ...] = ()
     render: Renderer = _default_render
     complete: str = ""  # what later words complete to: registers, devices, tags, events
+    details: tuple[str, ...] = ()  # more lines for `help NAME` (QEMU's one line comes first)
 
     @property
     def spelling(self) -> str:
@@ -81,13 +82,13 @@ class Registry:
 
     def command(self, spelling: str = "", *, args: str = "", params: str = "", help: str = "",
                 qmp: str = "", info: str = "", render: Renderer | None = None,
-                complete: str = "") -> Callable[[H], H]:
+                complete: str = "", details: tuple[str, ...] = ()) -> Callable[[H], H]:
         """Register a handler under an HMP name (`name|alias`), an `info` name and/or QMP."""
 
         def register(handler: H) -> H:
             names = spelling.split("|") if spelling else [info or qmp]
             cmd = Command(names[0], handler, parse_args_type(args), params, help,
-                          tuple(names[1:]), render or _default_render, complete)
+                          tuple(names[1:]), render or _default_render, complete, details)
             if info:
                 self.info[info] = cmd
             elif spelling:
