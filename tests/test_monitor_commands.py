@@ -242,3 +242,14 @@ async def test_every_completed_register_name_is_readable() -> None:
     assert {"pc", "a0", "x31", "mstatus", "mcause", "minstret"} <= set(names)
     for name in names:
         assert monitor.execute_hmp_now(f"p/x ${name}").startswith(("0x", "0"))
+
+
+async def test_every_completed_symbol_evaluates_to_its_address() -> None:
+    monitor = _fuzz_monitor()
+    image = monitor.machine.image
+    assert image is not None
+    symbols = (await monitor.execute_qmp("x-emud-query-completions", {}))["symbols"]
+    assert {"main", "_start"} <= set(symbols)
+    for name in symbols:
+        value = image.symbols[name]
+        assert monitor.execute_hmp_now(f"p/x {name}") == (f"{value:#x}" if value else "0") + "\n"

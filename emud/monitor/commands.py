@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -141,6 +142,9 @@ def query_hmp_commands(m: Monitor) -> list[dict[str, Any]]:
     return out
 
 
+SYMBOL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
 @command(qmp="x-emud-query-completions")
 def query_completions(m: Monitor) -> dict[str, list[str]]:
     """Dynamic completion sets: devices, registers, snapshot tags, trace events, chardevs."""
@@ -152,7 +156,14 @@ def query_completions(m: Monitor) -> dict[str, list[str]]:
             "registers": ["pc", "fp", *(f"x{i}" for i in range(32)), *ABI_NAMES,
                           *sorted(CSR_BY_NAME)],
             "tags": tags, "events": [ev.name for ev in trace.events()],
-            "chardevs": list(m.chardevs)}
+            "chardevs": list(m.chardevs), "symbols": expression_symbols(m)}
+
+
+def expression_symbols(m: Monitor) -> list[str]:
+    """The image's symbols that an expression can name (`__global_pointer$` cannot)."""
+    image = m.machine.image
+    names = image.symbols if image is not None else {}
+    return sorted(name for name in names if SYMBOL_NAME.fullmatch(name))
 
 
 @command(info="status", qmp="query-status", help="show the current VM status (running|paused)",
@@ -668,7 +679,7 @@ def _escape_ring(data: bytes) -> str:
 
 
 @command("ringbuf_read", args="device:s,size:l", params="device size",
-         help="Read from a ring buffer character device", complete="chardevs",
+         help="Read from a ring buffer character device", complete="chardevs expression",
          render=_escape_ring)
 def ringbuf_read(m: Monitor, device: str, size: int) -> bytes:
     if size > 1 << 24:

@@ -66,12 +66,22 @@ class Command:
     help: str = ""
     aliases: tuple[str, ...] = ()
     render: Renderer = _default_render
-    complete: str = ""  # what later words complete to: registers, devices, tags, events
+    # What the words after the name complete to, one hint per word: a set the shell
+    # fetches (tags, events, chardevs, devices, commands, info), "expression" (registers
+    # as $name, ELF symbols), literal choices "a|b|c", or "-" for nothing.
+    complete: str = ""
     details: tuple[str, ...] = ()  # more lines for `help NAME` (QEMU's one line comes first)
 
     @property
     def spelling(self) -> str:
         return "|".join((self.name, *self.aliases))
+
+
+def _complete_hints(params: tuple[Param, ...]) -> str:
+    """Completion by parameter kind: expressions where the command takes one."""
+    hints = ["expression" if p.kind in ("l", "i") else "-"
+             for p in params if p.kind not in ("/", "flag")]
+    return " ".join(hints).rstrip(" -")
 
 
 @dataclass
@@ -87,8 +97,10 @@ class Registry:
 
         def register(handler: H) -> H:
             names = spelling.split("|") if spelling else [info or qmp]
-            cmd = Command(names[0], handler, parse_args_type(args), params, help,
-                          tuple(names[1:]), render or _default_render, complete, details)
+            arg_params = parse_args_type(args)
+            cmd = Command(names[0], handler, arg_params, params, help, tuple(names[1:]),
+                          render or _default_render, complete or _complete_hints(arg_params),
+                          details)
             if info:
                 self.info[info] = cmd
             elif spelling:

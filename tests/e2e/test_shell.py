@@ -148,6 +148,15 @@ def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
     term.keys("Enter")
     term.wait_for(r"\n0x8[0-9a-f]{7}\s*\n")
 
+    term.type("p marc")  # a bare name in an expression completes to the register, with `$`
+    term.keys("Tab")
+    term.wait_for(r"\(emud\) p \$marchid")
+    term.keys("C-u")
+    term.type("snapshot ")
+    term.keys("Tab")
+    term.wait_for(r"diff\s*\n\s*export\s*\n\s*import")
+    term.keys("C-u")
+
     term.type("info ")
     term.keys("Tab")  # the menu shows each sub-command with its help; devices are marked
     term.wait_for(r"pl011\s+device: show the PL011")
