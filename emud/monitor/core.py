@@ -135,7 +135,8 @@ class Monitor(ArgContext):
 
     def execute_hmp_now(self, line: str) -> str:
         """execute_hmp for synchronous callers (gdb's `monitor`).  Commands that must
-        wait for the guest (run-for) are refused instead of blocking the loop."""
+        wait for the guest or yield to the loop (run-for, step) are refused instead of
+        blocking it."""
         if not line.strip():
             return ""
         cmd, args = self._bind(line)
