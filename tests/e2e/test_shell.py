@@ -253,3 +253,27 @@ def test_ctrl_c_ends_a_long_run_for_and_stops_the_guest(busy_daemon: Daemon,
     term.keys("C-d")
     term.wait_for(r"exit status 0")
     assert busy_daemon.alive()
+
+
+def test_ctrl_c_in_script_mode_stops_the_guest_and_ends_the_script(busy_daemon: Daemon) -> None:
+    script = subprocess.Popen([*EMUD, "shell", "--qmp", busy_daemon.qmp, "-c",
+                               "run-for 3600s; info status"], env=busy_daemon.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until the daemon reports the run-for as pending
+            clock = json.loads(shell(busy_daemon, "-c", "json info clock").stdout)
+            if clock["run-for-target"] is not None:
+                break
+            assert time.monotonic() < deadline, "run-for never started"
+        script.send_signal(2)  # SIGINT, as Ctrl-C in a terminal
+        out, err = script.communicate(timeout=TIMEOUT)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 130
+    assert re.fullmatch(r"stopped at \d+ ns, before the target \d+ ns \(paused\)\n"
+                        r"0x8[0-9a-f]{7}:  .*\n", out), out
+    assert err == "Interrupted\n"  # and `info status` never ran
+    assert shell(busy_daemon, "-c", "info status").stdout == "VM status: paused\n"
