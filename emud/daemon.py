@@ -17,7 +17,7 @@ import tty
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from emud.machine import Machine, RunState
+from emud.machine import SLICE, Machine, RunState
 
 if TYPE_CHECKING:
     from emud.monitor import SnapshotHook
@@ -38,6 +38,11 @@ class Daemon:
         self.wake = asyncio.Event()  # set by anything that may end an idle or paused wait
         self.quit_requested = False
         self.quit_reason = ""
+        # A monitor `step` in progress yields to the loop between slices; `stop`, `cont`
+        # and quit end it there (see step_async).
+        self.stepping = False
+        self._step_cancelled = False
+        self.run_for_targets: list[int] = []  # virtual ns each pending run-for stops at
         # savevm/loadvm/delvm for every monitor door (QMP, shell, gdb); None = not available
         self.snapshots: SnapshotHook | None = None
 
@@ -48,7 +53,8 @@ class Daemon:
             listener(event, data or {})
 
     def stop(self, status: str = "paused") -> None:
-        """Pause the guest at the current slice boundary (QMP `stop`)."""
+        """Pause the guest at the current slice boundary (QMP `stop`); ends a monitor step."""
+        self._step_cancelled = self.stepping
         if self.running:
             self.running = False
             self.status = status
@@ -56,7 +62,10 @@ class Daemon:
         self.wake.set()
 
     def cont(self) -> None:
-        """Resume the guest (QMP `cont`). A powered-off guest stays off until reset."""
+        """Resume the guest (QMP `cont`). A powered-off guest stays off until reset.
+
+        A monitor step in progress ends first, so only the run loop drives the hart."""
+        self._step_cancelled = self.stepping
         if not self.running and self.machine.exit_code is None:
             self.running = True
             self.status = "running"
@@ -77,7 +86,7 @@ class Daemon:
         self.wake.set()
 
     def step(self, count: int = 1) -> RunState:
-        """Execute `count` instructions while paused (monitor `step`, gdb `s`)."""
+        """Execute `count` instructions while paused (gdb `s`), without yielding."""
         state = RunState.RUNNING
         for _ in range(count):
             state = self.machine.run_slice(1)
@@ -85,6 +94,66 @@ class Daemon:
                 break
         self._after_slice(state)
         return state
+
+    async def step_async(self, count: int) -> int:
+        """Execute up to `count` instructions while paused (monitor `step`); returns how many
+        steps ran.  Slices of at most SLICE instructions, with the loop served between
+        them, so other clients, gdb and SIGTERM keep working; `stop`, `cont` and quit end
+        the step at the next slice boundary.  A slice that retires nothing (the hart in
+        WFI, the clock jumping to a timer) counts as one step, so a sleeping guest cannot
+        keep the step going forever."""
+        if self.stepping:
+            raise RuntimeError("a step is already in progress")
+        clock = self.machine.clock
+        done = 0
+        state = RunState.RUNNING
+        self.stepping, self._step_cancelled = True, False
+        try:
+            while done < count and not (self._step_cancelled or self.quit_requested):
+                before = clock.icount
+                state = self.machine.run_slice(min(count - done, SLICE))
+                done += max(1, clock.icount - before)
+                if state is not RunState.RUNNING:
+                    break
+                await asyncio.sleep(0)
+        finally:
+            self.stepping = False
+        self._after_slice(state)
+        return done
+
+    async def run_for(self, ns: int) -> bool:
+        """Run for `ns` of virtual time from now, then pause (monitor `run-for`).
+
+        True when the span was reached; False when something else paused the guest
+        first (`stop` from any client, a breakpoint, a power-off, quit).  The deadline
+        is a timer on the virtual clock, so a guest idle in WFI jumps straight to it."""
+        clock = self.machine.clock
+        target = clock.now_ns + ns
+        reached = False
+        done = asyncio.Event()
+
+        def expire() -> None:
+            nonlocal reached
+            reached = True
+            self.stop()
+
+        def listener(event: str, data: dict[str, Any]) -> None:
+            if event in ("STOP", "SHUTDOWN"):
+                done.set()
+
+        timer = clock.timer(expire)
+        timer.modify(target)
+        self.listeners.append(listener)
+        self.run_for_targets.append(target)
+        try:
+            self.cont()  # also wakes an idle loop: the timer is a deadline it must see
+            if self.running and not self.quit_requested:
+                await done.wait()
+        finally:
+            timer.cancel()
+            self.listeners.remove(listener)
+            self.run_for_targets.remove(target)
+        return reached
 
     def _after_slice(self, state: RunState) -> None:
         if state is RunState.DEBUG:

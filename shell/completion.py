@@ -6,6 +6,7 @@ dynamic sets (snapshot tags, trace events, chardevs, devices) after every comman
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,21 +60,48 @@ class MonitorCompleter(Completer):
         word = "" if before[-1].isspace() else words[-1]
         position = len(words) - (0 if before[-1].isspace() else 1)  # index of the current word
         name = words[0].split("/")[0]
-        sets = self.cache.sets
-        if word.startswith("$"):
-            yield from (Completion("$" + c.text, start_position=-len(word),
-                                   display_meta=c.display_meta)
-                        for c in _matches(word[1:], ((r, "register")
-                                                     for r in sets.get("registers", []))))
+        if word.startswith("$"):  # a register, wherever it is typed
+            yield from self._expression(word)
             return
         if position == 1 and name == "info":
-            devices = set(sets.get("devices", []))
+            devices = set(self.cache.sets.get("devices", []))
             yield from _matches(word, ((sub, ("device: " if sub in devices else "") + e["help"])
                                        for sub, e in self.cache.info.items()))
         elif position == 1 and name in ("help", "?"):
             yield from _matches(word, ((c, e["help"]) for c, e in self.cache.commands.items()))
-        elif position == 1 and name in self.cache.commands:
-            hint = self.cache.commands[name]["complete"]
-            meta = {"tags": "snapshot", "events": "trace event", "chardevs": "chardev",
-                    "devices": "device"}.get(hint, "")
-            yield from _matches(word, ((c, meta) for c in sets.get(hint, [])))
+        elif name in self.cache.commands:
+            hint = word_hint(self.cache.commands[name]["complete"], position)
+            if hint == "expression":
+                yield from self._expression(word)
+            elif "|" in hint:
+                yield from _matches(word, ((choice, "") for choice in hint.split("|")))
+            else:
+                yield from _matches(word, ((c, SET_META.get(hint, ""))
+                                           for c in self.cache.sets.get(hint, [])))
+
+    def _expression(self, word: str) -> Iterator[Completion]:
+        """The name being typed at the end of an expression: `$reg`, or a bare prefix that
+        becomes a register (with its `$`) or an ELF symbol."""
+        token = NAME_AT_END.search(word)
+        typed = token.group(0) if token else ""
+        bare = typed.removeprefix("$")
+        sets = self.cache.sets
+        found = {("$" + r, "register") for r in sets.get("registers", []) if r.startswith(bare)}
+        if not typed.startswith("$"):
+            found |= {(s, "symbol") for s in sets.get("symbols", []) if s.startswith(typed)}
+        for text, meta in sorted(found):
+            yield Completion(text, start_position=-len(typed), display_meta=meta)
+
+
+SET_META = {"tags": "snapshot", "events": "trace event", "chardevs": "chardev",
+            "devices": "device"}
+NAME_AT_END = re.compile(r"\$?[A-Za-z0-9_.]*$")
+
+
+def word_hint(complete: str, position: int) -> str:
+    """The hint for word `position` (1 = the first after the name); an expression hint
+    also covers the words after it, so `write a b c` completes everywhere."""
+    hints = complete.split()
+    if position - 1 < len(hints):
+        return hints[position - 1]
+    return "expression" if hints and hints[-1] == "expression" else ""

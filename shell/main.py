@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,9 +94,16 @@ class Shell:
         self.cache = CompletionCache()
         self.status: dict[str, Any] = {}
         self.interactive = False
+        # A second connection for what must not queue behind a running command (the
+        # daemon runs one client's commands in order): Ctrl-C's `stop`, progress, toolbar.
+        self.control = QmpConnection()
+        self.command: asyncio.Task[str] | None = None  # the line the daemon is running
+        self.interrupts = 0
+        self.progress_shown = False
 
     def on_event(self, event: dict[str, Any]) -> None:
         if self.interactive:
+            self._clear_progress()
             print(format_event(event))  # above the prompt, through patch_stdout
         if event["event"] in ("STOP", "RESUME", "RESET", "SHUTDOWN"):
             self.status["state"] = event["event"]
@@ -131,7 +139,13 @@ class Shell:
             if line == "exit":
                 return 0
             try:
-                sys.stdout.write(await self.run_line(line))
+                sys.stdout.write(await self.run_command(line))
+                if self.interrupts:  # Ctrl-C stopped the guest: the script ends here
+                    print("Interrupted", file=sys.stderr)
+                    return 130
+            except asyncio.CancelledError:
+                print("Interrupted", file=sys.stderr)
+                return 130
             except QmpError as e:
                 sys.stdout.flush()
                 print(error_text(e), file=sys.stderr)
@@ -143,15 +157,88 @@ class Shell:
                 return 1
         return 0
 
+    # --- a command the daemon is running: Ctrl-C and progress ----------------------------
+
+    async def run_command(self, line: str) -> str:
+        """run_line with Ctrl-C: the first stops the guest (as gdb's Ctrl-C does), which
+        ends run-for and step early with where they stopped; a second stops waiting
+        (CancelledError).  A long command shows its progress on its line."""
+        loop = asyncio.get_running_loop()
+        self.command = asyncio.create_task(self.run_line(line))
+        self.interrupts = 0
+        progress = asyncio.create_task(self._progress())
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        try:
+            return await self.command
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            self.command = None
+
+    def _on_sigint(self) -> None:
+        self.interrupts += 1
+        if self.command is None:
+            return
+        if self.interrupts == 1:
+            asyncio.get_running_loop().create_task(self._stop_guest())
+        else:
+            self.command.cancel()
+
+    async def _control(self) -> QmpConnection:
+        if not self.control.connected:
+            await self.control.connect(self.address)
+        return self.control
+
+    async def _stop_guest(self) -> None:
+        try:
+            await (await self._control()).execute("stop")
+        except (OSError, QmpError, Disconnected, ValueError):
+            if self.command is not None:
+                self.command.cancel()  # nobody to ask: at least stop waiting
+
+    async def _progress(self) -> None:
+        """While a run-for runs: `[run-for] N ns of TARGET ns (P%)` on the command's line."""
+        out = sys.__stdout__
+        if out is None or not out.isatty():
+            return
+        try:
+            await asyncio.sleep(0.5)
+            while True:
+                clock = await (await self._control()).execute("x-emud-query-clock")
+                target = clock.get("run-for-target")
+                if target:
+                    percent = 100 * clock["ns"] // target if target else 0
+                    out.write(f"\r[run-for] {clock['ns']} ns of {target} ns ({percent}%), "
+                              "Ctrl-C stops\x1b[K")
+                    out.flush()
+                    self.progress_shown = True
+                await asyncio.sleep(0.5)
+        except (OSError, QmpError, Disconnected, ValueError):
+            pass
+        finally:
+            self._clear_progress()
+
+    def _clear_progress(self) -> None:
+        """Erase the progress line (and a ^C the terminal echoed) before other output."""
+        if self.progress_shown and sys.__stdout__ is not None:
+            sys.__stdout__.write("\r\x1b[K")
+            sys.__stdout__.flush()
+        self.progress_shown = False
+
     # --- interactive ---------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Completion sets and toolbar state (cheap queries, one round trip each)."""
-        self.cache.sets = await self.qmp.execute("x-emud-query-completions")
-        status = await self.qmp.execute("query-status")
-        clock = await self.qmp.execute("x-emud-query-clock")
-        regs = await self.qmp.execute("x-emud-query-registers")
-        self.status = {"state": status["status"], "ns": clock["ns"], "pc": regs["pc"]}
+        """Completion sets and toolbar state (cheap queries, one round trip each, on the
+        control connection so they never wait behind a command)."""
+        qmp = await self._control()
+        self.cache.sets = await qmp.execute("x-emud-query-completions")
+        status = await qmp.execute("query-status")
+        clock = await qmp.execute("x-emud-query-clock")
+        regs = await qmp.execute("x-emud-query-registers")
+        self.status = {"state": status["status"], "ns": clock["ns"], "pc": regs["pc"],
+                       "target": clock.get("run-for-target")}
 
     def toolbar(self) -> str:
         if not self.qmp.connected:
@@ -159,17 +246,19 @@ class Shell:
         s = self.status
         if "pc" not in s:
             return f" {self.address} "
-        return (f" {s['state']} | vtime {s['ns']} ns | pc 0x{s['pc']:08x} | {self.address} "
+        vtime = f"vtime {s['ns']} ns" + (f" of {s['target']} (run-for)" if s["target"] else "")
+        return (f" {s['state']} | {vtime} | pc 0x{s['pc']:08x} | {self.address} "
                 f"| Tab: complete, Ctrl-D: leave (daemon keeps running)")
 
     async def _poll(self) -> None:
         while self.qmp.connected:
             try:
                 await self.refresh()
-            except QmpError:
+            except (QmpError, OSError, ValueError):
                 pass  # try again at the next tick
             except Disconnected:
-                return
+                if not self.qmp.connected:
+                    return
             await asyncio.sleep(0.5)
 
     async def interact(self) -> int:
@@ -210,11 +299,13 @@ class Shell:
                         continue
                     quitting = line in ("quit", "q")
                     try:
-                        print(await self.run_line(line), end="")
+                        print(await self.run_command(line), end="")
                         if quitting:
                             await asyncio.wait_for(asyncio.shield(self.qmp.closed), 10)
                     except QmpError as e:
                         print(error_text(e))
+                    except asyncio.CancelledError:
+                        print("Interrupted (the daemon may still finish the command)")
                     except (TimeoutError, Disconnected):
                         pass
                     if not self.qmp.connected:
@@ -247,6 +338,8 @@ class Shell:
             return await self.interact()
         finally:
             await self.qmp.close()
+            if self.control.connected:
+                await self.control.close()
 
 
 def run_shell(address: str, script: str | None = None, private_dirs: Sequence[str] = ()) -> int:

@@ -55,7 +55,9 @@ class QmpConnection:
                 message = json.loads(line)
                 if "event" in message:
                     self.on_event(message)
-                elif (future := self._pending.pop(message.get("id", -1), None)) is not None:
+                    continue
+                future = self._pending.pop(message.get("id", -1), None)
+                if future is not None and not future.done():  # a caller may stop waiting
                     future.set_result(message)
         except (ConnectionError, ValueError):
             pass

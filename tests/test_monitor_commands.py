@@ -94,6 +94,10 @@ async def test_ringbuf_reaches_the_guest_and_back() -> None:
         assert await monitor.execute_qmp("ringbuf-read", {"device": "serial0", "size": 9}) == ""
         pl011 = await hmp(monitor, "info pl011")
         assert "IMSC   0x0010 [RX]" in pl011 and "WLEN=8" in pl011
+        # The line it drives is PLIC source 10 (the README's memory map), low once read.
+        assert pl011.startswith("pl011 @ 0x0000000010000000: chardev serial0, "
+                                "PLIC source 10 (line low)\n")
+        assert (await monitor.execute_qmp("x-emud-query-pl011", {}))["plic-source"] == 10
 
 
 async def test_info_hpet_shows_the_device_state() -> None:
@@ -238,3 +242,14 @@ async def test_every_completed_register_name_is_readable() -> None:
     assert {"pc", "a0", "x31", "mstatus", "mcause", "minstret"} <= set(names)
     for name in names:
         assert monitor.execute_hmp_now(f"p/x ${name}").startswith(("0x", "0"))
+
+
+async def test_every_completed_symbol_evaluates_to_its_address() -> None:
+    monitor = _fuzz_monitor()
+    image = monitor.machine.image
+    assert image is not None
+    symbols = (await monitor.execute_qmp("x-emud-query-completions", {}))["symbols"]
+    assert {"main", "_start"} <= set(symbols)
+    for name in symbols:
+        value = image.symbols[name]
+        assert monitor.execute_hmp_now(f"p/x {name}") == (f"{value:#x}" if value else "0") + "\n"

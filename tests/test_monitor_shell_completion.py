@@ -60,6 +60,28 @@ def test_registers_tags_events_chardevs(completer: MonitorCompleter) -> None:
     assert set(complete(completer, "help inf")) == {"info"}
 
 
+def test_snapshot_actions_then_tags(completer: MonitorCompleter) -> None:
+    assert complete(completer, "snapshot ") == {"diff": "", "export": "", "import": ""}
+    assert set(complete(completer, "snapshot e")) == {"export"}
+    assert complete(completer, "snapshot diff b") == {"boot": "snapshot",
+                                                      "before-irq": "snapshot"}
+
+
+def test_expressions_complete_registers_with_their_dollar_and_symbols(
+        completer: MonitorCompleter) -> None:
+    found = complete(completer, "p ma")
+    assert found["$marchid"] == "register" and found["main"] == "symbol"
+    assert "marchid" not in found and all(t.startswith(("$", "ma")) for t in found)
+    found = completer.get_completions(Document("p/x 4+ma"), CompleteEvent())
+    assert {(c.text, c.start_position) for c in found} >= {("$marchid", -2), ("main", -2)}
+    assert "_start" in complete(completer, "x/4i _st")  # x's address is an expression
+    assert "$mepc" in complete(completer, "write 0x80000000 $mep")  # every word of write
+    assert set(complete(completer, "write 0 1 mepc")) == {"$mepc"}
+    assert set(complete(completer, "ringbuf_read s")) == {"serial0"}
+    assert "$sp" in complete(completer, "ringbuf_read serial0 s")
+    assert complete(completer, "trace-event pl011_read ma") == {}  # on|off: not an expression
+
+
 def test_script_splitting_respects_quotes() -> None:
     assert split_script('stop; ringbuf_write serial0 "a;b" ;; info status') == [
         "stop", 'ringbuf_write serial0 "a;b"', "info status"]

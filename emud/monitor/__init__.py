@@ -10,7 +10,8 @@ a renderer over that data.  The doors:
       text = await monitor.execute_hmp("info registers")   # raises MonitorError
       text = monitor.execute_hmp_now("x/4i $pc")           # same, for synchronous callers;
                                                            # refuses commands that must wait
-                                                           # for the guest (run-for)
+                                                           # for the guest or yield to
+                                                           # the loop (run-for, step)
 
   `MonitorError.desc` is the message; `hmp_error_text(e)` renders it as HMP
   does (`Error: …`, or bare for parse errors and unknown commands).

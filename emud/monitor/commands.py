@@ -6,9 +6,9 @@ for the structured twins QEMU lacks.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
 from emud.hw.plic import NUM_SOURCES, Plic
-from emud.machine import HPET_BASE, UART0_BASE
+from emud.machine import HPET_BASE, UART0_BASE, UART0_IRQ
 from emud.memory import BusError
 from emud.monitor.core import CSR_BY_NAME
 from emud.monitor.errors import MonitorError
@@ -104,6 +104,8 @@ def help_(m: Monitor, name: str = "") -> list[str]:
     for cmd in reg.hmp_commands():
         if not name or name in (cmd.name, *cmd.aliases):
             lines.append(_help_line("", cmd.spelling, cmd.params, cmd.help))
+            if name:
+                lines += cmd.details
     if name and not lines:
         raise MonitorError(f"unknown command: '{name}'", plain=True)
     return lines
@@ -116,7 +118,8 @@ def info(m: Monitor) -> list[str]:
     return lines
 
 
-@command(info="version", qmp="query-version", help="show the version of QEMU",
+@command(info="version", qmp="query-version",
+         help="show the QEMU release whose QMP emud follows, and emud's own version",
          render=lambda r: "{major}.{minor}.{micro}".format(**r["qemu"]) + f" ({r['package']})")
 def info_version(m: Monitor) -> dict[str, Any]:
     return {"qemu": dict(QEMU_VERSION), "package": f"emud {EMUD_VERSION}"}
@@ -139,6 +142,9 @@ def query_hmp_commands(m: Monitor) -> list[dict[str, Any]]:
     return out
 
 
+SYMBOL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
 @command(qmp="x-emud-query-completions")
 def query_completions(m: Monitor) -> dict[str, list[str]]:
     """Dynamic completion sets: devices, registers, snapshot tags, trace events, chardevs."""
@@ -150,7 +156,14 @@ def query_completions(m: Monitor) -> dict[str, list[str]]:
             "registers": ["pc", "fp", *(f"x{i}" for i in range(32)), *ABI_NAMES,
                           *sorted(CSR_BY_NAME)],
             "tags": tags, "events": [ev.name for ev in trace.events()],
-            "chardevs": list(m.chardevs)}
+            "chardevs": list(m.chardevs), "symbols": expression_symbols(m)}
+
+
+def expression_symbols(m: Monitor) -> list[str]:
+    """The image's symbols that an expression can name (`__global_pointer$` cannot)."""
+    image = m.machine.image
+    names = image.symbols if image is not None else {}
+    return sorted(name for name in names if SYMBOL_NAME.fullmatch(name))
 
 
 @command(info="status", qmp="query-status", help="show the current VM status (running|paused)",
@@ -202,44 +215,46 @@ def _render_where(r: dict[str, Any]) -> str:
     return f"0x{r['pc']:08x}:  {r['insn']}"
 
 
+MAX_STEP = 10_000_000
+
+
+def _render_progress(r: dict[str, Any]) -> str:
+    """The stop line, after a note when the command ended before its goal."""
+    note = ""
+    if r.get("executed", r.get("count")) != r.get("count"):
+        note = f"stopped after {r['executed']} of {r['count']} steps ({r['status']})\n"
+    elif r.get("target-ns") is not None and not r["completed"]:
+        note = (f"stopped at {r['ns']} ns, before the target {r['target-ns']} ns "
+                f"({r['status']})\n")
+    return note + _render_where(r)
+
+
 @command("step", args="count:l?", params="[n]", qmp="x-emud-step",
-         help="execute n instructions (default 1) while the VM is stopped", render=_render_where)
-def step(m: Monitor, count: int = 1) -> dict[str, Any]:
-    if m.daemon.running:
+         help="execute n instructions (default 1, at most 10000000) while the VM is stopped; "
+              "`stop` or Ctrl-C in the shell ends it early", render=_render_progress)
+async def step(m: Monitor, count: int = 1) -> dict[str, Any]:
+    daemon = m.daemon
+    if daemon.running:
         raise MonitorError("The VM is running; stop it first")
-    if not 0 < count <= 10_000_000:
-        raise MonitorError("step count must be between 1 and 10000000")
-    m.daemon.step(count)
-    return _where(m)
+    if not 0 < count <= MAX_STEP:
+        raise MonitorError(f"step count must be between 1 and {MAX_STEP}")
+    if daemon.stepping:
+        raise MonitorError("another step is in progress")
+    executed = await daemon.step_async(count)
+    return _where(m) | {"count": count, "executed": executed}
 
 
 @command("run-for", args="duration:s", params="DURATION", qmp="x-emud-run-for",
-         help="run for a span of virtual time (10ms, 5us, 1000ns, 2s), then stop",
-         render=_render_where)
+         help="run for a span of virtual time (10ms, 5us, 1000ns, 2s; at most 3600s), then "
+              "stop; `stop` or Ctrl-C in the shell ends it early", render=_render_progress)
 async def run_for(m: Monitor, duration: str) -> dict[str, Any]:
     ns = parse_duration(duration)
-    daemon, clock = m.daemon, m.machine.clock
+    daemon = m.daemon
     if daemon.status == "shutdown":
         raise MonitorError("Resetting the Virtual Machine is required")
-    done = asyncio.Event()
-
-    def listener(event: str, data: dict[str, Any]) -> None:
-        if event in ("STOP", "SHUTDOWN"):
-            done.set()
-
-    timer = clock.timer(daemon.stop)
-    timer.modify(clock.now_ns + ns)
-    daemon.listeners.append(listener)
-    try:
-        if daemon.running:
-            await done.wait()
-        else:
-            daemon.cont()
-            await done.wait()
-    finally:
-        timer.cancel()
-        daemon.listeners.remove(listener)
-    return _where(m)
+    target = m.machine.clock.now_ns + ns
+    completed = await daemon.run_for(ns)
+    return _where(m) | {"target-ns": target, "completed": completed}
 
 
 # --- registers and memory ---------------------------------------------------------------
@@ -316,6 +331,16 @@ def _printc(value: int) -> str:
     return f"'{chr(value)}'" if 32 <= value <= 126 else f"'\\x{value:02x}'"
 
 
+# x and xp show at most this many lines (256 KiB as words, 16384 instructions), so one
+# command neither holds the loop for long nor sends a reply of many megabytes.
+MAX_DUMP_LINES = 16384
+
+
+def _capped(lines: list[str], values: list[Any], addr: int) -> dict[str, Any]:
+    lines.append(f"(output capped at {MAX_DUMP_LINES} lines; the next address is 0x{addr:x})")
+    return {"lines": lines, "values": values, "truncated": True, "next": addr}
+
+
 def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str, Any]:
     """QEMU's memory_dump layout (16 bytes a line, 8 for bytes, address prefix) as `lines`,
     and the items themselves as `values` (integers, or instructions for /i)."""
@@ -324,13 +349,15 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     lines: list[str] = []
     values: list[Any] = []
     if fmt.letter == "i":
-        for _ in range(fmt.count):
+        for done in range(fmt.count):
+            if done == MAX_DUMP_LINES:
+                return _capped(lines, values, addr)
             length, text = _disas_at(m, addr)
             lines.append(f"0x{addr:0{width}x}:  {text}")
             if not length:
                 break
             values.append({"addr": addr, "length": length, "text": text[18:]})
-            addr += length
+            addr = (addr + length) & 0xFFFF_FFFF
         return {"lines": lines, "values": values}
     line_size = 8 if fmt.size == 1 else 16
     remaining = fmt.size * fmt.count
@@ -338,6 +365,8 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     digits = {"o": -(-size * 8 // 3), "u": -(-size * 80 // 33), "d": -(-size * 80 // 33)}.get(
         fmt.letter, size * 2)
     while remaining > 0:
+        if len(lines) == MAX_DUMP_LINES:
+            return _capped(lines, values, addr)
         chunk = min(remaining, line_size)
         prefix = f"{addr:0{width}x}:"
         try:
@@ -366,14 +395,22 @@ def memory_dump(m: Monitor, fmt: Format, addr: int, physical: bool) -> dict[str,
     return {"lines": lines, "values": values}
 
 
+DUMP_FORMATS = (
+    "  /fmt is /{count}{format}{size}; a part left out keeps its last value",
+    "  format: x hex, d signed decimal, u unsigned decimal, o octal, c char, i instruction",
+    "  size: b 8-bit, h 16-bit, w 32-bit, g 64-bit (not used by i)",
+    f"  at most {MAX_DUMP_LINES} lines a command; a note then gives the next address",
+)
+
+
 @command("x", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
-         help="virtual memory dump starting at 'addr'")
+         help="virtual memory dump starting at 'addr'", details=DUMP_FORMATS)
 def x(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=False)
 
 
 @command("xp", args="fmt:/,addr:l", params="/fmt addr", render=lambda r: "\n".join(r["lines"]),
-         help="physical memory dump starting at 'addr'")
+         help="physical memory dump starting at 'addr'", details=DUMP_FORMATS)
 def xp(m: Monitor, fmt: Format, addr: int) -> dict[str, Any]:
     return memory_dump(m, fmt, addr, physical=True)
 
@@ -394,7 +431,10 @@ def format_value(letter: str, value: int) -> str:
 
 @command("print|p", args="fmt:/,value:l", params="/fmt expr",
          help="print expression value (use $reg for CPU register access)",
-         render=lambda r: r["text"], complete="registers")
+         render=lambda r: r["text"], complete="expression", details=(
+             "  format: x hex (the default), d signed decimal, u unsigned decimal, o octal, "
+             "c char",
+             "  expr: numbers (0x hex, 0 octal), $reg, ELF symbols, + - * / % & | ^ ~ ( )"))
 def print_(m: Monitor, fmt: Format, value: int) -> dict[str, Any]:
     return {"value": value, "text": format_value(fmt.letter, value)}
 
@@ -449,8 +489,10 @@ def memory_write(m: Monitor, addr: int, data: str) -> None:
 def info_clock(m: Monitor) -> dict[str, Any]:
     clock = m.machine.clock
     deadline = clock.next_deadline()
+    targets = m.daemon.run_for_targets
     return {"mode": "icount", "shift": clock.shift, "ns": clock.now_ns, "icount": clock.icount,
-            "next-deadline": None if deadline == NEVER else deadline}
+            "next-deadline": None if deadline == NEVER else deadline,
+            "run-for-target": min(targets) if targets else None}
 
 
 def _clock_lines(r: dict[str, Any]) -> list[str]:
@@ -551,7 +593,8 @@ def _pic_lines(r: dict[str, Any]) -> list[str]:
          help="show the PL011 UART registers, decoded, and its receive FIFO",
          render=lambda r: "\n".join(_pl011_lines(r)))
 def info_pl011(m: Monitor) -> dict[str, Any]:
-    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0"}
+    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0",
+                                     "plic-source": UART0_IRQ}
 
 
 def _pl011_lines(r: dict[str, Any]) -> list[str]:
@@ -566,7 +609,8 @@ def _pl011_lines(r: dict[str, Any]) -> list[str]:
     fifo = r["rx_fifo"]
     pending = " ".join(f"{b:02x}" for b in fifo["pending"])
     baud = f"{r['baudrate']} baud" if r["baudrate"] else "baud rate not set"
-    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, irq {int(r['irq'])}"
+    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, PLIC source "
+            f"{r['plic-source']} (line {('low', 'high')[bool(r['irq'])]})"
             f"{', loopback' if r['loopback'] else ''}",
             flags("FR"), flags("CR"),
             f"  LCR_H  0x{lcr['value']:04x} [{' '.join(lcr_fields)}]",
@@ -635,7 +679,7 @@ def _escape_ring(data: bytes) -> str:
 
 
 @command("ringbuf_read", args="device:s,size:l", params="device size",
-         help="Read from a ring buffer character device", complete="chardevs",
+         help="Read from a ring buffer character device", complete="chardevs expression",
          render=_escape_ring)
 def ringbuf_read(m: Monitor, device: str, size: int) -> bytes:
     if size > 1 << 24:
@@ -653,11 +697,20 @@ def qmp_ringbuf_read(m: Monitor, device: str, size: int, format: str = "utf8") -
     return data.decode("utf-8", errors="replace")
 
 
+def _utf8(data: str) -> bytes:
+    """The bytes of `data`; a lone surrogate (JSON's \\udc80) has none, so it is refused."""
+    try:
+        return data.encode()
+    except UnicodeEncodeError as e:
+        raise MonitorError(f"data is not valid text: lone surrogate U+{ord(data[e.start]):04X} "
+                           f"at character {e.start}") from None
+
+
 @command("ringbuf_write", args="device:s,data:s", params="device data",
          help="Send data to the guest through a ring buffer character device "
               "(it arrives in the PL011's receive FIFO)", complete="chardevs")
 def ringbuf_write(m: Monitor, device: str, data: str) -> None:
-    _ring(m, device).feed(data.encode())
+    _ring(m, device).feed(_utf8(data))
     m.daemon.wake.set()
 
 
@@ -669,7 +722,7 @@ def qmp_ringbuf_write(m: Monitor, device: str, data: str, format: str = "utf8") 
         except ValueError:
             raise MonitorError("data is not valid base64") from None
     elif format == "utf8":
-        raw = data.encode()
+        raw = _utf8(data)
     else:
         raise MonitorError(f"Parameter 'format' does not accept value '{format}'")
     _ring(m, device).feed(raw)

@@ -15,7 +15,10 @@ from emud.monitor.registry import ArgContext, Command, check_qmp_args, parse_hmp
 if TYPE_CHECKING:
     from emud.daemon import Daemon
 
-REG_ALIASES = {"fp": 8}
+REG_ALIASES = {"fp": 8} | {f"x{i}": i for i in range(32)}
+# Longer HMP lines are refused before parsing: an expression of megabytes would hold the
+# loop for seconds (QEMU's own HMP line editor stops at 4 KiB).
+MAX_LINE = 65536
 CSR_BY_NAME = {name: num for num, name in CSR_NAMES.items()} | {c.name.lower(): c for c in Csr}
 
 
@@ -67,10 +70,10 @@ class Monitor(ArgContext):
         lname = name.lower()
         if lname == "pc":
             return hart.pc
-        if lname in ABI_NAMES or lname in REG_ALIASES:
-            return hart.x[REG_ALIASES.get(lname) or ABI_NAMES.index(lname)]
-        if lname[:1] == "x" and lname[1:].isdigit() and int(lname[1:]) < 32:
-            return hart.x[int(lname[1:])]
+        if lname in REG_ALIASES:
+            return hart.x[REG_ALIASES[lname]]
+        if lname in ABI_NAMES:
+            return hart.x[ABI_NAMES.index(lname)]
         if lname in CSR_BY_NAME:
             return hart.csr_read(CSR_BY_NAME[lname], 0)
         raise ParseError("unknown register")
@@ -85,6 +88,9 @@ class Monitor(ArgContext):
 
     def _resolve_hmp(self, line: str) -> tuple[Command, str, str]:
         """(command, the name as typed, the rest of the line)."""
+        if len(line) > MAX_LINE:
+            raise MonitorError(f"command line too long ({len(line)} characters; "
+                               f"HMP takes at most {MAX_LINE})")
         text = line.strip()
         end = 0
         while end < len(text) and not text[end].isspace() and text[end] != "/":
@@ -129,7 +135,8 @@ class Monitor(ArgContext):
 
     def execute_hmp_now(self, line: str) -> str:
         """execute_hmp for synchronous callers (gdb's `monitor`).  Commands that must
-        wait for the guest (run-for) are refused instead of blocking the loop."""
+        wait for the guest or yield to the loop (run-for, step) are refused instead of
+        blocking it."""
         if not line.strip():
             return ""
         cmd, args = self._bind(line)

@@ -6,9 +6,11 @@ tested on its own.  Errors are `ParseError` with QEMU's wording.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from emud.monitor.errors import MonitorError
 
@@ -103,9 +105,12 @@ def parse_format(cur: Cursor, sticky: Format) -> Format:
         return Format(1, sticky.letter, sticky.size)
     cur.pos += 1
     start = cur.pos
-    while cur.peek().isdigit():
+    while cur.peek() in _DIGITS:
         cur.pos += 1
-    count = int(cur.text[start : cur.pos]) if cur.pos > start else 1
+    digits = cur.text[start : cur.pos].lstrip("0") or "0"
+    # More items than anyone can dump; the commands cap what they show (and say so).
+    count = int(digits) if len(digits) <= 18 else 10**18
+    count = count if cur.pos > start else 1
     letter: str | None = None
     size: int | None = None
     while True:
@@ -127,6 +132,12 @@ def parse_format(cur: Cursor, sticky: Format) -> Format:
 Lookup = Callable[[str], int]  # name -> value; raises MonitorError when unknown
 
 
+MAX_NESTING = 100  # parentheses and unary operators inside one another (QEMU: the C stack)
+# The most digits (leading zeros aside) a 64-bit number has in each base.
+_MAX_DIGITS = {16: 16, 10: 20, 8: 22}
+_DIGITS = frozenset(string.digits)  # ASCII only: str.isdigit() also accepts '²' and '٣'
+
+
 class _Expr:
     """QEMU's monitor expression grammar, plus ELF symbol names."""
 
@@ -134,6 +145,17 @@ class _Expr:
         self.cur = cur
         self.register = register
         self.symbol = symbol
+        self.depth = 0
+
+    def _nested(self) -> int:
+        """unary() one level down; deep nesting is an error, not a Python RecursionError."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ParseError(f"expression nested too deeply (at most {MAX_NESTING} levels)")
+        try:
+            return self.unary()
+        finally:
+            self.depth -= 1
 
     def _next_op(self, ops: str) -> str | None:
         """Consume the next operator in `ops` (after blanks); otherwise leave the cursor."""
@@ -179,11 +201,15 @@ class _Expr:
         ch = cur.peek()
         if ch in ("+", "-", "~"):
             cur.pos += 1
-            value = self.unary()
+            value = self._nested()
             return value if ch == "+" else -value if ch == "-" else ~value
         if ch == "(":
             cur.pos += 1
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise ParseError(f"expression nested too deeply (at most {MAX_NESTING} levels)")
             value = self.sum()
+            self.depth -= 1
             if self._next_op(")") is None:
                 raise ParseError("')' expected")
             return value
@@ -198,7 +224,7 @@ class _Expr:
         if ch == "$":
             cur.pos += 1
             return self.register(self._name())
-        if ch.isdigit():
+        if ch in _DIGITS:
             return self._number()
         if ch.isalpha() or ch in "_.":
             return self.symbol(self._name())
@@ -226,7 +252,10 @@ class _Expr:
         start = cur.pos
         while cur.peek() and cur.peek() in digits:
             cur.pos += 1
-        return int(text[start : cur.pos], base)
+        significant = text[start : cur.pos].lstrip("0") or "0"
+        if len(significant) > _MAX_DIGITS[base] or int(significant, base) > MASK64:
+            raise ParseError("number too large")  # strtoull's ERANGE, as QEMU reports it
+        return int(significant, base)
 
 
 def expression(cur: Cursor, register: Lookup, symbol: Lookup) -> int:
@@ -237,17 +266,24 @@ def expression(cur: Cursor, register: Lookup, symbol: Lookup) -> int:
 # --- duration (run-for) ---------------------------------------------------------------
 
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_DURATION = re.compile(r"(\d{1,20})(?:\.(\d{0,20}))?(ns|us|ms|s)?")
+MAX_DURATION_NS = 3600 * 1_000_000_000  # an hour of virtual time; `cont` runs longer
 
 
 def parse_duration(text: str) -> int:
-    """'10ms', '5us', '1000ns', '0.5s' or a bare number of ns -> ns (virtual time)."""
-    body = text.strip().lower()
-    unit = next((u for u in ("ns", "us", "ms", "s") if body.endswith(u)), "ns")
-    number = body[: len(body) - len(unit)] if body.endswith(unit) else body
-    try:
-        ns = round(float(number) * _UNITS[unit]) if "." in number else int(number) * _UNITS[unit]
-    except ValueError:
-        raise MonitorError(f"invalid duration '{text}' (e.g. 10ms, 5us, 1000ns, 2s)") from None
+    """'10ms', '5us', '1000ns', '0.5s' or a bare number of ns -> ns (virtual time).
+
+    Plain decimals only (no exponents, inf or nan), rounded to whole ns, between
+    1 ns and MAX_DURATION_NS."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise MonitorError(f"invalid duration '{text}' (e.g. 10ms, 5us, 1000ns, 2s)")
+    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3) or "ns"
+    scale = _UNITS[unit]
+    ns = int(whole) * scale + round(Fraction(int(fraction or "0"), 10 ** len(fraction)) * scale)
     if ns <= 0:
         raise MonitorError(f"duration must be positive, not '{text}'")
+    if ns > MAX_DURATION_NS:
+        raise MonitorError(f"duration '{text}' is too long: run-for takes at most 3600s "
+                           "of virtual time (use cont to run longer)")
     return ns

@@ -66,11 +66,22 @@ class Command:
     help: str = ""
     aliases: tuple[str, ...] = ()
     render: Renderer = _default_render
-    complete: str = ""  # what later words complete to: registers, devices, tags, events
+    # What the words after the name complete to, one hint per word: a set the shell
+    # fetches (tags, events, chardevs, devices, commands, info), "expression" (registers
+    # as $name, ELF symbols), literal choices "a|b|c", or "-" for nothing.
+    complete: str = ""
+    details: tuple[str, ...] = ()  # more lines for `help NAME` (QEMU's one line comes first)
 
     @property
     def spelling(self) -> str:
         return "|".join((self.name, *self.aliases))
+
+
+def _complete_hints(params: tuple[Param, ...]) -> str:
+    """Completion by parameter kind: expressions where the command takes one."""
+    hints = ["expression" if p.kind in ("l", "i") else "-"
+             for p in params if p.kind not in ("/", "flag")]
+    return " ".join(hints).rstrip(" -")
 
 
 @dataclass
@@ -81,13 +92,15 @@ class Registry:
 
     def command(self, spelling: str = "", *, args: str = "", params: str = "", help: str = "",
                 qmp: str = "", info: str = "", render: Renderer | None = None,
-                complete: str = "") -> Callable[[H], H]:
+                complete: str = "", details: tuple[str, ...] = ()) -> Callable[[H], H]:
         """Register a handler under an HMP name (`name|alias`), an `info` name and/or QMP."""
 
         def register(handler: H) -> H:
             names = spelling.split("|") if spelling else [info or qmp]
-            cmd = Command(names[0], handler, parse_args_type(args), params, help,
-                          tuple(names[1:]), render or _default_render, complete)
+            arg_params = parse_args_type(args)
+            cmd = Command(names[0], handler, arg_params, params, help, tuple(names[1:]),
+                          render or _default_render, complete or _complete_hints(arg_params),
+                          details)
             if info:
                 self.info[info] = cmd
             elif spelling:

@@ -185,7 +185,7 @@ command(qmp="x-emud-snapshot-import", args="file:s,tag:s?")(snapshot_import)
 
 
 @command("snapshot", args="action:s,first:s?,second:s?", params="diff A [B] | export TAG FILE | "
-         "import FILE [TAG]", complete="tags",
+         "import FILE [TAG]", complete="diff|export|import tags tags",
          help="compare snapshots, or export/import one as a QEMU migration stream",
          render=lambda r: _render_diff(r) if "changes" in r else
          (f"wrote {r['size']} bytes to {r['file']}" if "file" in r and "size" in r

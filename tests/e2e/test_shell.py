@@ -42,14 +42,14 @@ class Daemon:
         return True
 
 
-@pytest.fixture
-def daemon() -> Iterator[Daemon]:
+def start_daemon(image: str) -> Iterator[Daemon]:
     work = Path(tempfile.mkdtemp(prefix="emud-shell-"))
     env = dict(os.environ, XDG_STATE_HOME=str(work / "state"), PYTHONPATH=str(ROOT))
     qmp, pidfile = str(work / "qmp.sock"), work / "pid"
     started = subprocess.run(
-        [*EMUD, "run", str(IMAGES / "uart_echo.elf"), "--qmp", f"unix:{qmp}", "--daemonize",
-         "--pidfile", str(pidfile)], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        [*EMUD, "run", str(IMAGES / image), "--qmp", f"unix:{qmp}", "--daemonize",
+         "--pidfile", str(pidfile), "-serial", "null"], env=env, capture_output=True, text=True,
+        timeout=TIMEOUT)
     assert started.returncode == 0, started.stderr
     assert f"QMP listening on unix:{qmp}" in started.stderr  # the parent waits until it listens
     pid = int(pidfile.read_text())
@@ -57,6 +57,17 @@ def daemon() -> Iterator[Daemon]:
     yield vm
     if vm.alive():
         os.kill(pid, 15)
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    yield from start_daemon("uart_echo.elf")
+
+
+@pytest.fixture
+def busy_daemon() -> Iterator[Daemon]:
+    """A guest that never sleeps: run-for takes real time."""
+    yield from start_daemon("counter.elf")
 
 
 def shell(vm: Daemon, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,6 +148,15 @@ def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
     term.keys("Enter")
     term.wait_for(r"\n0x8[0-9a-f]{7}\s*\n")
 
+    term.type("p marc")  # a bare name in an expression completes to the register, with `$`
+    term.keys("Tab")
+    term.wait_for(r"\(emud\) p \$marchid")
+    term.keys("C-u")
+    term.type("snapshot ")
+    term.keys("Tab")
+    term.wait_for(r"diff\s*\n\s*export\s*\n\s*import")
+    term.keys("C-u")
+
     term.type("info ")
     term.keys("Tab")  # the menu shows each sub-command with its help; devices are marked
     term.wait_for(r"pl011\s+device: show the PL011")
@@ -207,3 +227,53 @@ def test_daemon_vanishing_under_an_idle_prompt(daemon: Daemon,
     term.wait_for(r"\[event\] SHUTDOWN guest=False reason=host-signal")
     term.wait_for(r"The daemon has gone away")
     term.wait_for(r"exit status 1")
+
+
+def test_ctrl_c_ends_a_long_run_for_and_stops_the_guest(busy_daemon: Daemon,
+                                                        terminals: list[Terminal]) -> None:
+    term = open_shell(busy_daemon, terminals)
+    term.type("run-for 3600s")
+    term.keys("Enter")
+    term.wait_for(r"\[run-for\] \d+ ns of \d+ ns \(0%\), Ctrl-C stops")  # its progress
+    term.keys("C-c")
+    screen = term.wait_for(r"stopped at \d+ ns, before the target \d+ ns \(paused\)\n"
+                           r"0x8[0-9a-f]{7}:  .*\n\(emud\)\s*\n")
+    assert "Traceback" not in screen and "Error" not in screen
+    term.type("info status")
+    term.keys("Enter")
+    term.wait_for(r"VM status: paused\n")
+    assert shell(busy_daemon, "-c", "info status").stdout == "VM status: paused\n"
+
+    term.type("step 10000000")  # a long step ends the same way
+    term.keys("Enter")
+    term.wait_for(r"\(emud\) step 10000000\n")
+    term.keys("C-c")
+    term.wait_for(r"stopped after \d+ of 10000000 steps \(paused\)\n0x8[0-9a-f]{7}:  ")
+    term.wait_for(r"steps \(paused\)\n.*\n\(emud\)\s*\n")
+    term.keys("C-d")
+    term.wait_for(r"exit status 0")
+    assert busy_daemon.alive()
+
+
+def test_ctrl_c_in_script_mode_stops_the_guest_and_ends_the_script(busy_daemon: Daemon) -> None:
+    script = subprocess.Popen([*EMUD, "shell", "--qmp", busy_daemon.qmp, "-c",
+                               "run-for 3600s; info status"], env=busy_daemon.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until the daemon reports the run-for as pending
+            clock = json.loads(shell(busy_daemon, "-c", "json info clock").stdout)
+            if clock["run-for-target"] is not None:
+                break
+            assert time.monotonic() < deadline, "run-for never started"
+        script.send_signal(2)  # SIGINT, as Ctrl-C in a terminal
+        out, err = script.communicate(timeout=TIMEOUT)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 130
+    assert re.fullmatch(r"stopped at \d+ ns, before the target \d+ ns \(paused\)\n"
+                        r"0x8[0-9a-f]{7}:  .*\n", out), out
+    assert err == "Interrupted\n"  # and `info status` never ran
+    assert shell(busy_daemon, "-c", "info status").stdout == "VM status: paused\n"
