@@ -19,7 +19,6 @@ from emud.cpu.hart import Hart
 from emud.snapshots import PAGE_SIZE, Section, SnapshotData, SnapshotInfo, SnapshotStore
 from emud.vmstate import (
     BOOL,
-    INT64,
     QEMU_VM_EOF,
     QEMU_VM_SECTION_FULL,
     QEMU_VM_VMDESCRIPTION,
@@ -79,7 +78,7 @@ VMSTATE_CPU = VMStateDescription(
     [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
      Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
      Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
-     Field("mtval", UINT32), Field("cycle_offset", INT64), Field("instret_offset", INT64),
+     Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
      Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
      Field("waiting", BOOL)],
     loaded=lambda view: view.hart.flush_code(),
