@@ -120,7 +120,23 @@ def machine_config(machine: Machine) -> dict[str, Any]:
         "icount_shift": machine.clock.shift,
         "devices": {d.name: d.property_values() for d in (machine.hpet, machine.uart0)},
         "image_sha256": machine.image.digest if machine.image else None,
+        "image_name": machine.image.path.name if machine.image else None,
     }
+
+
+# Entries that describe but need not match: the same build under another file name loads.
+INFORMATIONAL = frozenset({"image_name"})
+SHORT_DIGEST = 16  # hex digits: as in the default store's file name
+
+
+def describe_image(config: dict[str, Any]) -> str:
+    """`counter.elf (sha256 1a2b3c4d5e6f7a8b)`: an image named for a person."""
+    digest = config.get("image_sha256")
+    if not isinstance(digest, str):
+        return "no image"
+    name = config.get("image_name")
+    short = f"sha256 {digest[:SHORT_DIGEST]}"
+    return f"{name} ({short})" if isinstance(name, str) else f"an image ({short})"
 
 
 def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
@@ -136,8 +152,11 @@ def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
 
 
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - INFORMATIONAL):
         if saved.get(key) != current.get(key):
+            if key == "image_sha256":
+                return (f"configuration mismatch: the snapshot is of {describe_image(saved)}, "
+                        f"this machine runs {describe_image(current)}")
             return (f"configuration mismatch: {key} is {saved.get(key)!r} in the snapshot, "
                     f"{current.get(key)!r} in this machine")
     return None
@@ -152,6 +171,7 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
     current = machine_config(machine)
     if not same_image:
         current["image_sha256"] = snap.config.get("image_sha256")
+        current["image_name"] = snap.config.get("image_name")
     problem = _config_mismatch(snap.config, current)
     if problem:
         raise MigrationError(problem)

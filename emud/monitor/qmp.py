@@ -224,6 +224,7 @@ class QmpServer:
     def __init__(self, monitor: Monitor, address: str) -> None:
         self.monitor = monitor
         self.kind, self.address = parse_address(address)
+        monitor.shared_door = self.kind != "unix"  # every local user can reach a TCP port
         self.clients: set[QmpClient] = set()
         self._server: asyncio.Server | None = None
 
