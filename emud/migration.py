@@ -381,10 +381,13 @@ def _digest(data: bytes | bytearray | memoryview) -> str:
 
 
 def stream_digests(snap: SnapshotData) -> dict[str, str]:
-    """What `import_stream` checks: the whole RAM, and each section with its header fields."""
-    digests = {"ram": _digest(snap.ram)}
+    """What `import_stream` checks: the configuration record (its informational entries
+    too), the whole RAM, and each section with its header fields."""
+    digests = {"config": _digest(json.dumps(snap.config, sort_keys=True).encode()),
+               "ram": _digest(snap.ram)}
     for s in snap.sections:
-        digests[s.name] = _digest(f"{s.instance_id}:{s.version_id}:".encode() + s.data)
+        digests[f"section {s.name}"] = _digest(f"{s.instance_id}:{s.version_id}:".encode()
+                                               + s.data)
     return digests
 
 
@@ -505,7 +508,8 @@ def _check_digests(snap: SnapshotData, digests: dict[str, str]) -> None:
     actual = stream_digests(snap)
     for name in actual.keys() | digests.keys():
         if actual.get(name) != digests.get(name):
-            what = "the RAM" if name == "ram" else f"section '{name}'"
+            what = {"ram": "the RAM", "config": "the configuration record"}.get(
+                name, f"section '{name.removeprefix('section ')}'")
             raise MigrationError(f"stream: {what} is damaged (it does not match its digest "
                                  "in emud-config)")
 

@@ -274,6 +274,10 @@ class ExportDir:
         return data
 
 
+# What SQLite raises on a damaged file: its own errors, and a message (a damaged schema
+# quoted in it) that is not valid UTF-8.
+DB_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
 # What the write-ahead log may keep between transactions.  It is checkpointed and
 # truncated after every write and at every open (a crash leaves the WAL of the killed
 # save behind), so it never holds more than one transaction's pages.
@@ -292,10 +296,12 @@ class SnapshotStore:
             for suffix in ("-wal", "-shm"):  # left by an older emud with the umask's mode
                 _make_private(Path(f"{self.path}{suffix}"))
             self.db = sqlite3.connect(self.path, isolation_level=None)
+            # Damaged text must not raise on every read: U+FFFD makes it fail its digest.
+            self.db.text_factory = lambda raw: raw.decode(errors="replace")
         except OSError as e:
             reason = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
             raise StoreError(f"cannot open snapshot store {self.path}: {reason}") from None
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"cannot open snapshot store {self.path}: {e}") from None
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -303,7 +309,7 @@ class SnapshotStore:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
             self.checkpoint()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             self.db.close()
             raise StoreError(f"cannot open snapshot store {self.path}: {e}") from None
 
@@ -320,7 +326,7 @@ class SnapshotStore:
         """SQLite errors on a read name the store and what was being read."""
         try:
             yield
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"snapshot store {self.path} is damaged: cannot read {what} ({e})"
                              ) from None
 
@@ -382,7 +388,7 @@ class SnapshotStore:
                 )
                 if replaced:
                     self._collect_garbage(db)
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"cannot save snapshot {tag!r}: {e}") from None
         return SnapshotInfo(
             id=snapshot_id, tag=tag, date=time.time(), vm_clock_ns=snap.vm_clock_ns,
@@ -501,7 +507,7 @@ class SnapshotStore:
                 if digest != ZERO_DIGEST:
                     ram[index * PAGE_SIZE : (index + 1) * PAGE_SIZE] = pages[digest]
             config = json.loads(row[7])
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"snapshot store {self.path} is damaged: cannot read snapshot "
                              f"'{real_tag}' ({e})") from None
         return SnapshotData(config, sections, ram, row[3], row[4])
@@ -512,7 +518,7 @@ class SnapshotStore:
             with self._transaction() as db:
                 db.execute("DELETE FROM snapshots WHERE id = ?", (row[0],))
                 self._collect_garbage(db)
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"cannot delete snapshot '{tag}': {e}") from None
 
     def set_meta(self, values: dict[str, str]) -> None:
@@ -521,7 +527,7 @@ class SnapshotStore:
             with self._transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                list(values.items()))
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"cannot write snapshot store {self.path}: {e}") from None
 
     def tags(self) -> list[str]:
@@ -553,7 +559,7 @@ def find_elsewhere(directory: Path, image_path: str, tag: str, exclude: Path) ->
             continue
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        except sqlite3.Error:
+        except DB_ERRORS:
             continue
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -562,7 +568,7 @@ def find_elsewhere(directory: Path, image_path: str, tag: str, exclude: Path) ->
             row = db.execute("SELECT date FROM snapshots WHERE tag = ?", (tag,)).fetchone()
             if row is not None and isinstance(row[0], float | int):
                 found.append(Elsewhere(path, str(meta.get("image_sha256")), float(row[0])))
-        except sqlite3.Error:
+        except DB_ERRORS:
             continue
         finally:
             db.close()
@@ -596,6 +602,12 @@ def _checked_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     name = _name(row[1], row[0])
     for column, value, types in zip(_COLUMNS.split(", "), row, _ROW_TYPES, strict=True):
         if not isinstance(value, types):
+            raise StoreError(f"{name}: its record is damaged ({column})")
+    for column, value, limit in (("date", row[2], 1 << 40), ("vm_clock_ns", row[3], 1 << 64),
+                                 ("icount", row[4] or 0, 1 << 64), ("vm_size", row[5], 1 << 48),
+                                 ("stored_bytes", row[6], 1 << 48)):
+        # Out of range for a date, a u64 or a store's size (NaN fails too).
+        if not 0 <= value < limit:
             raise StoreError(f"{name}: its record is damaged ({column})")
     try:
         config = json.loads(row[7])
