@@ -161,3 +161,23 @@ async def test_unix_qmp_may_export_into_the_default_directory(
     assert (exports / "a.qevm").stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in exports.iterdir()) == ["a.qevm"]
     assert not (tmp_path / "abs.qevm").exists() and not (tmp_path / "a.qevm").exists()
+
+
+async def test_nul_bytes_and_lone_surrogates_are_clear_errors(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir(mode=0o700)
+    async with start(tmp_path, "--export-dir", str(exports), "--tcp-host-files") as (_, qmp, _):
+        await hmp(qmp, "savevm a")
+        for tag in ("a\udcffb", "a\x00b"):
+            for command in ("x-emud-savevm", "x-emud-loadvm", "x-emud-delvm"):
+                with pytest.raises(ExecuteError, match="invalid snapshot tag") as error:
+                    await qmp.execute(command, {"tag": tag})
+                assert "internal error" not in str(error.value)
+        for name in ("a\udcff.qevm", "a\x00.qevm", "/etc/passwd"):
+            with pytest.raises(ExecuteError, match="invalid file name"):
+                await qmp.execute("x-emud-snapshot-export", {"tag": "a", "file": name})
+            with pytest.raises(ExecuteError, match="invalid file name"):
+                await qmp.execute("x-emud-snapshot-import", {"file": name})
+        with pytest.raises(ExecuteError, match="cannot open 'missing.qevm'"):
+            await qmp.execute("x-emud-snapshot-import", {"file": "missing.qevm"})
+        assert " a " in await hmp(qmp, "info snapshots")  # the store is still usable
