@@ -30,6 +30,7 @@ from emud.monitor import Monitor, SnapshotService
 from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
+from emud.snapshots import ExportDir, StoreError
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--snapshots", metavar="PATH",
                      help="SQLite snapshot store for savevm/loadvm (default: one file per image "
                           "under $XDG_STATE_HOME/emud/snapshots)")
+    run.add_argument("--export-dir", metavar="DIR",
+                     help="the only directory snapshot export/import use, by file name (an "
+                          "existing private directory; default $XDG_STATE_HOME/emud/exports)")
+    run.add_argument("--tcp-host-files", action="store_true",
+                     help="allow snapshot export/import through gdb or QMP on TCP, which every "
+                          "local user can reach (refused there by default)")
     run.add_argument("--trace", "-trace", dest="trace", action=TraceAction, default=[],
                      metavar="PATTERN",
                      help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
@@ -203,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         for pattern in args.trace:
             trace.enable(pattern)
         device_props = parse_globals(args.globals)
-    except ValueError as e:
+        if args.export_dir:
+            ExportDir(args.export_dir).check()  # refuse an unsafe directory now, not later
+    except (ValueError, StoreError) as e:
         print(f"emud: {e}", file=sys.stderr)
         return 1
     if args.serial is None:
@@ -240,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     # With a control plane attached, guest power-off is reported there, not the end.
     daemon = Daemon(machine, start_paused=args.paused,
                     exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
-    daemon.snapshots = SnapshotService(daemon, args.snapshots)  # the store opens on first use
+    daemon.snapshots = SnapshotService(daemon, args.snapshots, export_dir=args.export_dir,
+                                       tcp_host_files=args.tcp_host_files)  # opens on first use
     try:
         with terminal_cbreak() if isinstance(serial, StdioBackend) else contextlib.nullcontext():
             return asyncio.run(serve(daemon, args.gdb, args.qmp, ready))

@@ -82,7 +82,7 @@ class EmudTarget:
     # ra, sp, fp, pc: what gdb needs for the frame, so it skips reading all registers
     expedited_registers: tuple[int, ...] = (1, 2, 8, PC_REGNUM)
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, *, shared_door: bool = False) -> None:
         self.daemon = daemon
         self.machine = daemon.machine
         self.hart = daemon.machine.hart
@@ -91,7 +91,7 @@ class EmudTarget:
         self._sw: Counter[int] = Counter()
         self._hw: Counter[int] = Counter()
         self._watch: Counter[tuple[WatchKind, int, int]] = Counter()
-        self._monitor = Monitor(daemon)
+        self._monitor = Monitor(daemon, shared_door=shared_door)  # monitor commands via TCP
         self._xml = target_xml()
         daemon.listeners.append(self._on_event)
 
@@ -288,7 +288,8 @@ class EmudTarget:
 
 async def start_gdb_server(daemon: Daemon, sock: socket.socket) -> GdbServer:
     """Serve gdb on `sock`, a listening socket the caller bound (emud.listen)."""
-    target = EmudTarget(daemon)
+    # Every local user can reach a TCP port: it is a shared door (no host files).
+    target = EmudTarget(daemon, shared_door=sock.family != socket.AF_UNIX)
     await target.server.serve(sock)
     return target.server
 

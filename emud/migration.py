@@ -10,16 +10,23 @@ field, and leaves the machine untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emud.cpu.hart import Hart
-from emud.snapshots import PAGE_SIZE, Section, SnapshotData, SnapshotInfo, SnapshotStore
+from emud.snapshots import (
+    DIGEST_SIZE,
+    PAGE_SIZE,
+    Section,
+    SnapshotData,
+    SnapshotInfo,
+    SnapshotStore,
+)
 from emud.vmstate import (
     BOOL,
-    INT64,
     QEMU_VM_EOF,
     QEMU_VM_SECTION_FULL,
     QEMU_VM_VMDESCRIPTION,
@@ -79,7 +86,7 @@ VMSTATE_CPU = VMStateDescription(
     [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
      Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
      Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
-     Field("mtval", UINT32), Field("cycle_offset", INT64), Field("instret_offset", INT64),
+     Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
      Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
      Field("waiting", BOOL)],
     loaded=lambda view: view.hart.flush_code(),
@@ -113,7 +120,23 @@ def machine_config(machine: Machine) -> dict[str, Any]:
         "icount_shift": machine.clock.shift,
         "devices": {d.name: d.property_values() for d in (machine.hpet, machine.uart0)},
         "image_sha256": machine.image.digest if machine.image else None,
+        "image_name": machine.image.path.name if machine.image else None,
     }
+
+
+# Entries that describe but need not match: the same build under another file name loads.
+INFORMATIONAL = frozenset({"image_name"})
+SHORT_DIGEST = 16  # hex digits: as in the default store's file name
+
+
+def describe_image(config: dict[str, Any]) -> str:
+    """`counter.elf (sha256 1a2b3c4d5e6f7a8b)`: an image named for a person."""
+    digest = config.get("image_sha256")
+    if not isinstance(digest, str):
+        return "no image"
+    name = config.get("image_name")
+    short = f"sha256 {digest[:SHORT_DIGEST]}"
+    return f"{name} ({short})" if isinstance(name, str) else f"an image ({short})"
 
 
 def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
@@ -129,8 +152,11 @@ def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
 
 
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - INFORMATIONAL):
         if saved.get(key) != current.get(key):
+            if key == "image_sha256":
+                return (f"configuration mismatch: the snapshot is of {describe_image(saved)}, "
+                        f"this machine runs {describe_image(current)}")
             return (f"configuration mismatch: {key} is {saved.get(key)!r} in the snapshot, "
                     f"{current.get(key)!r} in this machine")
     return None
@@ -145,6 +171,7 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
     current = machine_config(machine)
     if not same_image:
         current["image_sha256"] = snap.config.get("image_sha256")
+        current["image_name"] = snap.config.get("image_name")
     problem = _config_mismatch(snap.config, current)
     if problem:
         raise MigrationError(problem)
@@ -294,8 +321,9 @@ RAM_SECTION_VERSION = 4
 def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
     """A snapshot as QEMU's migration stream: header, configuration, RAM, devices, vmdesc.
 
-    The emud configuration record travels in an `emud-config` device section (a JSON
-    buffer) so that an import can check it; QEMU's tools show it as an opaque buffer.
+    The emud configuration record and the digests of the content travel in an
+    `emud-config` device section (a JSON buffer) so that an import can check them;
+    QEMU's tools show it as an opaque buffer.
     """
     out = bytearray(QEVM_MAGIC.to_bytes(4, "big") + QEVM_VERSION.to_bytes(4, "big"))
     name = MACHINE_TYPE.encode()
@@ -322,8 +350,11 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
         out += page
     out += RAM_EOS.to_bytes(8, "big") + section_footer(ram_id)
     # The emud configuration record travels as an `emud-config` section holding JSON,
-    # so that an import can check it; QEMU's tools see an opaque buffer.
-    config = json.dumps(snap.config, sort_keys=True).encode()
+    # so that an import can check it; QEMU's tools see an opaque buffer.  The stream
+    # itself has no checksums, so the record also carries a digest of the RAM and of
+    # every device section: a damaged stream is refused instead of loading other state.
+    config = json.dumps({"config": snap.config, "digests": stream_digests(snap)},
+                        sort_keys=True).encode()
     devices: list[dict[str, Any]] = [
         {"name": "emud-config", "instance_id": 0, "size": len(config),
          "fields": [{"name": "data", "size": len(config), "type": "buffer"}]}]
@@ -346,6 +377,30 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
     return bytes(out)
 
 
+def _digest(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).hexdigest()
+
+
+def stream_digests(snap: SnapshotData) -> dict[str, str]:
+    """What `import_stream` checks: the configuration record (its informational entries
+    too), the whole RAM, and each section with its header fields."""
+    digests = {"config": _digest(json.dumps(snap.config, sort_keys=True).encode()),
+               "ram": _digest(snap.ram)}
+    for s in snap.sections:
+        digests[f"section {s.name}"] = _digest(f"{s.instance_id}:{s.version_id}:".encode()
+                                               + s.data)
+    return digests
+
+
+def stream_size_limit(ram_size: int) -> int:
+    """The largest stream `export_stream` writes for this RAM size, with room to spare.
+
+    Every page costs its 8-byte header plus its bytes (the block name once); the
+    devices' sections, the configuration and the description fit in the last MiB.
+    """
+    return ram_size + (ram_size // PAGE_SIZE) * 8 + (1 << 20)
+
+
 def scratch_machine(config: dict[str, Any]) -> Machine:
     """A machine built from a configuration record, with no image and no serial output."""
     from emud.chardev import CharBackend
@@ -360,7 +415,15 @@ def scratch_machine(config: dict[str, Any]) -> Machine:
 
 
 def import_stream(machine: Machine, data: bytes) -> SnapshotData:
-    """Parse a QEVM stream written by `export_stream`; validated like a snapshot load."""
+    """Parse a QEVM stream written by `export_stream`; validated like a snapshot load.
+
+    Nothing is sized from the stream: RAM is the configured size, and every record
+    is checked against it before it is copied.  The digests in `emud-config` must
+    match what was read, so a damaged stream is refused, naming the damaged part.
+    """
+    if len(data) > stream_size_limit(machine.ram.size):
+        raise MigrationError(f"stream: {len(data)} bytes is more than a stream for "
+                             f"{machine.ram.size} bytes of RAM can hold")
     pos = 0
 
     def take(n: int, what: str) -> bytes:
@@ -379,11 +442,11 @@ def import_stream(machine: Machine, data: bytes) -> SnapshotData:
     if take(1, "configuration")[0] != CONFIGURATION:
         raise MigrationError("stream: the configuration record is missing")
     machine_type = take(int.from_bytes(take(4, "machine type length"), "big"), "machine type")
-    if machine_type.decode(errors="replace") != MACHINE_TYPE:
+    if machine_type != MACHINE_TYPE.encode():
         raise MigrationError(f"stream: machine type {machine_type!r}, expected {MACHINE_TYPE}")
-    ram = bytearray()
+    ram = bytearray(machine.ram.size)
     sections: list[Section] = []
-    config: dict[str, Any] | None = None
+    record: Any = None
     while True:
         kind = take(1, "section type")[0]
         if kind == QEMU_VM_EOF:
@@ -410,8 +473,8 @@ def import_stream(machine: Machine, data: bytes) -> SnapshotData:
             pos = end + 5
             if header.idstr == "emud-config":
                 try:
-                    config = json.loads(payload)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    record = json.loads(payload)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     raise MigrationError("stream: the emud-config section is corrupt") from None
             else:
                 sections.append(Section(header.idstr, header.instance_id, header.version_id,
@@ -419,21 +482,42 @@ def import_stream(machine: Machine, data: bytes) -> SnapshotData:
         else:
             raise MigrationError(f"stream: unexpected section type {kind:#04x} at offset "
                                  f"{pos - 1}")
-    if config is None:
+    if record is None:
         raise MigrationError("stream: no emud-config section (not written by emud)")
-    if len(ram) < machine.ram.size:
-        ram += bytes(machine.ram.size - len(ram))
+    config, digests = _config_record(record)
     clock = next((s for s in sections if s.name == VMSTATE_CLOCK.name), None)
     if clock is None or len(clock.data) != 16:
         raise MigrationError("stream: section 'emud-clock' is missing or malformed")
     snap = SnapshotData(config, sections, bytes(ram), int.from_bytes(clock.data[:8], "big"),
                         int.from_bytes(clock.data[8:], "big"))
-    stage(machine, snap)  # validate everything now, as loadvm would
+    stage(machine, snap)  # names a configuration mismatch or an undecodable section first
+    _check_digests(snap, digests)
     return snap
 
 
+def _config_record(record: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The configuration and the digests from an `emud-config` payload, shape-checked."""
+    config = record.get("config") if isinstance(record, dict) else None
+    digests = record.get("digests") if isinstance(record, dict) else None
+    if not isinstance(config, dict) or not isinstance(digests, dict):
+        raise MigrationError("stream: the emud-config section has no configuration and "
+                             "digests (corrupt, or written by an older emud)")
+    return config, digests
+
+
+def _check_digests(snap: SnapshotData, digests: dict[str, str]) -> None:
+    actual = stream_digests(snap)
+    for name in actual.keys() | digests.keys():
+        if actual.get(name) != digests.get(name):
+            what = {"ram": "the RAM", "config": "the configuration record"}.get(
+                name, f"section '{name.removeprefix('section ')}'")
+            raise MigrationError(f"stream: {what} is damaged (it does not match its digest "
+                                 "in emud-config)")
+
+
 def _read_ram(data: bytes, pos: int, ram: bytearray) -> int:
-    """Read RAM records up to EOS; returns the position after it."""
+    """Read RAM records up to EOS into `ram` (the configured size); returns the position
+    after EOS.  A record outside `ram` or a block of another size is refused."""
     while True:
         if pos + 8 > len(data):
             raise MigrationError(f"stream: RAM section truncated at offset {pos}")
@@ -446,23 +530,31 @@ def _read_ram(data: bytes, pos: int, ram: bytearray) -> int:
             if pos + 1 > len(data):
                 raise MigrationError("stream: RAM block list truncated")
             length = data[pos]
-            pos += 1 + length + 8
+            pos += 1 + length
+            block = int.from_bytes(data[pos : pos + 8], "big")
+            pos += 8
+            if addr != len(ram) or block != len(ram):
+                raise MigrationError(f"stream: a RAM block of {block} bytes, this machine has "
+                                     f"{len(ram)}")
             continue
         if not flags & RAM_CONTINUE:
             length = data[pos] if pos < len(data) else 0
             pos += 1 + length
+        if addr + PAGE_SIZE > len(ram):
+            raise MigrationError(f"stream: RAM page at {addr:#x} is outside the "
+                                 f"{len(ram)} bytes of RAM")
         if flags & RAM_PAGE:
             page = data[pos : pos + PAGE_SIZE]
             if len(page) != PAGE_SIZE:
                 raise MigrationError(f"stream: RAM page at {addr:#x} truncated")
             pos += PAGE_SIZE
         elif flags & RAM_ZERO:
-            page = bytes([data[pos]]) * PAGE_SIZE if pos < len(data) else b""
+            if pos >= len(data):
+                raise MigrationError(f"stream: RAM page at {addr:#x} truncated")
+            page = bytes([data[pos]]) * PAGE_SIZE
             pos += 1
         else:
             raise MigrationError(f"stream: unsupported RAM record flags {flags:#x}")
-        if len(ram) < addr + PAGE_SIZE:
-            ram += bytes(addr + PAGE_SIZE - len(ram))
         ram[addr : addr + PAGE_SIZE] = page
 
 

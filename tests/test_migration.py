@@ -119,7 +119,12 @@ def test_config_mismatch_names_the_setting(saved: tuple[Machine, SnapshotData]) 
     config = dict(snap.config, ram_size=32 << 20)
     refuse(machine, dataclasses.replace(snap, config=config), "ram_size")
     other = boot(IMAGES / "hello.elf")
-    refuse(other, snap, "image_sha256")
+    # The image by file name and short digest, not as two 64-digit hashes.
+    refuse(other, snap, r"the snapshot is of hpet_timers\.elf \(sha256 [0-9a-f]{16}\), "
+           r"this machine runs hello\.elf \(sha256 [0-9a-f]{16}\)$")
+    # The same build under another file name is the same image.
+    renamed = dataclasses.replace(snap, config=dict(snap.config, image_name="copy.elf"))
+    mg.stage(machine, renamed)
 
 
 def test_version_too_new_and_too_old(saved: tuple[Machine, SnapshotData]) -> None:
@@ -256,3 +261,69 @@ def test_loadvm_of_a_running_guest_stops_and_resumes_it(tmp_path: Path) -> None:
     service.load("a")
     assert events == ["STOP", "RESUME"] and daemon.status == "running"
     assert daemon.machine.clock.icount == 0
+
+
+def _first_page_word(snap: SnapshotData) -> tuple[int, bytes]:
+    """The offset of the first non-zero RAM page and its record word in a stream."""
+    offset = next(o for o in range(0, len(snap.ram), 4096) if any(snap.ram[o : o + 4096]))
+    return offset, (offset | mg.RAM_PAGE).to_bytes(8, "big") + bytes([len(mg.RAM_IDSTR)])
+
+
+@pytest.mark.parametrize("addr", [256 << 20, 1 << 30, 2 << 30, 1 << 63])
+def test_import_refuses_a_page_outside_ram_without_allocating_for_it(
+        saved: tuple[Machine, SnapshotData], addr: int) -> None:
+    import tracemalloc
+
+    machine, snap = saved
+    stream = mg.export_stream(machine, snap)
+    _, word = _first_page_word(snap)
+    assert stream.count(word) == 1
+    bad = stream.replace(word, (addr | mg.RAM_PAGE).to_bytes(8, "big") + word[8:])
+    tracemalloc.start()
+    try:
+        with pytest.raises(mg.MigrationError, match=f"RAM page at {addr:#x} is outside"):
+            mg.import_stream(machine, bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * machine.ram.size  # the configured RAM and copies of it, never `addr`
+
+
+def test_import_refuses_a_ram_block_of_another_size(saved: tuple[Machine, SnapshotData]
+                                                    ) -> None:
+    machine, snap = saved
+    stream = mg.export_stream(machine, snap)
+    size = (len(snap.ram) | mg.RAM_MEM_SIZE).to_bytes(8, "big")
+    bad = stream.replace(size, ((1 << 40) | mg.RAM_MEM_SIZE).to_bytes(8, "big"), 1)
+    with pytest.raises(mg.MigrationError, match="RAM block"):
+        mg.import_stream(machine, bad)
+
+
+def test_import_refuses_a_stream_larger_than_its_ram_allows(
+        saved: tuple[Machine, SnapshotData]) -> None:
+    machine, snap = saved
+    stream = mg.export_stream(machine, snap)
+    with pytest.raises(mg.MigrationError, match="more than a stream"):
+        mg.import_stream(machine, stream + bytes(mg.stream_size_limit(machine.ram.size)))
+
+
+def test_damaged_ram_or_section_is_refused_by_name(saved: tuple[Machine, SnapshotData]) -> None:
+    """Changes the stream format cannot see (a page's bytes, a register value) are caught
+    by the digests emud writes into its emud-config section."""
+    machine, snap = saved
+    stream = mg.export_stream(machine, snap)
+    offset, word = _first_page_word(snap)
+    at = stream.index(word) + len(word) + len(mg.RAM_IDSTR)
+    flipped = bytearray(stream)
+    flipped[at + 100] ^= 0x01
+    with pytest.raises(mg.MigrationError, match="the RAM is damaged"):
+        mg.import_stream(machine, bytes(flipped))
+    # The CPU's pc: a value any u32 may take, so only the digest can tell.
+    cpu = next(s for s in snap.sections if s.name == "cpu")
+    pc_at = stream.index(cpu.data) + 32 * 4
+    flipped = bytearray(stream)
+    flipped[pc_at + 3] ^= 0x04
+    with pytest.raises(mg.MigrationError, match="section 'cpu' is damaged"):
+        mg.import_stream(machine, bytes(flipped))
+    back = mg.import_stream(machine, stream)
+    assert back.ram == snap.ram and back.sections == snap.sections

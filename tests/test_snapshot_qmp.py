@@ -16,19 +16,22 @@ from test_qmp_cli import TIMEOUT, Process, tcp
 from conftest import IMAGES, ROOT
 
 
-@pytest.fixture
-async def emud(tmp_path: Path) -> AsyncIterator[tuple[Process, QMPClient, Path]]:
+@contextlib.asynccontextmanager
+async def start(tmp_path: Path, *extra: str, qmp_address: str = "tcp:127.0.0.1:0"
+                ) -> AsyncIterator[tuple[Process, QMPClient, Path]]:
     store = tmp_path / "snaps.sqlite"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "emud", "run", str(IMAGES / "hpet_timers.elf"), "-S",
-        "--icount", "shift=2", "--qmp", "tcp:127.0.0.1:0", "-serial", "ringbuf",
-        "--snapshots", str(store), cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+        "--icount", "shift=2", "--qmp", qmp_address, "-serial", "ringbuf",
+        "--snapshots", str(store), *extra, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     process = Process(proc)
     qmp = QMPClient("snapshots")
     try:
         await process.read_banner(1)
-        await asyncio.wait_for(qmp.connect(tcp(process.banner["QMP"])), TIMEOUT)
+        address = process.banner["QMP"]
+        await asyncio.wait_for(qmp.connect(tcp(address) if address.startswith("tcp:")
+                                           else address.removeprefix("unix:")), TIMEOUT)
         yield process, qmp, store
     finally:
         with contextlib.suppress(Exception):
@@ -36,6 +39,12 @@ async def emud(tmp_path: Path) -> AsyncIterator[tuple[Process, QMPClient, Path]]
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@pytest.fixture
+async def emud(tmp_path: Path) -> AsyncIterator[tuple[Process, QMPClient, Path]]:
+    async with start(tmp_path) as running:
+        yield running
 
 
 async def hmp(qmp: QMPClient, line: str) -> str:
@@ -91,21 +100,84 @@ async def test_failed_load_leaves_machine_and_run_state(
     assert await qmp.execute("query-status") == status
 
 
-async def test_snapshot_diff_and_export_import(tmp_path: Path,
-                                               emud: tuple[Process, QMPClient, Path]) -> None:
+async def test_snapshot_diff_and_export_import(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir(mode=0o700)
+    async with start(tmp_path, "--export-dir", str(exports), "--tcp-host-files") as (_, qmp, _):
+        await hmp(qmp, "savevm a")
+        await hmp(qmp, "run-for 200us")
+        await hmp(qmp, "savevm b")
+        diff = await hmp(qmp, "snapshot diff a b")
+        assert diff.startswith("diff a -> b") and "emud-clock" in diff and "cpu" in diff
+        structured = await qmp.execute("x-emud-snapshot-diff", {"a": "a"})
+        assert isinstance(structured, dict) and structured["b"] == "current"
+        assert (await hmp(qmp, "snapshot export b b.qevm")).startswith("wrote ")
+        stream = exports / "b.qevm"
+        assert stream.read_bytes()[:4] == b"QEVM"
+        assert stream.stat().st_mode & 0o777 == 0o600
+        imported = await qmp.execute("x-emud-snapshot-import", {"file": "b.qevm", "tag": "c"})
+        assert isinstance(imported, dict) and imported["tag"] == "c"
+        assert "(no differences)" in await hmp(qmp, "snapshot diff b c")
+        # No overwrite unless asked for; then the file is replaced.
+        assert "already exists" in await hmp(qmp, "snapshot export a b.qevm")
+        assert stream.read_bytes() == (exports / "b.qevm").read_bytes()
+        await qmp.execute("x-emud-snapshot-export", {"tag": "a", "file": "b.qevm",
+                                                     "overwrite": True})
+        await hmp(qmp, "snapshot import b.qevm a2")
+        assert "(no differences)" in await hmp(qmp, "snapshot diff a a2")
+        await hmp(qmp, "delvm a")
+        assert " a " not in await hmp(qmp, "info snapshots")
+
+
+async def test_tcp_qmp_refuses_host_files_without_the_opt_in(
+        tmp_path: Path, emud: tuple[Process, QMPClient, Path]) -> None:
+    """Every local user can reach a TCP port: there export/import must be asked for at start."""
     _, qmp, _ = emud
     await hmp(qmp, "savevm a")
-    await hmp(qmp, "run-for 200us")
-    await hmp(qmp, "savevm b")
-    diff = await hmp(qmp, "snapshot diff a b")
-    assert diff.startswith("diff a -> b") and "emud-clock" in diff and "cpu" in diff
-    structured = await qmp.execute("x-emud-snapshot-diff", {"a": "a"})
-    assert isinstance(structured, dict) and structured["b"] == "current"
-    stream = tmp_path / "b.qevm"
-    await hmp(qmp, f"snapshot export b {stream}")
-    assert stream.read_bytes()[:4] == b"QEVM"
-    imported = await qmp.execute("x-emud-snapshot-import", {"file": str(stream), "tag": "c"})
-    assert isinstance(imported, dict) and imported["tag"] == "c"
-    assert "(no differences)" in await hmp(qmp, "snapshot diff b c")
-    await hmp(qmp, "delvm a")
-    assert " a " not in await hmp(qmp, "info snapshots")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for command, args in (("x-emud-snapshot-export", {"tag": "a", "file": "x.qevm"}),
+                          ("x-emud-snapshot-export", {"tag": "a", "file": str(victim),
+                                                      "overwrite": True}),
+                          ("x-emud-snapshot-import", {"file": "x.qevm"})):
+        with pytest.raises(ExecuteError, match="disabled on TCP ports.*--tcp-host-files"):
+            await qmp.execute(command, args)
+    assert "disabled on TCP" in await hmp(qmp, f"snapshot export a {victim}")
+    assert victim.read_bytes() == b"precious"
+
+
+async def test_unix_qmp_may_export_into_the_default_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 0600 unix socket is the user's own door: no opt-in, names in the export directory."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))  # inherited by the daemon
+    async with start(tmp_path, qmp_address=f"unix:{tmp_path / 'q.sock'}") as (_, qmp, _):
+        await hmp(qmp, "savevm a")
+        assert (await hmp(qmp, "snapshot export a a.qevm")).startswith("wrote ")
+        for bad in ("../a.qevm", str(tmp_path / "abs.qevm"), "..", "sub/a.qevm"):
+            assert "invalid file name" in await hmp(qmp, f"snapshot export a {bad}")
+    exports = state / "emud" / "exports"
+    assert exports.stat().st_mode & 0o777 == 0o700
+    assert (exports / "a.qevm").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in exports.iterdir()) == ["a.qevm"]
+    assert not (tmp_path / "abs.qevm").exists() and not (tmp_path / "a.qevm").exists()
+
+
+async def test_nul_bytes_and_lone_surrogates_are_clear_errors(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir(mode=0o700)
+    async with start(tmp_path, "--export-dir", str(exports), "--tcp-host-files") as (_, qmp, _):
+        await hmp(qmp, "savevm a")
+        for tag in ("a\udcffb", "a\x00b"):
+            for command in ("x-emud-savevm", "x-emud-loadvm", "x-emud-delvm"):
+                with pytest.raises(ExecuteError, match="invalid snapshot tag") as error:
+                    await qmp.execute(command, {"tag": tag})
+                assert "internal error" not in str(error.value)
+        for name in ("a\udcff.qevm", "a\x00.qevm", "/etc/passwd"):
+            with pytest.raises(ExecuteError, match="invalid file name"):
+                await qmp.execute("x-emud-snapshot-export", {"tag": "a", "file": name})
+            with pytest.raises(ExecuteError, match="invalid file name"):
+                await qmp.execute("x-emud-snapshot-import", {"file": name})
+        with pytest.raises(ExecuteError, match="cannot open 'missing.qevm'"):
+            await qmp.execute("x-emud-snapshot-import", {"file": "missing.qevm"})
+        assert " a " in await hmp(qmp, "info snapshots")  # the store is still usable

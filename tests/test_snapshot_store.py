@@ -112,3 +112,63 @@ def test_kill_during_savevm_leaves_the_store_readable(tmp_path: Path) -> None:
         assert {"keep1", "keep2"} <= set(store.tags())
         store.close()
     sqlite3.connect(path).close()
+
+
+def test_the_wal_stays_bounded_across_many_saves(tmp_path: Path) -> None:
+    import random
+
+    from emud.snapshots import WAL_KEEP_BYTES
+
+    path = tmp_path / "s.sqlite"
+    store = SnapshotStore(path)
+    wal = Path(f"{path}-wal")
+    for n in range(24):
+        ram = random.Random(n).randbytes(2 << 20)  # 2 MiB of new pages, each save
+        store.save(f"t{n % 2}", snapshot(ram, clock=n))
+        assert wal.stat().st_size <= WAL_KEEP_BYTES, n
+    # Two live snapshots of 2 MiB each, a third while a save replaces one (atomically);
+    # freed pages are reused, not piled up.
+    assert path.stat().st_size < 4 * (2 << 20)
+    store.close()
+
+
+def damaged(tmp_path: Path, sql: str, *args: object) -> SnapshotStore:
+    store = SnapshotStore(tmp_path / "s.sqlite")
+    store.save("one", snapshot(ram_with((1, 1))))
+    store.save("two", snapshot(ram_with((2, 2))))
+    store.db.execute(sql, args)
+    return store
+
+
+@pytest.mark.parametrize(("sql", "args", "message"), [
+    ("UPDATE snapshots SET config = '{' WHERE tag = 'two'", (), r"'two' \(ID 2\).*config"),
+    ("UPDATE snapshots SET config = '[1]' WHERE tag = 'two'", (), r"'two' \(ID 2\).*config"),
+    ("UPDATE snapshots SET date = ? WHERE tag = 'two'", (2.0**62,), r"'two' \(ID 2\).*date"),
+    ("UPDATE snapshots SET vm_clock_ns = 'x' WHERE tag = 'two'", (), r"ID 2\).*vm_clock_ns"),
+    ("UPDATE snapshots SET page_table = ? WHERE tag = 'two'", (b"junk",),
+     r"'two' \(ID 2\).*page table"),
+    ("UPDATE snapshots SET page_table = 7 WHERE tag = 'two'", (), r"ID 2\).*page_table"),
+])
+def test_a_damaged_record_is_named_by_info_and_load(tmp_path: Path, sql: str,
+                                                     args: tuple[object, ...],
+                                                     message: str) -> None:
+    store = damaged(tmp_path, sql, *args)
+    with pytest.raises(StoreError, match=message):
+        store.snapshots()
+    with pytest.raises(StoreError, match=r"ID 2|does not exist|'two'"):
+        store.load("2")
+    assert store.load("one").ram == ram_with((1, 1))  # the others still load
+    store.delete("2")  # and the damaged one can be deleted
+    assert [i.tag for i in store.snapshots()] == ["one"]
+
+
+def test_a_malformed_file_names_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = SnapshotStore(path)
+    store.save("one", snapshot(ram_with((1, 1))))
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096 : 4096 + 64] = bytes(range(64))  # the first table's b-tree page header
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"snapshot store {path}"):
+        SnapshotStore(path).snapshots()

@@ -26,6 +26,7 @@ from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
 
 M = 0xFFFF_FFFF
+M64 = (1 << 64) - 1  # the 64-bit counters wrap; their offsets are kept modulo 2**64
 
 
 class Accelerator(Protocol):
@@ -51,7 +52,10 @@ class Hart:
         self.mepc = 0
         self.mcause = 0
         self.mtval = 0
-        self.cycle_offset = 0  # mcycle/minstret = icount + offset (they are writable)
+        # mcycle/minstret = icount + offset (they are writable).  The offsets are kept in
+        # [0, 2**64): every value a counter can be written to has one representation, and
+        # a snapshot stores it as a plain u64.
+        self.cycle_offset = 0
         self.instret_offset = 0
         self.reservation: int | None = None
         self.time_source: Callable[[], int] = lambda: clock.now_ns // 100  # 10 MHz mtime
@@ -109,7 +113,7 @@ class Hart:
         self.reservation = None
         if not cause & INTERRUPT_BIT:
             # The faulting instruction takes a clock step but does not retire.
-            self.instret_offset -= 1
+            self.instret_offset = (self.instret_offset - 1) & M64
         base = self.mtvec & ~3
         if cause & INTERRUPT_BIT and self.mtvec & 1:
             return (base + 4 * (cause & ~INTERRUPT_BIT)) & M
@@ -189,17 +193,17 @@ class Hart:
                 pass  # WARL fields we keep fixed; mip bits are driven by devices
             case Csr.MCYCLE:
                 cycle = icount + self.cycle_offset
-                self.cycle_offset = ((cycle & ~M) | value) - icount
+                self.cycle_offset = (((cycle & ~M) | value) - icount) & M64
             case Csr.MCYCLEH:
                 cycle = icount + self.cycle_offset
-                self.cycle_offset = ((value << 32) | (cycle & M)) - icount
+                self.cycle_offset = (((value << 32) | (cycle & M)) - icount) & M64
             case Csr.MINSTRET:
                 # The writing instruction itself must not count (it retires after the write).
                 instret = icount + self.instret_offset
-                self.instret_offset = ((instret & ~M) | value) - icount - 1
+                self.instret_offset = (((instret & ~M) | value) - icount - 1) & M64
             case Csr.MINSTRETH:
                 instret = icount + self.instret_offset
-                self.instret_offset = ((value << 32) | (instret & M)) - icount - 1
+                self.instret_offset = (((value << 32) | (instret & M)) - icount - 1) & M64
             case _:
                 raise Trap(Cause.ILLEGAL_INSN, insn)
 

@@ -38,13 +38,16 @@ class SnapshotHook(Protocol):
 class Monitor(ArgContext):
     """See the package docstring.  `fork()` gives a new session sharing everything else."""
 
-    def __init__(self, daemon: Daemon, snapshots: SnapshotHook | None = None) -> None:
-        """`snapshots` defaults to `daemon.snapshots`, looked up at each use."""
+    def __init__(self, daemon: Daemon, snapshots: SnapshotHook | None = None, *,
+                 shared_door: bool = False) -> None:
+        """`snapshots` defaults to `daemon.snapshots`, looked up at each use.
+        `shared_door`: reached through a door other local users can reach (TCP)."""
         from emud.monitor.commands import REGISTRY, irq_counter
 
         self.daemon = daemon
         self.machine = daemon.machine
         self._snapshots = snapshots
+        self.shared_door = shared_door
         self.registry = REGISTRY
         self.irq_counter = irq_counter(self.machine.plic)
         self.fmt = Format()

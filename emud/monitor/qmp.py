@@ -176,6 +176,7 @@ class QmpServer:
         self.monitor = monitor
         self.address = parse_address(address) if isinstance(address, str) else address
         self.option = option  # named in errors
+        monitor.shared_door = self.address.kind != "unix"  # every local user can reach TCP
         self.clients: set[QmpClient] = set()
         self._server: asyncio.Server | None = None
         self._listener: Listener | None = None

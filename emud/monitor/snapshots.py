@@ -6,21 +6,36 @@ keeps QEMU's run-state rules (a running guest is stopped around a load and
 resumed only if the load succeeded; a failed load changes nothing at all).
 
 Extra commands (HMP, with QMP twins):
-  snapshot diff A [B]          x-emud-snapshot-diff {a, b?}    B omitted = the machine now
-  snapshot export TAG FILE     x-emud-snapshot-export {tag, file}
-  snapshot import FILE [TAG]   x-emud-snapshot-import {file, tag?}
+  snapshot diff A [B]            x-emud-snapshot-diff {a, b?}    B omitted = the machine now
+  snapshot export [-f] TAG NAME  x-emud-snapshot-export {tag, file, overwrite?}
+  snapshot import NAME [TAG]     x-emud-snapshot-import {file, tag?}
   (QMP) x-emud-savevm / x-emud-loadvm / x-emud-delvm {tag}: synchronous savevm & co.
+
+Export and import touch host files only by name inside the export directory
+(`ExportDir`), and only through doors no other local user can reach (a unix
+socket, the process itself) unless the daemon was started with --tcp-host-files.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emud import migration
+from emud.hostfiles import UnsafePathError, ensure_private_dir
 from emud.monitor.commands import command, snapshot_store
 from emud.monitor.errors import MonitorError
-from emud.snapshots import SnapshotInfo, SnapshotStore, StoreError, default_store_path
+from emud.snapshots import (
+    ExportDir,
+    SnapshotData,
+    SnapshotInfo,
+    SnapshotStore,
+    StoreError,
+    check_tag,
+    default_store_path,
+    find_elsewhere,
+)
 
 if TYPE_CHECKING:
     from emud.daemon import Daemon
@@ -28,21 +43,60 @@ if TYPE_CHECKING:
 
 
 class SnapshotService:
-    def __init__(self, daemon: Daemon, path: str | Path | None = None) -> None:
+    """`export_dir` None: the default export directory; `tcp_host_files`: allow export
+    and import through doors other local users can reach (gdb or QMP on TCP)."""
+
+    def __init__(self, daemon: Daemon, path: str | Path | None = None, *,
+                 export_dir: str | Path | None = None, tcp_host_files: bool = False) -> None:
         self.daemon = daemon
         machine = daemon.machine
         digest = machine.image.digest if machine.image else "no-image"
+        self.default = not path
         self.path = Path(path) if path else default_store_path(digest)
+        self.exports = ExportDir(export_dir)
+        self.tcp_host_files = tcp_host_files
         self._store: SnapshotStore | None = None
 
     @property
     def store(self) -> SnapshotStore:
         if self._store is None:
             try:
+                if self.default:  # the only directory emud creates; an explicit one must exist
+                    ensure_private_dir(self.path.parent)
                 self._store = SnapshotStore(self.path)
+                image = self.daemon.machine.image
+                if self.default and image is not None:
+                    self._store.set_meta({"image_path": str(image.path.resolve()),
+                                          "image_sha256": image.digest})
+            except UnsafePathError as e:
+                raise MonitorError(f"cannot open snapshot store {self.path}: {e}") from None
             except StoreError as e:
                 raise MonitorError(str(e)) from None
         return self._store
+
+    def _missing(self, tag: str, error: StoreError) -> str:
+        """A tag missing from the default store may exist for an earlier build of the image
+        (each build has its own store): say where, and how to load it."""
+        image = self.daemon.machine.image
+        if not self.default or image is None or not str(error).endswith("does not exist"):
+            return str(error)
+        found = find_elsewhere(self.path.parent, str(image.path.resolve()), tag, self.path)
+        if not found:
+            return str(error)
+        newest = found[0]
+        build = migration.describe_image({"image_sha256": newest.image_sha256,
+                                          "image_name": image.path.name})
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest.date))
+        return (f"Snapshot '{tag}' does not exist for this build of "
+                f"{migration.describe_image(migration.machine_config(self.daemon.machine))}; "
+                f"it exists for an earlier build, {build}, saved {when}, in {newest.store}: "
+                f"run that build with --snapshots {newest.store} to load it")
+
+    def load_data(self, tag: str) -> SnapshotData:
+        try:
+            return self.store.load(tag)
+        except StoreError as e:
+            raise MonitorError(self._missing(tag, e)) from None
 
     def save(self, tag: str) -> dict[str, Any]:
         try:
@@ -56,7 +110,10 @@ class SnapshotService:
         try:
             snap = self.store.load(tag)
             apply = migration.stage(daemon.machine, snap)
-        except (StoreError, migration.MigrationError) as e:
+        except StoreError as e:
+            raise MonitorError(f"Error while loading snapshot '{tag}': "
+                               f"{self._missing(tag, e)}") from None
+        except migration.MigrationError as e:
             raise MonitorError(f"Error while loading snapshot '{tag}': {e}") from None
         was_running = daemon.running
         if was_running:
@@ -71,13 +128,27 @@ class SnapshotService:
         try:
             self.store.delete(tag)
         except StoreError as e:
-            raise MonitorError(str(e)) from None
+            raise MonitorError(self._missing(tag, e)) from None
 
     def tags(self) -> list[str]:
-        return self.store.tags()
+        try:
+            return self.store.tags()
+        except StoreError as e:
+            raise MonitorError(str(e)) from None
 
     def list(self) -> list[dict[str, Any]]:
-        return [_describe(info) for info in self.store.snapshots()]
+        try:
+            return [_describe(info) for info in self.store.snapshots()]
+        except StoreError as e:
+            raise MonitorError(str(e)) from None
+
+    def host_files(self, m: Monitor) -> ExportDir:
+        """The export directory, if this monitor's door may touch host files at all."""
+        if m.shared_door and not self.tcp_host_files:
+            raise MonitorError("snapshot export/import are disabled on TCP ports, which every "
+                               "local user can reach (use a unix socket, or start emud with "
+                               "--tcp-host-files)")
+        return self.exports
 
 
 def _describe(info: SnapshotInfo) -> dict[str, Any]:
@@ -122,11 +193,11 @@ def qmp_delvm(m: Monitor, tag: str) -> None:
 def snapshot_diff(m: Monitor, a: str, b: str | None = None) -> dict[str, Any]:
     service = _service(m)
     machine = m.daemon.machine
+    old = service.load_data(a)
+    new = service.load_data(b) if b else migration.capture(machine)
     try:
-        old = service.store.load(a)
-        new = service.store.load(b) if b else migration.capture(machine)
         changes = migration.diff(machine, old, new)
-    except (StoreError, migration.MigrationError) as e:
+    except migration.MigrationError as e:
         raise MonitorError(str(e)) from None
     return {"a": a, "b": b or "current",
             "changes": [{"section": c.section, "field": c.field, "old": c.old, "new": c.new}
@@ -154,48 +225,58 @@ def _value(v: Any) -> str:
 command(qmp="x-emud-snapshot-diff", args="a:s,b:s?")(snapshot_diff)
 
 
-def snapshot_export(m: Monitor, tag: str, file: str) -> dict[str, Any]:
+def snapshot_export(m: Monitor, tag: str, file: str, overwrite: bool = False
+                    ) -> dict[str, Any]:
     service = _service(m)
+    exports = service.host_files(m)
+    snap = service.load_data(tag)
+    store = service.store.path
     try:
-        stream = migration.export_stream(m.daemon.machine, service.store.load(tag))
-        Path(file).write_bytes(stream)
+        exports.check_name(file)
+        stream = migration.export_stream(m.daemon.machine, snap)
+        path = exports.write(file, stream, overwrite=overwrite,
+                             protect=(store, Path(f"{store}-wal"), Path(f"{store}-shm")))
     except (StoreError, migration.MigrationError) as e:
         raise MonitorError(str(e)) from None
-    except OSError as e:
-        raise MonitorError(f"cannot write {file}: {e.strerror}") from None
-    return {"file": file, "size": len(stream)}
+    return {"file": str(path), "size": len(stream)}
 
 
 def snapshot_import(m: Monitor, file: str, tag: str | None = None) -> dict[str, Any]:
     service = _service(m)
+    exports = service.host_files(m)
+    machine = m.daemon.machine
     try:
-        data = Path(file).read_bytes()
-    except OSError as e:
-        raise MonitorError(f"cannot read {file}: {e.strerror}") from None
-    try:
-        snap = migration.import_stream(m.daemon.machine, data)
-        info = service.store.save(tag or Path(file).stem, snap)
-    except (StoreError, migration.MigrationError) as e:
+        tag = check_tag(tag or Path(exports.check_name(file)).stem)
+        data = exports.read(file, migration.stream_size_limit(machine.ram.size))
+        snap = migration.import_stream(machine, data)
+        info = service.store.save(tag, snap)
+    except StoreError as e:
         raise MonitorError(str(e)) from None
+    except migration.MigrationError as e:
+        raise MonitorError(f"cannot import '{file}': {e}") from None
     return _describe(info)
 
 
-command(qmp="x-emud-snapshot-export", args="tag:s,file:s")(snapshot_export)
+command(qmp="x-emud-snapshot-export", args="tag:s,file:s,overwrite:b?")(snapshot_export)
 command(qmp="x-emud-snapshot-import", args="file:s,tag:s?")(snapshot_import)
 
 
-@command("snapshot", args="action:s,first:s?,second:s?", params="diff A [B] | export TAG FILE | "
-         "import FILE [TAG]", complete="diff|export|import tags tags",
+@command("snapshot", args="action:s,first:s?,second:s?,third:s?",
+         params="diff A [B] | export [-f] TAG NAME | import NAME [TAG]",
+         complete="diff|export|import tags tags",
          help="compare snapshots, or export/import one as a QEMU migration stream",
          render=lambda r: _render_diff(r) if "changes" in r else
          (f"wrote {r['size']} bytes to {r['file']}" if "file" in r and "size" in r
           else f"imported snapshot '{r['tag']}' (ID {r['id']})"))
-def snapshot(m: Monitor, action: str, first: str = "", second: str = "") -> dict[str, Any]:
-    if action == "diff" and first:
+def snapshot(m: Monitor, action: str, first: str = "", second: str = "", third: str = ""
+             ) -> dict[str, Any]:
+    if action == "diff" and first and not third:
         return snapshot_diff(m, first, second or None)
-    if action == "export" and first and second:
+    if action == "export" and first == "-f" and second and third:
+        return snapshot_export(m, second, third, overwrite=True)
+    if action == "export" and first and second and not third:
         return snapshot_export(m, first, second)
-    if action == "import" and first:
+    if action == "import" and first and not third:
         return snapshot_import(m, first, second or None)
-    raise MonitorError("usage: snapshot diff A [B] | snapshot export TAG FILE | "
-                       "snapshot import FILE [TAG]")
+    raise MonitorError("usage: snapshot diff A [B] | snapshot export [-f] TAG NAME | "
+                       "snapshot import NAME [TAG] (NAME: a file in the export directory)")
