@@ -282,6 +282,21 @@ async def test_many_clients_and_vanishing_ones(vm: Vm) -> None:
     assert vm.daemon.status == "paused"
 
 
+async def test_a_pipelining_client_that_reads_late_gets_every_reply(vm: Vm) -> None:
+    # 24 capped memory dumps of about 1 MB each, sent at once before reading anything:
+    # the server waits for the client to read instead of dropping it past its backlog.
+    reader, writer = await asyncio.open_unix_connection(vm.path, limit=4 << 20)
+    raw = RawClient(reader, writer)
+    await raw.read_line()
+    assert await raw.send({"execute": "qmp_capabilities"}) == {"return": {}}
+    hmp = {"execute": "human-monitor-command",
+           "arguments": {"command-line": "xp/65536wx 0x80000000"}}
+    replies = await raw.send_until(b"".join(json.dumps(hmp | {"id": i}).encode()
+                                            for i in range(24)))
+    assert [r["id"] for r in replies] == list(range(24))
+    assert all(r["return"].count("\n") > 16000 for r in replies)
+
+
 async def test_quit_replies_then_announces_shutdown(vm: Vm) -> None:
     raw, _ = await RawClient.open(vm.path)
     assert await raw.send({"execute": "quit", "id": "q"}) == {"return": {}, "id": "q"}

@@ -82,11 +82,13 @@ class QmpClient:
                 return
             for message in streamer.feed(data):
                 await self.handle(message)
+                # Back-pressure per command: a client that pipelines many big replies
+                # (x/…, info …) and reads slowly waits here instead of being dropped.
+                with contextlib.suppress(ConnectionError):
+                    await self.writer.drain()
             if streamer.pending > MAX_MESSAGE:
                 self.error({}, "JSON parse error, message too long")
                 return
-            with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
 
     async def handle(self, request: Any) -> None:
         if isinstance(request, JsonError):
@@ -225,8 +227,10 @@ class QmpServer:
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
-            with contextlib.suppress(ConnectionError):
+            try:
                 await asyncio.wait_for(client.writer.drain(), 1.0)
+            except (ConnectionError, TimeoutError):
+                client.writer.transport.abort()  # a client that stopped reading: drop its backlog
             client.writer.close()
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
