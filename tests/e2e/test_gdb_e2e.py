@@ -258,6 +258,27 @@ async def test_ctrl_c_monitor_detach_reattach_kill(emud: Emud, gdb: Gdb) -> None
     assert await gdb.value("counter") == "0"
 
 
+async def test_ctrl_c_stops_long_single_stepping(emud: Emud, gdb: Gdb) -> None:
+    """gdb's step loops answer every step at once: Ctrl-C lands between two steps."""
+    await emud.attach(gdb)
+    await gdb.cmd("-exec-step-instruction 1000000")
+    await gdb.cmd("-exec-interrupt")
+    stop = await gdb.stopped()
+    assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGINT"
+    stop = await gdb.resume("-exec-step-instruction")  # exactly one stop: none left over
+    assert stop["reason"] == "end-stepping-range"
+
+    # `next 1000000` in the loop: single steps, and continues over the calls of bump.
+    await gdb.cmd("-break-insert -t counter.c:23")
+    await gdb.resume()
+    await gdb.cmd("-exec-next 1000000")
+    await gdb.cmd("-exec-interrupt")
+    stop = await gdb.stopped()
+    assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGINT"
+    stop = await gdb.resume("-exec-step-instruction")
+    assert stop["reason"] == "end-stepping-range"
+
+
 async def test_guest_power_off_is_reported_as_exit(emud: Emud, gdb: Gdb) -> None:
     await emud.attach(gdb)
     await gdb.cmd("-break-insert -t main")  # after crt0 has cleared .bss
