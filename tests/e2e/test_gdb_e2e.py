@@ -279,6 +279,26 @@ async def test_ctrl_c_stops_long_single_stepping(emud: Emud, gdb: Gdb) -> None:
     assert stop["reason"] == "end-stepping-range"
 
 
+async def test_address_registers_reach_memory(emud: Emud, gdb: Gdb) -> None:
+    """gdb sign-extends 32-bit values: addresses above 2 GiB must still be readable."""
+    await emud.attach(gdb)
+    await gdb.cmd("-break-insert bump")
+    await gdb.resume()
+    await gdb.console(f"set $mepc = {symbol('main'):#x}")
+    await gdb.console(f"set $mtvec = {symbol('bump'):#x}")
+    assert re.search(r"0x80000[0-9a-f]+ <main>:\s+add\s+sp,sp,-16", await gdb.console("x/i $mepc"))
+    assert re.match(r"main in section \.text", await gdb.console("info symbol $mepc"))
+    assert "<bump>" in await gdb.console("x/i $mtvec")
+    assert await gdb.value("$mepc") == f"{symbol('main'):#x} <main>"
+    sp = int(await gdb.value("(unsigned)$sp"))
+    words = await gdb.console("x/4x $sp")
+    assert words.startswith(f"{sp:#x}:") and len(re.findall(r"\t0x[0-9a-f]{8}", words)) == 4
+    # Registers without a pointer type still reach memory (through the sign-extended map).
+    await gdb.console(f"set $a0 = {symbol('counter'):#x}")
+    await gdb.console("set var counter = 0x1234abcd")
+    assert "0x1234abcd" in await gdb.console("x/x $a0")
+
+
 async def test_guest_power_off_is_reported_as_exit(emud: Emud, gdb: Gdb) -> None:
     await emud.attach(gdb)
     await gdb.cmd("-break-insert -t main")  # after crt0 has cleared .bss
