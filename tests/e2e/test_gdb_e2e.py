@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -297,6 +298,15 @@ async def test_address_registers_reach_memory(emud: Emud, gdb: Gdb) -> None:
     await gdb.console(f"set $a0 = {symbol('counter'):#x}")
     await gdb.console("set var counter = 0x1234abcd")
     assert "0x1234abcd" in await gdb.console("x/x $a0")
+
+
+@pytest.mark.parametrize("cwd,elf", [(ROOT, "images/counter.elf"), (IMAGES, "counter.elf")])
+def test_gdb_finds_the_sources(cwd: Path, elf: str) -> None:
+    """As the README starts gdb (from the repository root), and from inside images/."""
+    out = subprocess.run(["gdb-multiarch", "-q", "-nx", "-batch", "-ex", "list bump", elf],
+                         cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    assert "static void bump(void)" in out.stdout, out.stdout + out.stderr
+    assert "No such file" not in out.stdout + out.stderr
 
 
 async def test_guest_power_off_is_reported_as_exit(emud: Emud, gdb: Gdb) -> None:
