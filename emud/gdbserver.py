@@ -277,20 +277,21 @@ class EmudTarget:
     def add_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
         if length <= 0 or addr + length > 1 << 32:
             return False
-        self._watch[(kind, addr, length)] += 1
-        self._update_watchpoints()
+        key = (kind, addr, length)
+        self._watch[key] += 1
+        if self._watch[key] == 1:
+            self.hart.add_watchpoint(Watchpoint(addr, length, kind.value))
         return True
 
     def remove_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
-        if self._watch[(kind, addr, length)] <= 0:
+        key = (kind, addr, length)
+        if key not in self._watch:
             return False
-        self._watch[(kind, addr, length)] -= 1
-        self._update_watchpoints()
+        self._watch[key] -= 1
+        if not self._watch[key]:
+            del self._watch[key]  # no zero counts left behind to grow with every address
+            self.hart.remove_watchpoint(Watchpoint(addr, length, kind.value))
         return True
-
-    def _update_watchpoints(self) -> None:
-        self.hart.set_watchpoints([Watchpoint(addr, length, kind.value)
-                                   for (kind, addr, length), n in self._watch.items() if n > 0])
 
     # --- monitor ----------------------------------------------------------------------
 
