@@ -280,6 +280,23 @@ async def test_ctrl_c_stops_long_single_stepping(emud: Emud, gdb: Gdb) -> None:
     assert stop["reason"] == "end-stepping-range"
 
 
+async def test_sigterm_ends_the_daemon_while_gdb_steps(tmp_path: Path, gdb: Gdb) -> None:
+    daemon = await Emud.start(COUNTER, tmp_path / "uart.txt")
+    try:
+        await daemon.attach(gdb)
+        await gdb.cmd("-exec-step-instruction 1000000")
+        await daemon.wait_log("debugger attached")
+        await gdb.console("echo")  # gdb is busy stepping: MI still answers in async mode
+    finally:
+        await daemon.stop()  # SIGTERM: exits by itself, no traceback
+    assert daemon.proc.returncode == 0
+    assert any("debugger detached" in line for line in daemon.log)
+    while True:  # gdb learns that the remote went away (and stops stepping)
+        rec = await gdb._next()
+        if rec["type"] == "notify" and rec["message"] == "thread-group-exited":
+            break
+
+
 async def test_address_registers_reach_memory(emud: Emud, gdb: Gdb) -> None:
     """gdb sign-extends 32-bit values: addresses above 2 GiB must still be readable."""
     await emud.attach(gdb)
