@@ -2,6 +2,11 @@
 gdb-multiarch, against emud and against qemu-system-riscv32 (-M virt -s -S).
 
     python bench/gdb_bench.py [--steps N] [--kib N] [--rounds N] [--osabi-none]
+    python bench/gdb_bench.py --watchpoints N [--watch-length BYTES]
+
+`--watchpoints N` times N `Z2` packets (write watchpoints of BYTES bytes starting
+at distinct RAM words) sent raw to emud's gdb port, one at a time, then the `D` that removes them
+all; only emud is measured (gdb's own bookkeeping would hide the stub's cost).
 
 Both targets run the same small loop (built here with the cross toolchain: it
 touches no device, so it behaves the same on QEMU's virt board); the same gdb
@@ -139,6 +144,47 @@ def bench_qemu(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str,
         proc.wait()
 
 
+def _exchange(sock: socket.socket, payload: bytes) -> bytes:
+    checksum = sum(payload) & 0xFF
+    sock.sendall(b"$%s#%02x" % (payload, checksum))
+    reply = b""
+    while not re.search(rb"\$[^#]*#..", reply):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("emud closed the connection")
+        reply += chunk
+    return reply
+
+
+def bench_watchpoints(count: int, length: int) -> None:
+    image = ROOT / "images" / "counter.elf"
+    proc = subprocess.Popen([sys.executable, "-m", "emud", "run", str(image), "-S",
+                             "--gdb", "tcp:127.0.0.1:0", "-serial", "null"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.stderr.readline())
+        if not match:
+            raise RuntimeError("emud did not start its gdb server")
+        with socket.create_connection(("127.0.0.1", int(match.group(1)))) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _exchange(sock, b"QStartNoAckMode")
+            sock.sendall(b"+")
+            t = time.perf_counter()
+            for i in range(count):
+                if b"OK" not in _exchange(sock, b"Z2,%x,%x" % (0x80080000 + 4 * i, length)):
+                    raise RuntimeError("a watchpoint was refused")
+            inserted = time.perf_counter() - t
+            t = time.perf_counter()
+            _exchange(sock, b"D")
+            detached = time.perf_counter() - t
+        print(f"{count} watchpoints of {length} bytes: insert {inserted:.3f} s "
+              f"({inserted / count * 1e3:.2f} ms each), detach {detached:.3f} s")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -146,7 +192,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--osabi-none", action="store_true",
                         help="`set osabi none` in gdb, so QEMU is stepped with `s` too")
+    parser.add_argument("--watchpoints", type=int, metavar="N",
+                        help="time inserting N watchpoints and the detach that removes them")
+    parser.add_argument("--watch-length", type=lambda text: int(text, 0), default=4,
+                        metavar="BYTES", help="the length of each watchpoint (default 4)")
     args = parser.parse_args()
+    if args.watchpoints:
+        bench_watchpoints(args.watchpoints, args.watch_length)
+        return
     targets = [("emud", bench_emud)]
     if shutil.which("qemu-system-riscv32"):
         targets.append(("qemu", bench_qemu))

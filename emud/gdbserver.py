@@ -42,6 +42,18 @@ CSR_REGBASE = 65  # gdb's own numbering of RISC-V CSRs without a description: 65
 PRIV_REGNUM = CSR_REGBASE + 4096
 CSRS = frozenset(int(csr) for csr in Csr)
 
+# Registers that hold addresses get pointer types.  gdb sign-extends a 32-bit `int`
+# register into its 64-bit address type, so with `int` the value of `x/i $mepc` lands
+# near 0xffffffff80000000, outside the memory map, and gdb refuses it without asking.
+# Pointer types are unsigned and print as addresses (`<main+4>`).  The GPRs follow gdb's
+# own riscv description (ra, sp, gp, tp, fp); of the CSRs, mepc and mtvec hold code
+# addresses, mscratch by convention points at the trap handler's save area, and mtval
+# holds the faulting address of access faults (the instruction bits of an illegal one
+# print as a pointer too, which is harmless).  All others stay `int`.
+GPR_TYPES = {1: "code_ptr", 2: "data_ptr", 3: "data_ptr", 4: "data_ptr", 8: "data_ptr"}
+CSR_TYPES = {Csr.MEPC: "code_ptr", Csr.MTVEC: "code_ptr",
+             Csr.MSCRATCH: "data_ptr", Csr.MTVAL: "data_ptr"}
+
 # QEMU's event names; `monitor trace-event gdbstub_io_command on` enables one.
 trace_command = trace.event("gdbstub_io_command", "Received: %s")
 trace_reply = trace.event("gdbstub_io_reply", "Sent: %s")
@@ -60,7 +72,8 @@ def target_xml() -> str:
         for n, name in enumerate(ABI_NAMES))
     cpu += f'<reg name="pc" bitsize="32" regnum="{PC_REGNUM}" type="code_ptr"/>'
     csrs = "".join(
-        f'<reg name="{csr.name.lower()}" bitsize="32" regnum="{CSR_REGBASE + csr}" group="csr"/>'
+        f'<reg name="{csr.name.lower()}" bitsize="32" regnum="{CSR_REGBASE + csr}" '
+        f'type="{CSR_TYPES.get(csr, "int")}" group="csr"/>'
         for csr in sorted(Csr))
     return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
             "<target><architecture>riscv:rv32</architecture><osabi>none</osabi>"
@@ -71,8 +84,17 @@ def target_xml() -> str:
             "</feature></target>")
 
 
+def _gdb_views(base: int) -> tuple[int, ...]:
+    """Where gdb sees a region starting at `base`: also sign-extended when bit 31 is set.
+    gdb widens an `int` value (`x/x $a0`, a cast of a negative number) to its 64-bit
+    address by sign extension and checks it against the memory map before it sends the
+    packet, whose address it then cuts back to 32 bits; the second view lets those
+    addresses through to the same bytes."""
+    return (base, base | ~M & (1 << 64) - 1) if base & 0x8000_0000 else (base,)
+
+
 def _gpr_type(n: int) -> str:
-    return "code_ptr" if n == 1 else "data_ptr" if n in (2, 8) else "int"
+    return GPR_TYPES.get(n, "int")
 
 
 class EmudTarget:
@@ -225,8 +247,8 @@ class EmudTarget:
         return self._xml
 
     def memory_map(self) -> str:
-        regions = "".join(f'<memory type="ram" start="{r.base:#x}" length="{r.size:#x}"/>'
-                          for r in self.machine.bus.regions)
+        regions = "".join(f'<memory type="ram" start="{start:#x}" length="{r.size:#x}"/>'
+                          for r in self.machine.bus.regions for start in _gdb_views(r.base))
         return ('<?xml version="1.0"?><!DOCTYPE memory-map PUBLIC "+//IDN gnu.org//DTD '
                 'GDB Memory Map V1.0//EN" "http://sourceware.org/gdb/gdb-memory-map.dtd">'
                 f"<memory-map>{regions}</memory-map>")
@@ -256,20 +278,21 @@ class EmudTarget:
     def add_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
         if length <= 0 or addr + length > 1 << 32:
             return False
-        self._watch[(kind, addr, length)] += 1
-        self._update_watchpoints()
+        key = (kind, addr, length)
+        self._watch[key] += 1
+        if self._watch[key] == 1:
+            self.hart.add_watchpoint(Watchpoint(addr, length, kind.value))
         return True
 
     def remove_watchpoint(self, kind: WatchKind, addr: int, length: int) -> bool:
-        if self._watch[(kind, addr, length)] <= 0:
+        key = (kind, addr, length)
+        if key not in self._watch:
             return False
-        self._watch[(kind, addr, length)] -= 1
-        self._update_watchpoints()
+        self._watch[key] -= 1
+        if not self._watch[key]:
+            del self._watch[key]  # no zero counts left behind to grow with every address
+            self.hart.remove_watchpoint(Watchpoint(addr, length, kind.value))
         return True
-
-    def _update_watchpoints(self) -> None:
-        self.hart.set_watchpoints([Watchpoint(addr, length, kind.value)
-                                   for (kind, addr, length), n in self._watch.items() if n > 0])
 
     # --- monitor ----------------------------------------------------------------------
 

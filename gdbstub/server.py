@@ -1,7 +1,10 @@
 """The asyncio side: serve a listening TCP or Unix socket and move bytes to and from a Session.
 
-One gdb at a time; a second connection is refused while one is attached.
-A connection that misbehaves is dropped; the server keeps listening.
+One gdb at a time; a second connection is refused while one is attached and
+alive.  A new connection first checks the attached one's socket: if that peer has
+already gone (reset or closed) the old session ends then and the new one is served,
+whatever order the loop sees the two events in.  A connection that misbehaves is
+dropped; the server keeps listening.
 """
 
 from __future__ import annotations
@@ -67,24 +70,27 @@ class GdbServer:
                 self._writer.write(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.session is not None:
-            self.log("refused a second connection: a debugger is already attached")
-            writer.close()
-            return
+        if self.session is not None and self._writer is not None:
+            if not _connection_dead(self._writer):
+                self.log("refused a second connection: a debugger is already attached")
+                writer.close()
+                return
+            # The old connection already failed (an RST or a FIN its task has not read
+            # yet): end it now rather than refuse the debugger that replaces it.
+            self._end(self.session, self._writer)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername") or "unix socket"
         try:
-            self.session = Session(self.target, packet_log=self.packet_log)
+            session = Session(self.target, packet_log=self.packet_log)
         except Exception:  # the target refused to attach: drop this client, keep serving
             self.log("attach failed:\n" + traceback.format_exc())
             writer.close()
             return
-        self._writer = writer
+        self.session, self._writer = session, writer
         self._connection = asyncio.current_task()
         self.log(f"debugger attached from {peer}")
-        session = self.session
         try:
             while not session.closed:
                 data = await reader.read(65536)
@@ -99,13 +105,44 @@ class GdbServer:
             self.log("dropping the connection after an internal error:\n"
                      + traceback.format_exc())
         finally:
-            try:
-                session.close()
-            except Exception:
-                self.log("detach failed:\n" + traceback.format_exc())
-            self._flush()
-            self.session = self._writer = self._connection = None
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.drain()
+            if self.session is session:  # not yet ended for a connection that replaced it
+                self._end(session, writer)
             writer.close()
-            self.log("debugger detached")
+
+    def _end(self, session: Session, writer: asyncio.StreamWriter) -> None:
+        """Detach `session` (the attached one) and close its connection; at once, so
+        that a new connection is accepted from here on."""
+        try:
+            session.close()
+        except Exception:
+            self.log("detach failed:\n" + traceback.format_exc())
+        self._flush()
+        self.session = self._writer = self._connection = None
+        writer.close()  # after what is queued (the `OK` of a `D`) has been sent
+        self.log("debugger detached")
+
+
+_TCP_ESTABLISHED = 1  # Linux's tcp_info.tcpi_state; a reset gives CLOSE, a FIN CLOSE_WAIT
+
+
+def _connection_dead(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer is gone (reset or closed), asked of the socket itself without
+    reading: its connection's task may not have seen the end yet, and input the peer
+    sent before it went may still wait to be read."""
+    if writer.is_closing():
+        return True
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_INFO"):
+        with contextlib.suppress(OSError):
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+            return bool(state != _TCP_ESTABLISHED)
+    try:  # elsewhere: an end with no input left before it
+        with sock.dup() as probe:
+            data = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False  # alive, nothing to read
+    except OSError:
+        return True  # reset
+    return not data  # b"": closed

@@ -4,6 +4,13 @@
 target, `drain` hands back what to send.  The session talks to a `Target`
 synchronously; resume packets get no reply until the target stops, and then
 exactly one stop reply.
+
+gdb sends Ctrl-C (0x03) only while it waits for a stop reply, but a single step
+is answered at once, so during `stepi N` the byte nearly always arrives just
+after a step's reply, while gdb reads memory before the next step.  Such an
+interrupt is kept and answers the next resume with SIGINT instead of running:
+gdb then ends its step loop with exactly one stop reply (gdbserver does the same
+by leaving the SIGINT pending in the process).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Session:
         self.decoder = Decoder(packet_size)
         self.ack_mode = True
         self.running = False  # a resume is in flight: the next stop gets a reply
+        self.interrupt_pending = False  # a Ctrl-C came between resumes: stop the next one
         self.closed = False  # the connection should end (after the output is sent)
         self.gdb_features: set[bytes] = set()
         self.points: set[tuple[int, int, int]] = set()  # (Z type, addr, kind) we inserted
@@ -84,6 +92,8 @@ class Session:
                 case Interrupt():
                     if self.running:
                         self.target.interrupt()
+                    else:
+                        self.interrupt_pending = True
                 case Ack():
                     pass
 
@@ -155,6 +165,10 @@ class Session:
         if addr and not self.target.write_register(self.target.pc_regnum, parse_int(addr)):
             raise ValueError("cannot set pc")
         self.running = True
+        if self.interrupt_pending:
+            self.interrupt_pending = False
+            self.stopped(Interrupted())
+            return
         reason = self.target.resume(step)
         if reason is not None:
             self.stopped(reason)

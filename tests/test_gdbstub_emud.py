@@ -13,6 +13,7 @@ from test_gdbstub_session import packets
 from conftest import IMAGES, serial_text
 from emud import trace
 from emud.chardev import RingBackend
+from emud.cpu.debug import AWATCH, RWATCH, WATCH, DebugStop, Watchpoint, WatchpointIndex
 from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
 from emud.loader import load_elf
@@ -150,6 +151,63 @@ async def test_write_and_read_watchpoints_stop_before_the_access(
     ask(session, b"c")
     assert await stop_reply(session) == b"T05awatch:%x;thread:1;" % var
     assert reg(session, PC) == store
+
+
+async def test_hundreds_of_watchpoints(
+        rig_for: Callable[[Path], Rig], build_asm: Callable[[str], Path]) -> None:
+    daemon, target, session = rig_for(build_asm(VARIABLE_PROGRAM))
+    var = daemon.machine.image.symbols["var"]  # type: ignore[union-attr]
+    ram = daemon.machine.ram
+    elsewhere = [ram.base + ram.size // 2 + 4 * i for i in range(400)]  # never touched
+    wide = b"Z4,%x,%x" % (ram.base + ram.size // 4, 0x100000)  # checked on every access
+    for packet in [b"Z2,%x,4" % a for a in elsewhere] + [wide]:
+        assert ask(session, packet) == [b"OK"]
+    assert ask(session, b"Z2,%x,8" % (var - 4)) == [b"OK"]  # overlaps the next one
+    assert ask(session, b"Z2,%x,1" % (var + 3)) == [b"OK"]
+    assert ask(session, b"Z3,%x,4" % var) == [b"OK"]
+    assert len(daemon.machine.hart.watchpoints) == 404
+    ask(session, b"c")
+    # The store of var hits two write watchpoints: the one inserted first is reported.
+    assert await stop_reply(session) == b"T05watch:%x;thread:1;" % var
+    assert ask(session, b"z2,%x,8" % (var - 4)) == [b"OK"]
+    ask(session, b"s")
+    ask(session, b"c")
+    assert await stop_reply(session) == b"T05rwatch:%x;thread:1;" % var  # the load after it
+    ask(session, b"c")
+    assert await stop_reply(session) == b"T05watch:%x;thread:1;" % (var + 3)
+
+    session.close()  # gdb went away: every watchpoint goes, the guest runs on
+    assert daemon.running and len(daemon.machine.hart.watchpoints) == 0
+    assert not any(f & PAGE_DEBUG for f in ram.page_flags)
+    assert not daemon.machine.hart.watch_loads
+    assert not target._watch  # no counts left behind either
+
+
+def test_watchpoint_index_reports_the_first_added_of_overlapping_ones() -> None:
+    index = WatchpointIndex()
+    wide = Watchpoint(0x1000, 0x100000, AWATCH)
+    narrow = Watchpoint(0x2004, 4, WATCH)
+    reader = Watchpoint(0x2000, 8, RWATCH)
+    assert index.add(narrow) and index.add(wide) and index.add(reader)
+    assert not index.add(Watchpoint(0x2004, 4, WATCH))  # already there
+    assert index.readers == 2
+    with pytest.raises(DebugStop) as stop:
+        index.check(0x2004, 4, True)
+    assert (stop.value.kind, stop.value.addr) == (WATCH, 0x2004)
+    with pytest.raises(DebugStop) as stop:
+        index.check(0x2000, 4, False)
+    assert (stop.value.kind, stop.value.addr) == (AWATCH, 0x2000)  # wide came before reader
+    with pytest.raises(DebugStop) as stop:
+        index.check(0x2000, 4, True)  # only the wide one watches stores there
+    assert stop.value.kind == AWATCH
+    assert index.remove(wide) and not index.remove(wide)
+    index.check(0x2000, 4, True)
+    index.check(0x3000, 4, False)
+    with pytest.raises(DebugStop):
+        index.check(0x2004, 2, False)  # the reader
+    assert index.remove(narrow) and index.remove(reader)
+    assert len(index) == 0 and index.readers == 0
+    index.check(0x2004, 4, True)
 
 
 async def test_watchpoint_on_a_pl011_register(rig_for: Callable[[Path], Rig]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,52 @@ async def test_unix_socket_one_client_at_a_time_and_disconnect(tmp_path: Path) -
     await server.close()
     assert listening.fileno() == -1  # closed with the server
     assert any("refused" in line for line in logs)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the peer gets an RST, no FIN (as when gdb is killed with
+    unread input, or a network path dies)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def _answer(sock: socket.socket) -> bytes:
+    """What the server sends until two packets have come, or b"" if it closed first."""
+    loop = asyncio.get_running_loop()
+    reply = b""
+    try:
+        while reply.count(b"#") < 2 and (chunk := await loop.sock_recv(sock, 4096)):
+            reply += chunk
+    except ConnectionResetError:  # refused while our `?` was unread
+        return b""
+    return reply
+
+
+async def test_reconnect_right_after_a_reset_is_accepted() -> None:
+    """The old connection is dead but its task has not seen it yet (its reading is
+    held back, as when the loop is busy and sees the new connection first): the new
+    connection must still be served, and the old session ended at that moment."""
+    target = FakeTarget()
+    logs: list[str] = []
+    server = GdbServer(target, log=logs.append)
+    address = await server.listen(Address("tcp", host="127.0.0.1", port=0))
+    hello = frame(b"QStartNoAckMode") + b"+"
+    expected = b"+" + frame(b"OK") + frame(b"T05thread:1;")
+    for i in range(100):
+        sock = socket.create_connection(("127.0.0.1", address.port))
+        sock.setblocking(False)
+        sock.sendall(hello + frame(b"?"))
+        assert await _answer(sock) == expected  # accepted, also right after a reset
+        sock.sendall(frame(b"Z0,%x,2" % (0x1000 + 2 * i)) + frame(b"g"))
+        assert (await _answer(sock)).startswith(frame(b"OK"))
+        assert server._writer is not None
+        server._writer.transport.pause_reading()  # type: ignore[attr-defined]
+        sock.sendall(frame(b"g"))  # unread input when the reset comes
+        _reset(sock)
+    assert ("break-", 0x1000 + 2 * 98, False) in target.calls  # ended when the next came
+    await server.close()
+    assert not any("refused" in line for line in logs)
+    assert target.calls.count(("attach",)) == target.calls.count(("detach",)) == 100
 
 
 @settings(max_examples=300, deadline=None)

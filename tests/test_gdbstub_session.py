@@ -272,14 +272,31 @@ def test_step_replies_at_once(session: Session, target: FakeTarget) -> None:
     assert ask(session, b"vCont;q") == [b"E22"]
 
 
-def test_ctrl_c_only_while_running(session: Session, target: FakeTarget) -> None:
-    session.feed(b"\x03")
-    assert ("interrupt",) not in target.calls
+def test_ctrl_c_while_running_interrupts_the_target(session: Session,
+                                                   target: FakeTarget) -> None:
     ask(session, b"c")
     session.feed(b"\x03")
     assert target.calls[-1] == ("interrupt",)
     session.stopped(Interrupted())
     assert packets(session.drain()) == [b"T02thread:1;"]
+
+
+def test_ctrl_c_between_steps_stops_the_next_resume(session: Session,
+                                                    target: FakeTarget) -> None:
+    # gdb's `stepi N`: the 0x03 arrives after a step's reply, before the next step.
+    assert ask(session, b"vCont;s:1;c") == [b"T05thread:1;"]
+    session.feed(b"\x03")
+    assert session.drain() == b""  # no reply of its own: gdb is not waiting for one now
+    assert ("interrupt",) not in target.calls
+    assert ask(session, b"m1000,4") == [b"00010203"]  # gdb reads memory between steps
+    steps = target.calls.count(("resume", True))
+    assert ask(session, b"vCont;s:1;c") == [b"T02thread:1;"]
+    assert target.calls.count(("resume", True)) == steps  # answered without stepping
+    assert ask(session, b"vCont;s:1;c") == [b"T05thread:1;"]  # consumed: one stop only
+    session.feed(b"\x03" + b"\x03")  # pressed twice: still one SIGINT
+    assert ask(session, b"c") == [b"T02thread:1;"]
+    assert ask(session, b"?") == [b"T02thread:1;"]
+    assert ask(session, b"s") == [b"T05thread:1;"]
 
 
 def test_z_packets_are_idempotent_and_removed_on_detach(session: Session,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,7 +21,7 @@ from emud.cpu.csr import (
     Csr,
     is_read_only,
 )
-from emud.cpu.debug import BREAK, DebugStop, Watchpoint
+from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
 from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
@@ -65,7 +66,8 @@ class Hart:
         self.stop_requested = False  # leave the run loop after this instruction
         # Debugger (emud/cpu/debug.py)
         self.breakpoints: set[int] = set()
-        self.watchpoints: list[Watchpoint] = []
+        self.watchpoints = WatchpointIndex()
+        self._debug_pages: Counter[int] = Counter()  # RAM page -> write watchpoints on it
         self.watch_loads = False  # a read watchpoint exists: loads are built to take load_slow
         self.debug_stop: DebugStop | None = None  # why the last run stopped early
         self.debug_bypass = False  # running the instruction of the last debug stop unchecked
@@ -213,8 +215,7 @@ class Hart:
         if addr & (size - 1):
             raise Trap(Cause.LOAD_MISALIGNED, addr)
         if self.watchpoints and not self.debug_bypass:
-            for w in self.watchpoints:
-                w.check(addr, size, False)
+            self.watchpoints.check(addr, size, False)
         ram = self.bus.ram
         if not ram.contains(addr, size):
             if not self.synced:
@@ -234,8 +235,7 @@ class Hart:
         if addr & (size - 1):
             raise Trap(Cause.STORE_MISALIGNED, addr)
         if self.watchpoints and not self.debug_bypass:
-            for w in self.watchpoints:
-                w.check(addr, size, True)
+            self.watchpoints.check(addr, size, True)
         ram = self.bus.ram
         if ram.contains(addr, size):
             if ram.page_flags[(addr - ram.base) >> PAGE_SHIFT] & PAGE_WATCH and not self.synced:
@@ -309,18 +309,27 @@ class Hart:
         (self.breakpoints.add if present else self.breakpoints.discard)(pc)
         self.cache.pop(pc, None)
 
-    def set_watchpoints(self, watchpoints: list[Watchpoint]) -> None:
+    def add_watchpoint(self, w: Watchpoint) -> None:
         """Stores to watched RAM pages take the slow path (PAGE_DEBUG); while any
         read watchpoint exists, every load is built to go through load_slow."""
-        flags = self.bus.ram.page_flags
-        for w in self.watchpoints:
+        if self.watchpoints.add(w):
+            self._watch_changed(w, +1)
+
+    def remove_watchpoint(self, w: Watchpoint) -> None:
+        if self.watchpoints.remove(w):
+            self._watch_changed(w, -1)
+
+    def _watch_changed(self, w: Watchpoint, delta: int) -> None:
+        if w.writes:
+            flags, counts = self.bus.ram.page_flags, self._debug_pages
             for page in self._ram_pages(w):
-                flags[page] &= ~PAGE_DEBUG
-        for w in watchpoints:
-            for page in self._ram_pages(w) if w.writes else ():
-                flags[page] |= PAGE_DEBUG
-        self.watchpoints = list(watchpoints)
-        loads = any(w.reads for w in watchpoints)
+                counts[page] += delta
+                if counts[page] > 0:
+                    flags[page] |= PAGE_DEBUG
+                else:
+                    del counts[page]
+                    flags[page] &= ~PAGE_DEBUG
+        loads = self.watchpoints.readers > 0
         if loads != self.watch_loads:
             self.watch_loads = loads
             self.flush_code()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,6 +257,73 @@ async def test_ctrl_c_monitor_detach_reattach_kill(emud: Emud, gdb: Gdb) -> None
     await emud.attach(gdb)
     assert await gdb.value("$pc") == "0x80000000 <_start>"
     assert await gdb.value("counter") == "0"
+
+
+async def test_ctrl_c_stops_long_single_stepping(emud: Emud, gdb: Gdb) -> None:
+    """gdb's step loops answer every step at once: Ctrl-C lands between two steps."""
+    await emud.attach(gdb)
+    await gdb.cmd("-exec-step-instruction 1000000")
+    await gdb.cmd("-exec-interrupt")
+    stop = await gdb.stopped()
+    assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGINT"
+    stop = await gdb.resume("-exec-step-instruction")  # exactly one stop: none left over
+    assert stop["reason"] == "end-stepping-range"
+
+    # `next 1000000` in the loop: single steps, and continues over the calls of bump.
+    await gdb.cmd("-break-insert -t counter.c:23")
+    await gdb.resume()
+    await gdb.cmd("-exec-next 1000000")
+    await gdb.cmd("-exec-interrupt")
+    stop = await gdb.stopped()
+    assert stop["reason"] == "signal-received" and stop["signal-name"] == "SIGINT"
+    stop = await gdb.resume("-exec-step-instruction")
+    assert stop["reason"] == "end-stepping-range"
+
+
+async def test_sigterm_ends_the_daemon_while_gdb_steps(tmp_path: Path, gdb: Gdb) -> None:
+    daemon = await Emud.start(COUNTER, tmp_path / "uart.txt")
+    try:
+        await daemon.attach(gdb)
+        await gdb.cmd("-exec-step-instruction 1000000")
+        await daemon.wait_log("debugger attached")
+        await gdb.console("echo")  # gdb is busy stepping: MI still answers in async mode
+    finally:
+        await daemon.stop()  # SIGTERM: exits by itself, no traceback
+    assert daemon.proc.returncode == 0
+    assert any("debugger detached" in line for line in daemon.log)
+    while True:  # gdb learns that the remote went away (and stops stepping)
+        rec = await gdb._next()
+        if rec["type"] == "notify" and rec["message"] == "thread-group-exited":
+            break
+
+
+async def test_address_registers_reach_memory(emud: Emud, gdb: Gdb) -> None:
+    """gdb sign-extends 32-bit values: addresses above 2 GiB must still be readable."""
+    await emud.attach(gdb)
+    await gdb.cmd("-break-insert bump")
+    await gdb.resume()
+    await gdb.console(f"set $mepc = {symbol('main'):#x}")
+    await gdb.console(f"set $mtvec = {symbol('bump'):#x}")
+    assert re.search(r"0x80000[0-9a-f]+ <main>:\s+add\s+sp,sp,-16", await gdb.console("x/i $mepc"))
+    assert re.match(r"main in section \.text", await gdb.console("info symbol $mepc"))
+    assert "<bump>" in await gdb.console("x/i $mtvec")
+    assert await gdb.value("$mepc") == f"{symbol('main'):#x} <main>"
+    sp = int(await gdb.value("(unsigned)$sp"))
+    words = await gdb.console("x/4x $sp")
+    assert words.startswith(f"{sp:#x}:") and len(re.findall(r"\t0x[0-9a-f]{8}", words)) == 4
+    # Registers without a pointer type still reach memory (through the sign-extended map).
+    await gdb.console(f"set $a0 = {symbol('counter'):#x}")
+    await gdb.console("set var counter = 0x1234abcd")
+    assert "0x1234abcd" in await gdb.console("x/x $a0")
+
+
+@pytest.mark.parametrize("cwd,elf", [(ROOT, "images/counter.elf"), (IMAGES, "counter.elf")])
+def test_gdb_finds_the_sources(cwd: Path, elf: str) -> None:
+    """As the README starts gdb (from the repository root), and from inside images/."""
+    out = subprocess.run(["gdb-multiarch", "-q", "-nx", "-batch", "-ex", "list bump", elf],
+                         cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=True)
+    assert "static void bump(void)" in out.stdout, out.stdout + out.stderr
+    assert "No such file" not in out.stdout + out.stderr
 
 
 async def test_guest_power_off_is_reported_as_exit(emud: Emud, gdb: Gdb) -> None:
