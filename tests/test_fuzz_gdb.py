@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,7 +20,6 @@ from emud.gdbserver import EmudTarget
 from emud.loader import load_elf
 from emud.machine import Machine, RunState
 from gdbstub.codec import checksum, escape, frame
-from gdbstub.server import Address
 
 SEED = 20261201
 INPUTS = 6000
@@ -196,9 +196,10 @@ async def served() -> AsyncIterator[tuple[Daemon, int]]:
     machine.load(load_elf(IMAGE))
     daemon = Daemon(machine, exit_on_poweroff=False)
     target = EmudTarget(daemon)
-    address = await target.server.listen(Address("tcp", host="127.0.0.1", port=0))
+    sock = socket.create_server(("127.0.0.1", 0))
+    await target.server.serve(sock)
     run = asyncio.create_task(daemon.run())
-    yield daemon, address.port
+    yield daemon, sock.getsockname()[1]
     await target.server.close()
     daemon.quit()
     await asyncio.wait_for(run, TIMEOUT)

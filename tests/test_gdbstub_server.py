@@ -73,11 +73,13 @@ async def test_reconnect_right_after_a_reset_is_accepted() -> None:
     target = FakeTarget()
     logs: list[str] = []
     server = GdbServer(target, log=logs.append)
-    address = await server.listen(Address("tcp", host="127.0.0.1", port=0))
+    listening = socket.create_server(("127.0.0.1", 0))
+    await server.serve(listening)
+    port = listening.getsockname()[1]
     hello = frame(b"QStartNoAckMode") + b"+"
     expected = b"+" + frame(b"OK") + frame(b"T05thread:1;")
     for i in range(100):
-        sock = socket.create_connection(("127.0.0.1", address.port))
+        sock = socket.create_connection(("127.0.0.1", port))
         sock.setblocking(False)
         sock.sendall(hello + frame(b"?"))
         assert await _answer(sock) == expected  # accepted, also right after a reset
