@@ -253,3 +253,12 @@ async def test_every_completed_symbol_evaluates_to_its_address() -> None:
     for name in symbols:
         value = image.symbols[name]
         assert monitor.execute_hmp_now(f"p/x {name}") == (f"{value:#x}" if value else "0") + "\n"
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (999, "999 B"), (1000, "0.977 KiB"),
+                                        (892 << 20, "892 MiB"), (1 << 50, "1 PiB"),
+                                        ((1 << 64) - 1, "16 EiB")])
+def test_snapshot_sizes_print_as_qemu_does_up_to_a_u64(size: int, text: str) -> None:
+    from emud.monitor.commands import _human_size
+
+    assert _human_size(size) == text

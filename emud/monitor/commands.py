@@ -797,8 +797,9 @@ def info_snapshots(m: Monitor, verbose: bool = False) -> list[dict[str, Any]]:
 def _human_size(size: int) -> str:
     """QEMU's size_to_str: 3 significant digits, the unit changes at 1000 (`892 MiB`)."""
     exponent = math.frexp(size / (1000 / 1024))[1] if size else 1
-    index = max(0, (exponent - 1) // 10)
-    return f"{size / (1 << (10 * index)):.3g} {('', 'Ki', 'Mi', 'Gi', 'Ti')[index]}B"
+    units = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+    index = min(max(0, (exponent - 1) // 10), len(units) - 1)  # a u64 ends in EiB
+    return f"{size / (1 << (10 * index)):.3g} {units[index]}B"
 
 
 def _snapshot_lines(snaps: list[dict[str, Any]], verbose: bool = False) -> list[str]:
