@@ -23,6 +23,7 @@ does not, so gdb steps QEMU with a temporary breakpoint and `c`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +116,9 @@ def run_gdb(image: Path, port: int, steps: int, kib: int, osabi_none: bool) -> d
     return dict(json.loads(match.group(1)))
 
 
-def bench_emud(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str, float]:
+@contextlib.contextmanager
+def emud_gdb_port(image: Path) -> Iterator[int]:
+    """A paused `emud run IMAGE` serving gdb on a free loopback port, ended afterwards."""
     proc = subprocess.Popen([sys.executable, "-m", "emud", "run", str(image), "-S",
                              "--gdb", "tcp:127.0.0.1:0", "-serial", "null"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -123,10 +127,15 @@ def bench_emud(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str,
         match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.stderr.readline())
         if not match:
             raise RuntimeError("emud did not start its gdb server")
-        return run_gdb(image, int(match.group(1)), steps, kib, osabi_none)
+        yield int(match.group(1))
     finally:
         proc.terminate()
         proc.wait()
+
+
+def bench_emud(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str, float]:
+    with emud_gdb_port(image) as port:
+        return run_gdb(image, port, steps, kib, osabi_none)
 
 
 def bench_qemu(image: Path, steps: int, kib: int, osabi_none: bool) -> dict[str, float]:
@@ -157,32 +166,21 @@ def _exchange(sock: socket.socket, payload: bytes) -> bytes:
 
 
 def bench_watchpoints(count: int, length: int) -> None:
-    image = ROOT / "images" / "counter.elf"
-    proc = subprocess.Popen([sys.executable, "-m", "emud", "run", str(image), "-S",
-                             "--gdb", "tcp:127.0.0.1:0", "-serial", "null"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", proc.stderr.readline())
-        if not match:
-            raise RuntimeError("emud did not start its gdb server")
-        with socket.create_connection(("127.0.0.1", int(match.group(1)))) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _exchange(sock, b"QStartNoAckMode")
-            sock.sendall(b"+")
-            t = time.perf_counter()
-            for i in range(count):
-                if b"OK" not in _exchange(sock, b"Z2,%x,%x" % (0x80080000 + 4 * i, length)):
-                    raise RuntimeError("a watchpoint was refused")
-            inserted = time.perf_counter() - t
-            t = time.perf_counter()
-            _exchange(sock, b"D")
-            detached = time.perf_counter() - t
-        print(f"{count} watchpoints of {length} bytes: insert {inserted:.3f} s "
-              f"({inserted / count * 1e3:.2f} ms each), detach {detached:.3f} s")
-    finally:
-        proc.terminate()
-        proc.wait()
+    with emud_gdb_port(ROOT / "images" / "counter.elf") as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _exchange(sock, b"QStartNoAckMode")
+        sock.sendall(b"+")
+        t = time.perf_counter()
+        for i in range(count):
+            if b"OK" not in _exchange(sock, b"Z2,%x,%x" % (0x80080000 + 4 * i, length)):
+                raise RuntimeError("a watchpoint was refused")
+        inserted = time.perf_counter() - t
+        t = time.perf_counter()
+        _exchange(sock, b"D")
+        detached = time.perf_counter() - t
+    print(f"{count} watchpoints of {length} bytes: insert {inserted:.3f} s "
+          f"({inserted / count * 1e3:.2f} ms each), detach {detached:.3f} s")
 
 
 def main() -> None:

@@ -61,6 +61,17 @@ class Rig:
             out.append(self.uart.read(Reg.DR, 4) & 0xFF)
         return bytes(out)
 
+    async def enable_and_receive(self, count: int) -> bytes:
+        """Turn the receiver on (FIFO mode, 8-bit words) and read until `count` bytes came."""
+        self.w(Reg.LCR_H, 0x70)
+        self.w(Reg.CR, 0x301)
+        received = bytearray()
+        async with asyncio.timeout(TIMEOUT):
+            while len(received) < count:
+                received += self.drain()
+                await asyncio.sleep(0)
+        return bytes(received)
+
 
 @pytest.mark.parametrize("setup,ready", [
     ([], False),                                   # reset: UARTEN clear, 5-bit words
@@ -119,14 +130,7 @@ async def test_a_source_pauses_while_the_guest_does_not_read() -> None:
                 await asyncio.sleep(0)
         assert INPUT_BACKLOG <= rig.backend.pending_input < INPUT_BACKLOG + 4096
         assert writer.is_alive()
-        rig.w(Reg.LCR_H, 0x70)
-        rig.w(Reg.CR, 0x301)
-        received = bytearray()
-        async with asyncio.timeout(TIMEOUT):
-            while len(received) < len(data):
-                received += rig.drain()
-                await asyncio.sleep(0)
-        assert received == data  # all of it, in order
+        assert await rig.enable_and_receive(len(data)) == data  # all of it, in order
     finally:
         rig.backend.close()
         os.close(read_fd)
@@ -143,14 +147,7 @@ async def test_a_file_is_there_before_the_first_instruction(tmp_path: Path) -> N
         await rig.backend.start(lambda: None)
         try:
             assert rig.backend.pending_input == INPUT_BACKLOG  # the rest stays in the file
-            rig.w(Reg.LCR_H, 0x70)
-            rig.w(Reg.CR, 0x301)
-            received = bytearray()
-            async with asyncio.timeout(TIMEOUT):
-                while len(received) < len(data):
-                    received += rig.drain()
-                    await asyncio.sleep(0)
-            assert received == data
+            assert await rig.enable_and_receive(len(data)) == data
         finally:
             rig.backend.close()
 
