@@ -26,7 +26,7 @@ from typing import Any
 
 from emud import trace
 from emud.clock import VirtualClock
-from emud.device import Device, prop_bool, prop_uint
+from emud.device import Device, DeviceContext, prop_bool, prop_uint
 from emud.irq import IRQ
 from emud.vmstate import (
     TIMER,
@@ -215,7 +215,7 @@ class HPET(Device):
         super().__init__(**props)
         self.realize()
 
-    def do_realize(self) -> None:
+    def do_realize(self, ctx: DeviceContext) -> None:
         self.capability = (CAPABILITY_BASE | ((self.num_timers - 1) << 8)
                            | (CLK_PERIOD_FS << 32))
 
