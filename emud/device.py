@@ -18,7 +18,7 @@ What a device declares (class attributes, all optional):
 - `name`: the type name (`pl011`), what `-device` and a board line use;
   an instance has an `id` (`uart0`) given by the board, the type name by default.
 - `mmio_size`: the length of its MMIO window (0: no window); `read`/`write`/`peek`.
-- `outputs()` / `inputs()`: its IRQ lines by name (`irq`, `10`); the board connects
+- `output_lines()` / `input_lines()`: its IRQ lines by name (`irq`, `10`); the board connects
   `"uart0.irq -> plic.10"`.  `irq_outputs` is how many outputs, in order, a board
   slot's `irq = N` (or `-device ...,irq=N`) wires to interrupt controller inputs
   N, N+1, ...
@@ -271,11 +271,11 @@ class Device:
 
     # --- interrupt lines --------------------------------------------------------------
 
-    def outputs(self) -> dict[str, IRQ]:
+    def output_lines(self) -> dict[str, IRQ]:
         """The device's output lines by name, in order (the board sets their sinks)."""
         return {}
 
-    def inputs(self) -> dict[str, IRQ]:
+    def input_lines(self) -> dict[str, IRQ]:
         """The device's input lines by name (a board output drives one with `set`)."""
         return {}
 
