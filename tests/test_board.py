@@ -329,3 +329,13 @@ fail:
     machine.load(load_elf(image))
     assert machine.run_until_poweroff() == 0
     assert "emud: device pad: write of 0xdead" in capfd.readouterr().err
+
+
+def test_gdb_memory_map_covers_a_plugin_region() -> None:
+    from emud.daemon import Daemon
+    from emud.gdbserver import EmudTarget
+
+    machine, _, _ = two_uarts()
+    xml = EmudTarget(Daemon(machine)).memory_map()
+    assert '<memory type="ram" start="0x10002000" length="0x10"/>' in xml
+    assert '<memory type="ram" start="0x10001000" length="0x1000"/>' in xml
