@@ -144,6 +144,8 @@ class Machine:
                     raise BoardError(f"{slot.id}: MMIO {region.base:#x}..{region.end - 1:#x} "
                                      f"overlaps {what} {other.base:#x}..{other.end - 1:#x}")
             self.bus.add(region)
+        elif slot.base is not None:
+            raise BoardError(f"{slot.id}: {cls.name} has no MMIO window (remove addr/base)")
         self.devices.append(device)
 
     def _node(self, ident: str) -> Device | CpuLines:

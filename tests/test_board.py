@@ -58,6 +58,18 @@ def test_the_built_in_board_is_the_table() -> None:
     assert plic.inputs[10].level
 
 
+def test_the_named_addresses_are_the_tables() -> None:
+    """machine.py's names for the built-in map (tests, guests) follow the table."""
+    from emud import machine as mach
+
+    slots = {s.id: s for s in default_board().slots}
+    assert (slots["syscon"].base, slots["clint"].base, slots["plic"].base) == (
+        mach.SYSCON_BASE, mach.CLINT_BASE, mach.PLIC_BASE)
+    assert (slots["uart0"].base, slots["uart0"].irq) == (mach.UART0_BASE, mach.UART0_IRQ)
+    assert (slots["hpet"].base, slots["hpet"].irq) == (mach.HPET_BASE, mach.HPET_IRQ_BASE)
+    assert default_board().ram_base == mach.RAM_BASE
+
+
 def test_a_board_file_builds_the_machine(tmp_path: Path) -> None:
     text = (ROOT / "emud" / "boards" / "emud-virt.toml").read_text()
     board = tmp_path / "two-uarts.toml"
@@ -136,6 +148,7 @@ def test_an_installed_package_adds_types(tmp_path: Path) -> None:
     ("/no/such/file.py:Dev", "no file /no/such/file.py"),
     (f"{PLUGIN}:Broken", "broken: realize failed: ZeroDivisionError: realize exploded"),
     (f"{PLUGIN}:Picky,id=p1", "p1: needs a friend"),
+    (f"{PLUGIN}:Pulse,id=p1,addr=0x2000", "p1: pulse has no MMIO window"),
     (f"{SCRATCH},id=s,addr=0x2000,irq=70", "s.irq: plic has no input '70'"),
 ])
 def test_bad_devices_are_one_line_naming_the_device(device: str, message: str) -> None:
