@@ -282,6 +282,14 @@ async def test_plugin_and_second_uart_through_the_real_qmp_socket() -> None:
         assert info == {"regs": [0, 42, 0, 0], "id": "pad", "type": "scratchpad",
                         "base": 0x1000_2000, "plic-source": 12}
         assert (await qmp.execute("x-emud-query-pl011", {"id": "uart1"}))["base"] == 0x1000_1000
+        with pytest.raises(Exception, match="Device 'pad' is not a pl011"):
+            await qmp.execute("x-emud-query-pl011", {"id": "pad"})
+        with pytest.raises(Exception, match="Device 'uart9' not found"):
+            await qmp.execute("x-emud-query-pl011", {"id": "uart9"})
+        text = await qmp.execute("human-monitor-command", {"command-line": "info clint"})
+        assert text.startswith("clint (clint) @ 0x0000000002000000\r\n  msip: 0\r\n")
+        text = await qmp.execute("human-monitor-command", {"command-line": "info plic"})
+        assert text.startswith("plic: context 0 (hart 0, M-mode) threshold 0")
         text = await qmp.execute("human-monitor-command", {"command-line": "info pad"})
         assert text == ("pad (scratchpad) @ 0x0000000010002000, PLIC source 12\r\n"
                         "  regs: [0, 42, 0, 0]\r\n")
