@@ -149,6 +149,9 @@ def test_an_installed_package_adds_types(tmp_path: Path) -> None:
     (f"{PLUGIN}:Broken", "broken: realize failed: ZeroDivisionError: realize exploded"),
     (f"{PLUGIN}:Picky,id=p1", "p1: needs a friend"),
     (f"{PLUGIN}:Pulse,id=p1,addr=0x2000", "p1: pulse has no MMIO window"),
+    (f"{PLUGIN}:BadLines,id=b,irq=20", "b: output_lines() failed: KeyError: 'no lines today'"),
+    ("pl011,id=uart 1,addr=0x10001000", "id 'uart 1' is not valid"),
+    ("pl011,id=,addr=0x10001000", "id '' is not valid"),
     (f"{SCRATCH},id=s,addr=0x2000,irq=70", "s.irq: plic has no input '70'"),
 ])
 def test_bad_devices_are_one_line_naming_the_device(device: str, message: str) -> None:
@@ -360,3 +363,11 @@ def test_gdb_memory_map_covers_a_plugin_region() -> None:
     xml = EmudTarget(Daemon(machine)).memory_map()
     assert '<memory type="ram" start="0x10002000" length="0x10"/>' in xml
     assert '<memory type="ram" start="0x10001000" length="0x1000"/>' in xml
+
+
+def test_a_plugin_raising_in_reset_is_reported_and_the_run_goes_on(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    machine = Machine(RingBackend(), devices=[Slot(f"{PLUGIN}:BadReset", "br")])
+    machine.load(load_elf(IMAGES / "hello.elf"))  # load resets the machine
+    assert machine.run_until_poweroff() == 0
+    assert "emud: device br: reset raised RuntimeError: reset bug" in capfd.readouterr().err

@@ -73,3 +73,21 @@ class Pulse(Device):
 
     def output_lines(self) -> dict[str, IRQ]:
         return {"irq": self.irq}
+
+
+class BadLines(Device):
+    name = "badlines"
+
+    def output_lines(self) -> dict[str, IRQ]:
+        raise KeyError("no lines today")
+
+
+class BadReset(Device):
+    """Realizes fine; every later reset raises (a bug that shows only at run time)."""
+
+    name = "badreset"
+
+    def reset(self) -> None:
+        if getattr(self, "was_reset", False):
+            raise RuntimeError("reset bug")
+        self.was_reset = True
