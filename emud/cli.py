@@ -93,13 +93,14 @@ def serial_type(text: str) -> str:
 
 
 class TraceAction(argparse.Action):
-    """--trace PATTERN (repeatable); `--trace help` lists the events and exits."""
+    """--trace PATTERN (repeatable); `--trace help` lists the events and exits (once the
+    -device plug-ins are imported, so their events are listed too)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
         if values == "help":
-            print("\n".join(ev.name for ev in trace.events()))
-            parser.exit()
+            namespace.trace_help = True
+            return
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
 
 
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
-    run.add_argument("image", metavar="IMAGE", help="RISC-V RV32 ELF file")
+    run.add_argument("image", metavar="IMAGE", nargs="?",
+                     help="RISC-V RV32 ELF file (required but for --trace help)")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
     run.add_argument("-serial", "--serial", dest="serial", metavar="DEV", type=serial_type,
@@ -263,9 +265,20 @@ def start_shell(address: Address | None, script: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "shell":
         return start_shell(args.qmp, args.script)
+    if getattr(args, "trace_help", False):
+        try:
+            build_board(args.board, args.devices)  # imports the plug-ins: their events exist
+        except DeviceError as e:
+            print(f"emud: {e}", file=sys.stderr)
+            return 1
+        print("\n".join(ev.name for ev in trace.events()))
+        return 0
+    if args.image is None:
+        parser.error("the following arguments are required: IMAGE")
     if args.paused and not (args.gdb or args.qmp):
         print("emud: -S would wait forever: nothing could resume the guest "
               "(add --gdb/-s or --qmp)", file=sys.stderr)

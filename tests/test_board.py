@@ -115,6 +115,9 @@ def test_device_help_lists_types_and_properties() -> None:
     result = emud("-device", f"{SCRATCH},help")
     assert "  fault=<uint32> - the value whose store raises (default: 0xdead)" in result.stdout
     assert "  trace events: scratch_write" in result.stdout
+    listed = emud("-device", f"{SCRATCH},addr=0x2000", "--trace", "help").stdout.split()
+    assert "scratch_write" in listed and "hpet_ram_read" in listed
+    assert "IMAGE" in emud("-serial", "null").stderr
     assert "pl011_irq_state pl011_read" in emud("-device", "pl011,help").stdout
 
 
