@@ -93,14 +93,18 @@ def serial_type(text: str) -> str:
 
 
 class TraceAction(argparse.Action):
-    """--trace PATTERN (repeatable); `--trace help` lists the events and exits (once the
-    -device plug-ins are imported, so their events are listed too)."""
+    """--trace PATTERN (repeatable); `--trace help` lists the events and exits, those of
+    the -device plug-ins given before it too (it needs no image)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
         if values == "help":
-            namespace.trace_help = True
-            return
+            try:
+                build_board(getattr(namespace, "board", None), getattr(namespace, "devices", []))
+            except DeviceError as e:
+                parser.exit(1, f"emud: {e}\n")
+            print("\n".join(ev.name for ev in trace.events()))
+            parser.exit()
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
 
 
@@ -196,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
-    run.add_argument("image", metavar="IMAGE", nargs="?",
-                     help="RISC-V RV32 ELF file (required but for --trace help)")
+    run.add_argument("image", metavar="IMAGE", help="RISC-V RV32 ELF file")
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
     run.add_argument("-serial", "--serial", dest="serial", metavar="DEV", type=serial_type,
@@ -265,20 +268,9 @@ def start_shell(address: Address | None, script: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "shell":
         return start_shell(args.qmp, args.script)
-    if getattr(args, "trace_help", False):
-        try:
-            build_board(args.board, args.devices)  # imports the plug-ins: their events exist
-        except DeviceError as e:
-            print(f"emud: {e}", file=sys.stderr)
-            return 1
-        print("\n".join(ev.name for ev in trace.events()))
-        return 0
-    if args.image is None:
-        parser.error("the following arguments are required: IMAGE")
     if args.paused and not (args.gdb or args.qmp):
         print("emud: -S would wait forever: nothing could resume the guest "
               "(add --gdb/-s or --qmp)", file=sys.stderr)
