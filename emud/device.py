@@ -1,17 +1,52 @@
-"""Device base: typed properties checked at realize, reset, MMIO, IRQ outputs, vmstate.
+"""The public device API: one lifecycle, properties, IRQ lines, vmstate, info, statistics.
 
-A device's life is QEMU's: create it (properties take their values), realize it
-(properties are checked, derived state is built: a bad value is a clear
-`DeviceError`), then reset it.  Its migration state is the class attribute
-`vmstate` (emud.vmstate); `info()` gives the monitor a structured view.
+A device's life is QEMU's, the same for every device, built in or plug-in:
+
+1. **create**: `Dev(**props)` or `Dev()` then `set_property(name, text_or_value)`;
+   nothing else happens (no clock, no bus, no lines yet).
+2. **realize**: `realize(ctx)` checks every property (a bad value is a clear
+   `DeviceError` naming the device), then `do_realize(ctx)` builds what depends on
+   them and takes what the device needs from the machine out of `ctx` (a
+   `DeviceContext`: the virtual clock, a DMA store on the system bus, its serial
+   backend, the machine's power/reset controls).  A device never imports the
+   machine.  Its IRQ lines exist after realize.
+3. **reset**: `realize` ends with a first `reset()`; the machine resets every device
+   on a system reset.
+
+What a device declares (class attributes, all optional):
+
+- `name`: the type name (`pl011`), what `-device` and a board line use;
+  an instance has an `id` (`uart0`) given by the board, the type name by default.
+- `mmio_size`: the length of its MMIO window (0: no window); `read`/`write`/`peek`.
+- `output_lines()` / `input_lines()`: its IRQ lines by name (`irq`, `10`); the board connects
+  `"uart0.irq -> plic.10"`.  `irq_outputs` is how many outputs, in order, a board
+  slot's `irq = N` (or `-device ...,irq=N`) wires to interrupt controller inputs
+  N, N+1, ...
+- properties: `prop_bool` / `prop_uint` class attributes (typed, with defaults, docs).
+- `vmstate` (emud.vmstate) and `migrate_order`: sections are saved and applied by
+  (`migrate_order`, board position); interrupt controllers use `MIGRATE_LATE` so they
+  are loaded after their sources.
+- `wants_serial`: the device takes the next `-serial` backend (serial0, serial1...).
+- trace points: module-level `emud.trace.event(...)`; list them in `trace_events`
+  so `-device TYPE,help` shows them.
+- `info()`: typed, structured state (QMP `x-emud-query-<type>`), rendered for HMP
+  (`info <id>`) by `render_info`; `interrupt_stats()`: QEMU's
+  InterruptStatsProvider (`info irq`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar, cast, overload
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
+from emud.irq import IRQ
 from emud.vmstate import UINT32, UINT64, Field, Subsection, VMStateDescription
+
+if TYPE_CHECKING:
+    from emud.chardev import CharBackend
+    from emud.clock import VirtualClock
+    from emud.trace import TraceEvent
 
 T = TypeVar("T")
 
@@ -112,21 +147,77 @@ def prop_uint(bits: int, default: int, *, name: str | None = None, minimum: int 
                     check=check, doc=doc)
 
 
-class Device:
-    """Subclasses implement the MMIO handlers; `peek` must have no side effects.
+MIGRATE_EARLY = -10  # before the devices (what their state is relative to)
+MIGRATE_DEFAULT = 0
+MIGRATE_LATE = 10  # after the devices: interrupt controllers, whose lines they drive
 
-    Output lines are `IRQ` objects the device owns (by convention `irqs`); the
-    board connects their sinks.  Trace points are module-level `emud.trace` events.
+
+def _no_dma(addr: int, value: int, size: int) -> None:
+    """A DMA store with no bus behind it is dropped (as QEMU drops one that hits nothing)."""
+
+
+def _no_poweroff(code: int) -> None:
+    raise DeviceError("this device has no machine to power off")
+
+
+def _no_reset() -> None:
+    raise DeviceError("this device has no machine to reset")
+
+
+# What the monitor adds to a device's info() (its place on the board), for render_info.
+BOARD_FACTS = ("id", "type", "base", "plic-source", "chardev")
+
+
+@dataclass
+class DeviceContext:
+    """What the machine hands a device at realize; a device never imports the machine.
+
+    `dma_write(addr, value, size)` stores on the system bus as a bus master would
+    (a store that hits nothing is dropped); `serial` is the device's character
+    backend when it `wants_serial`; `poweroff(code)` / `request_reset()` end or
+    restart the run; `set_time_source(fn)` gives the hart its `time` CSR;
+    `guest_error(text)` reports a guest (or device) misbehaviour once in the
+    guest-errors log.  A device used alone (tests) gets `DeviceContext(clock)`.
     """
 
-    name: ClassVar[str] = "device"  # QEMU type name
+    clock: VirtualClock | None = None
+    dma_write: Callable[[int, int, int], None] = _no_dma
+    serial: CharBackend | None = None
+    poweroff: Callable[[int], None] = _no_poweroff
+    request_reset: Callable[[], None] = _no_reset
+    set_time_source: Callable[[Callable[[], int]], None] = lambda fn: None
+    guest_error: Callable[[str], None] = lambda text: None
+
+    def need_clock(self, device: Device) -> VirtualClock:
+        if self.clock is None:
+            raise DeviceError(f"{device.id}: needs a clock")
+        return self.clock
+
+
+class Device:
+    """The base of every device; subclasses implement the MMIO handlers.
+
+    `peek` must have no side effects (the debugger and the monitor use it).
+    See the module docstring for the lifecycle and what a device declares.
+    """
+
+    name: ClassVar[str] = "device"  # type name (QEMU's), used by -device and the board
+    description: ClassVar[str] = ""  # one line for `-device help`
     mmio_size: ClassVar[int] = 0  # length of the device's MMIO region
     vmstate: ClassVar[VMStateDescription | None] = None
+    migrate_order: ClassVar[int] = MIGRATE_DEFAULT
+    irq_outputs: ClassVar[int] = 1  # outputs `irq = N` wires, in order, from N on
+    wants_serial: ClassVar[bool] = False
+    trace_events: ClassVar[tuple[TraceEvent, ...]] = ()
     realized = False
 
     def __init__(self, **props: Any) -> None:
+        self.id: str = self.name
         for key, value in props.items():
             self.set_property(key, value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
 
     # --- properties -------------------------------------------------------------------
 
@@ -163,23 +254,38 @@ class Device:
 
     # --- life cycle -------------------------------------------------------------------
 
-    def realize(self) -> None:
+    def realize(self, ctx: DeviceContext | None = None) -> None:
         """Check every property, build derived state (`do_realize`), then reset."""
         if self.realized:
             return
         for prop in self.properties():
             error = prop.error(getattr(self, prop.attr))
             if error is not None:
-                raise DeviceError(f"{self.name}: property '{prop.name}' {error}")
-        self.do_realize()
+                raise DeviceError(f"{self.id}: property '{prop.name}' {error}")
+        self.do_realize(ctx or DeviceContext())
         self.realized = True
         self.reset()
 
-    def do_realize(self) -> None:
-        """Build what depends on property values (properties are valid here)."""
+    def do_realize(self, ctx: DeviceContext) -> None:
+        """Build what depends on property values (properties are valid here); take
+        from `ctx` what the device needs.  Raise DeviceError for what cannot work."""
 
     def reset(self) -> None:
         """Bring the device to its power-on state."""
+
+    # --- interrupt lines --------------------------------------------------------------
+
+    def output_lines(self) -> dict[str, IRQ]:
+        """The device's output lines by name, in order (the board sets their sinks)."""
+        return {}
+
+    def input_lines(self) -> dict[str, IRQ]:
+        """The device's input lines by name (a board output drives one with `set`)."""
+        return {}
+
+    def interrupt_stats(self) -> list[int] | None:
+        """Rising edges seen per input line (QEMU's InterruptStatsProvider), or None."""
+        return None
 
     # --- MMIO -------------------------------------------------------------------------
 
@@ -195,8 +301,25 @@ class Device:
     # --- monitor ----------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """Structured state for the monitor (`info <device>`)."""
+        """Structured state for the monitor (`info <id>`, QMP `x-emud-query-<type>`)."""
         return {}
+
+    @classmethod
+    def render_info(cls, data: dict[str, Any]) -> str:
+        """The HMP text of `info <id>`: `data` is `info()` plus the board's facts
+        (BOARD_FACTS).  Default: a header line, then one `key: value` line each."""
+        base = data.get("base")
+        where = f" @ 0x{base:016x}" if isinstance(base, int) else ""
+        irq = data.get("plic-source")
+        header = f"{data.get('id')} ({data.get('type')}){where}" + (
+            f", PLIC source {irq}" if irq is not None else "")
+        return "\n".join([header, *(f"  {key}: {value}" for key, value in data.items()
+                                    if key not in BOARD_FACTS)])
+
+    @classmethod
+    def has_info(cls) -> bool:
+        """Whether the device renders an `info` of its own."""
+        return cls.info is not Device.info
 
 
 class ClockIn:

@@ -5,8 +5,10 @@ mtime counts at 10 MHz of virtual time (QEMU virt's timebase).
 
 from __future__ import annotations
 
-from emud.clock import NEVER, VirtualClock
-from emud.device import Device
+from typing import Any
+
+from emud.clock import NEVER
+from emud.device import Device, DeviceContext
 from emud.irq import IRQ
 from emud.vmstate import INT64, UINT32, UINT64, Field, VMStateDescription
 
@@ -21,15 +23,25 @@ ALL_ONES = (1 << 64) - 1
 
 class Clint(Device):
     name = "clint"
+    description = "SiFive CLINT: msip, mtimecmp, mtime at 10 MHz of virtual time"
+    mmio_size = 0x10000
+    irq_outputs = 0  # its lines go to the hart (board wires), not to the PLIC
 
-    def __init__(self, clock: VirtualClock, msip: IRQ, mtip: IRQ) -> None:
-        self.clock = clock
-        self.msip_irq = msip
-        self.mtip_irq = mtip
-        self.timer = clock.timer(self._update_mtip)
+    def __init__(self, **props: object) -> None:
+        super().__init__(**props)
+        self.msip_irq = IRQ("clint.msip")
+        self.mtip_irq = IRQ("clint.mtip")
         self.msip = 0
         self.mtimecmp = ALL_ONES
         self.mtime_offset = 0  # mtime = now/100 + offset; software may write mtime
+
+    def do_realize(self, ctx: DeviceContext) -> None:
+        self.clock = ctx.need_clock(self)
+        self.timer = self.clock.timer(self._update_mtip)
+        ctx.set_time_source(lambda: self.mtime)
+
+    def output_lines(self) -> dict[str, IRQ]:
+        return {"msip": self.msip_irq, "mtip": self.mtip_irq}
 
     def reset(self) -> None:
         self.msip = 0
@@ -82,6 +94,10 @@ class Clint(Device):
             offset = (new - self.clock.now_ns // NS_PER_TICK) & ALL_ONES  # mtime wraps
             self.mtime_offset = offset - (1 << 64) if offset >> 63 else offset  # int64
             self._update_mtip()
+
+    def info(self) -> dict[str, Any]:
+        return {"msip": self.msip, "mtime": self.mtime, "mtimecmp": self.mtimecmp,
+                "mtip": self.mtip_irq.level}
 
     def _loaded(self) -> None:
         self.msip_irq.set(bool(self.msip))

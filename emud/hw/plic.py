@@ -8,8 +8,9 @@ re-samples the line.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from emud.device import Device
+from emud.device import MIGRATE_LATE, Device
 from emud.irq import IRQ
 from emud.vmstate import UINT32, UINT64, Field, VMStateDescription
 
@@ -26,10 +27,16 @@ PRIORITY_MASK = 7
 
 class Plic(Device):
     name = "plic"
+    description = "SiFive PLIC, 64 sources, one context (hart 0, M-mode)"
+    mmio_size = 0x400000
+    migrate_order = MIGRATE_LATE  # after its sources: their lines are restored first
+    irq_outputs = 0
 
-    def __init__(self, meip: IRQ) -> None:
-        self.meip = meip
+    def __init__(self, **props: object) -> None:
+        super().__init__(**props)
+        self.meip = IRQ("plic.meip")  # output: the hart's machine external interrupt
         self.inputs = [IRQ(f"plic.{n}", self._line_handler(n)) for n in range(NUM_SOURCES)]
+        self.edges = [0] * NUM_SOURCES  # rising edges per source (`info irq`), never migrated
         self.priority = [0] * NUM_SOURCES
         self.pending = 0
         self.enable = 0
@@ -44,8 +51,19 @@ class Plic(Device):
                 self.pending |= 1 << source
         self._update()
 
+    def output_lines(self) -> dict[str, IRQ]:
+        return {"meip": self.meip}
+
+    def input_lines(self) -> dict[str, IRQ]:
+        return {str(n): line for n, line in enumerate(self.inputs) if n}
+
+    def interrupt_stats(self) -> list[int]:
+        return list(self.edges)
+
     def _line_handler(self, source: int) -> Callable[[bool], None]:
         def handler(level: bool) -> None:
+            if level:
+                self.edges[source] += 1
             if source and level and not self.claimed >> source & 1:
                 self.pending |= 1 << source
             elif source and not level:
@@ -106,6 +124,32 @@ class Plic(Device):
                 if self.inputs[source].level:
                     self.pending |= 1 << source
         self._update()
+
+    # --- monitor --------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Context 0's threshold and MEIP, priorities set, and the sources by state."""
+        def sources(mask: int) -> list[int]:
+            return [s for s in range(NUM_SOURCES) if mask >> s & 1]
+
+        levels = [s for s, line in enumerate(self.inputs) if s and line.level]
+        return {"threshold": self.threshold, "meip": self.meip.level,
+                "priority": {s: p for s, p in enumerate(self.priority) if p},
+                "pending": sources(self.pending), "enabled": sources(self.enable),
+                "claimed": sources(self.claimed), "level": levels}
+
+    @classmethod
+    def render_info(cls, data: dict[str, Any]) -> str:
+        def show(sources: list[int]) -> str:
+            return " ".join(map(str, sources)) or "-"
+
+        prios = " ".join(f"{s}={p}" for s, p in data["priority"].items()) or "-"
+        return "\n".join([
+            f"{data.get('id', 'plic')}: context 0 (hart 0, M-mode) threshold "
+            f"{data['threshold']} meip {int(data['meip'])}",
+            f"  priority  {prios}", f"  level     {show(data['level'])}",
+            f"  pending   {show(data['pending'])}", f"  enabled   {show(data['enabled'])}",
+            f"  claimed   {show(data['claimed'])}"])
 
     # --- vmstate (emud's own section) ----------------------------------------------------
 
