@@ -11,7 +11,24 @@ import sys
 from collections.abc import Callable
 
 from emud import trace
-from emud.chardev import SocketServerBackend, StdioBackend, open_backend, parse_serial_socket
+from emud.board import (
+    Board,
+    BoardError,
+    Slot,
+    default_board,
+    device_types,
+    find_type,
+    load_board,
+    parse_device,
+    type_help,
+)
+from emud.chardev import (
+    CharBackend,
+    SocketServerBackend,
+    StdioBackend,
+    open_backend,
+    parse_serial_socket,
+)
 from emud.daemon import Daemon, Detached, terminal_cbreak
 from emud.device import DeviceError
 from emud.gdbserver import start_gdb_server
@@ -86,6 +103,27 @@ class TraceAction(argparse.Action):
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
 
 
+class DeviceAction(argparse.Action):
+    """-device SPEC (repeatable); `-device help` lists the types, `-device TYPE,help` a
+    type's properties (QEMU's), and both exit."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        text = str(values)
+        try:
+            if text == "help":
+                for name, where in device_types().items():
+                    desc = find_type(name).description if where == "built in" else where
+                    print(f'name "{name}", desc "{desc}"')
+                parser.exit()
+            if parse_device(text) is None:
+                print("\n".join(type_help(find_type(text.split(",")[0]))))
+                parser.exit()
+        except BoardError as e:
+            parser.exit(1, f"emud: {e}\n")
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), text])
+
+
 async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
                 ready: Callable[[str], None] | None = None) -> int:
     """Start the control planes, then run the machine until quit.
@@ -108,10 +146,13 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
             await qmp_server.start()
             started.push_async_callback(qmp_server.close)
             banner.append(f"emud: QMP listening on {qmp_server.description}")
-        serial = daemon.machine.serial
-        await serial.start(daemon.wake.set)
-        if isinstance(serial, SocketServerBackend):
-            banner.append(f"emud: serial0 (PL011) listening on {serial.describe()}")
+        for n, (serial, device) in enumerate(zip(daemon.machine.serials,
+                                                 daemon.machine.devices_of_serial(),
+                                                 strict=True)):
+            await serial.start(daemon.wake.set)
+            if isinstance(serial, SocketServerBackend):
+                banner.append(f"emud: serial{n} ({device.id}) listening on "
+                              f"{serial.describe()}")
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
         text = "".join(line + "\n" for line in banner)
         if ready:
@@ -134,6 +175,21 @@ def parse_globals(items: list[str]) -> dict[str, dict[str, str]]:
     return props
 
 
+def build_board(path: str | None, specs: list[str]) -> tuple[Board, list[Slot]]:
+    """--board and the -device slots, every type resolved now: a plug-in that does not
+    import fails here, and the events it declares exist before --trace is applied."""
+    board = load_board(path) if path else default_board()
+    devices = [slot for slot in map(parse_device, specs) if slot is not None]
+    for slot in [*board.slots, *devices]:
+        find_type(slot.type)
+    return board, devices
+
+
+def close_all(serials: list[CharBackend]) -> None:
+    for serial in serials:
+        serial.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
     parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
@@ -143,8 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="memory", type=parse_size, default=DEFAULT_RAM_SIZE,
                      metavar="SIZE", help="RAM size (default 16M)")
     run.add_argument("-serial", "--serial", dest="serial", metavar="DEV", type=serial_type,
-                     help="PL011 backend: stdio (default; ringbuf with --daemonize), file:PATH, "
-                          "ringbuf, null, unix:PATH,server, tcp:HOST:PORT,server")
+                     action="append", default=[],
+                     help="serial backend: stdio (default; ringbuf with --daemonize), "
+                          "file:PATH, ringbuf, null, unix:PATH,server, tcp:HOST:PORT,server; "
+                          "repeatable: serial0, serial1... bind to the UARTs in board order")
+    run.add_argument("--board", metavar="FILE.toml",
+                     help="build this board instead of the built-in emud-virt (README: Boards)")
+    run.add_argument("-device", "--device", dest="devices", action=DeviceAction, default=[],
+                     metavar="TYPE[,id=ID][,addr=ADDR][,irq=N][,PROP=VALUE...]",
+                     help="add a device (TYPE, file.py:Class or module:Class); 'help' lists "
+                          "the types, TYPE,help a type's properties")
     run.add_argument("--icount", type=parse_icount, default=0, metavar="shift=N",
                      help="virtual time per instruction is 2**N ns (default 0)")
     run.add_argument("--accel", choices=ACCELERATORS, default=DEFAULT_ACCEL,
@@ -207,33 +271,41 @@ def main(argv: list[str] | None = None) -> int:
               "(add --gdb/-s or --qmp)", file=sys.stderr)
         return 1
     try:
-        for pattern in args.trace:
+        board, devices = build_board(args.board, args.devices)
+        for pattern in args.trace:  # after the plug-ins declared their events
             trace.enable(pattern)
         device_props = parse_globals(args.globals)
         if args.export_dir:
             ExportDir(args.export_dir).check()  # refuse an unsafe directory now, not later
-    except (ValueError, StoreError) as e:
+    except (ValueError, StoreError, DeviceError) as e:
         print(f"emud: {e}", file=sys.stderr)
         return 1
-    if args.serial is None:
-        args.serial = "ringbuf" if args.daemonize else "stdio"
-    if args.daemonize and args.serial == "stdio":
+    if not args.serial:
+        args.serial = ["ringbuf" if args.daemonize else "stdio"]
+    if args.daemonize and "stdio" in args.serial:
         print("emud: --daemonize cannot use -serial stdio (try unix:PATH,server)", file=sys.stderr)
         return 1
+    if args.serial.count("stdio") > 1:
+        print("emud: only one -serial can be stdio", file=sys.stderr)
+        return 1
     pidfile = Pidfile(args.pidfile) if args.pidfile else None
+    serials: list[CharBackend] = []
     try:
         if pidfile:
             pidfile.check()  # before anything is created
-        serial = open_backend(args.serial)
+        for spec in args.serial:
+            serials.append(open_backend(spec))
     except (ValueError, OSError) as e:
+        close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
     try:
-        machine = Machine(serial, ram_size=args.memory, icount_shift=args.icount,
-                          accel=args.accel, device_props=device_props)
+        machine = Machine(serials, ram_size=args.memory, icount_shift=args.icount,
+                          accel=args.accel, device_props=device_props, board=board,
+                          devices=devices)
         machine.load(load_elf(args.image))
     except (ImageError, ValueError, DeviceError) as e:
-        serial.close()
+        close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
     detached = Detached() if args.daemonize else None
@@ -252,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon.snapshots = SnapshotService(daemon, args.snapshots, export_dir=args.export_dir,
                                        tcp_host_files=args.tcp_host_files)  # opens on first use
     try:
-        with terminal_cbreak() if isinstance(serial, StdioBackend) else contextlib.nullcontext():
+        stdio = any(isinstance(serial, StdioBackend) for serial in serials)
+        with terminal_cbreak() if stdio else contextlib.nullcontext():
             return asyncio.run(serve(daemon, args.gdb, args.qmp, ready))
     except OSError as e:  # ListenError and PidfileError name their option
         message = f"emud: {e}\n" if isinstance(e, ListenError | PidfileError) else \
@@ -265,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        serial.close()
+        close_all(serials)
         if pidfile:
             pidfile.remove()
 

@@ -3,38 +3,36 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
+from emud import trace
+from emud.board import Board, BoardError, Slot, default_board, find_type
 from emud.chardev import CharBackend
 from emud.clock import VirtualClock
 from emud.cpu.csr import MEI, MSI, MTI
 from emud.cpu.hart import Hart
 from emud.cpu.translate import Translator
-from emud.device import Device, DeviceError
-from emud.hw.clint import Clint
-from emud.hw.hpet import HPET
-from emud.hw.pl011 import PL011
-from emud.hw.plic import Plic
-from emud.hw.syscon import Syscon
+from emud.device import Device, DeviceContext, DeviceError
 from emud.irq import IRQ
 from emud.loader import ElfImage, ImageError
 from emud.memory import AddressSpace, BusError, Ram, Region
 
-# Memory map (docs/architecture.md)
-SYSCON_BASE, SYSCON_SIZE = 0x0010_0000, 0x1000
-CLINT_BASE, CLINT_SIZE = 0x0200_0000, 0x10000
-PLIC_BASE, PLIC_SIZE = 0x0C00_0000, 0x400000
-UART0_BASE, UART0_SIZE = 0x1000_0000, 0x1000
-HPET_BASE, HPET_SIZE = 0xFED0_0000, 0x400
+# The built-in board's map is emud/boards/emud-virt.toml; images/emud.h repeats it for
+# guests.  These name what tests and guests rely on.
+SYSCON_BASE = 0x0010_0000
+CLINT_BASE = 0x0200_0000
+PLIC_BASE = 0x0C00_0000
+UART0_BASE = 0x1000_0000
+HPET_BASE = 0xFED0_0000
 RAM_BASE = 0x8000_0000
+UART0_IRQ = 10
+HPET_IRQ_BASE = 32  # HPET output line n -> PLIC source 32 + n
 ACCELERATORS = ("interp", "translate")  # README.md "Accelerators"
 DEFAULT_ACCEL = "translate"
 DEFAULT_RAM_SIZE = 16 << 20
-
-UART0_IRQ = 10
-HPET_IRQ_BASE = 32  # HPET output line n -> PLIC source 32 + n
 
 SLICE = 20_000  # instructions between visits to the event loop
 
@@ -46,53 +44,178 @@ class RunState(Enum):
     DEBUG = "debug"  # a breakpoint or watchpoint stopped the hart (see hart.debug_stop)
 
 
+class CpuLines:
+    """The hart's interrupt inputs as a board node (`cpu.mei`, `cpu.msi`, `cpu.mti`)."""
+
+    id = "cpu"
+
+    def __init__(self, hart: Hart) -> None:
+        def line(name: str, bit: int) -> IRQ:
+            return IRQ(f"cpu.{name}", lambda level: hart.set_irq(bit, level))
+
+        self.lines = {name: line(name, bit) for name, bit in (("mei", MEI), ("msi", MSI),
+                                                              ("mti", MTI))}
+
+    def output_lines(self) -> dict[str, IRQ]:
+        return {}
+
+    def input_lines(self) -> dict[str, IRQ]:
+        return self.lines
+
+
+trace_device_error = trace.event("device_error", "device %s: %s")
+
+
 class Machine:
-    def __init__(self, serial: CharBackend, ram_size: int = DEFAULT_RAM_SIZE,
-                 icount_shift: int = 0,
+    def __init__(self, serial: CharBackend | Sequence[CharBackend] = (),
+                 ram_size: int = DEFAULT_RAM_SIZE, icount_shift: int = 0,
                  device_props: Mapping[str, Mapping[str, Any]] | None = None,
-                 accel: str = DEFAULT_ACCEL) -> None:
-        """`device_props` sets device properties by device name, QEMU's -global style:
-        {"hpet": {"timers": 8, "msi": True}}.  Bad values raise DeviceError."""
-        props = device_props or {}
+                 accel: str = DEFAULT_ACCEL, board: Board | None = None,
+                 devices: Sequence[Slot] = ()) -> None:
+        """Build `board` (the built-in emud-virt by default) plus the -device `devices`.
+
+        `serial` is one backend or the -serial list, bound in order to the devices
+        that take one (serial0, serial1...; a device left over gets a null backend).
+        `device_props` sets properties by device type, QEMU's -global style:
+        {"hpet": {"timers": 8, "msi": True}}.  Anything that cannot be built raises
+        DeviceError (BoardError), one line naming the device.
+        """
         if accel not in ACCELERATORS:
             raise ValueError(f"unknown accelerator {accel!r} (use {' or '.join(ACCELERATORS)})")
-        unknown = set(props) - {"hpet", "pl011"}
-        if unknown:
-            raise DeviceError(f"no device {sorted(unknown)[0]!r} takes properties here")
+        self.board = (board or default_board()).with_devices(list(devices))
         self.clock = VirtualClock(icount_shift)
-        self.ram = Ram(RAM_BASE, ram_size)
+        self.ram = Ram(self.board.ram_base, ram_size)
         self.bus = AddressSpace(self.ram)
+        self.bus.on_device_error = self._device_error
         self.hart = Hart(self.bus, self.clock)
-        hart = self.hart
         if accel == "translate":
-            hart.accel = Translator(hart)
-        self.plic = Plic(IRQ("mip.MEIP", lambda level: hart.set_irq(MEI, level)))
-        self.clint = Clint(
-            self.clock,
-            IRQ("mip.MSIP", lambda level: hart.set_irq(MSI, level)),
-            IRQ("mip.MTIP", lambda level: hart.set_irq(MTI, level)),
-        )
-        hart.time_source = lambda: self.clint.mtime
-        self.syscon = Syscon(self.poweroff, self.request_reset)
-        self.serial = serial
-        self.uart0 = PL011(self.plic.inputs[UART0_IRQ], serial.write,
-                           accept_input=serial.accept_input, **props.get("pl011", {}))
-        serial.attach(self.uart0)
-        self.hpet = HPET(self.clock, self._fsb_write, **props.get("hpet", {}))
-        for line, irq in enumerate(self.hpet.irqs):
-            irq.sink = self.plic.inputs[HPET_IRQ_BASE + line].set
-        self.devices: list[Device] = [self.syscon, self.clint, self.hpet, self.plic, self.uart0]
-        for name, base, size, device in (
-            ("syscon", SYSCON_BASE, SYSCON_SIZE, self.syscon),
-            ("clint", CLINT_BASE, CLINT_SIZE, self.clint),
-            ("plic", PLIC_BASE, PLIC_SIZE, self.plic),
-            ("pl011", UART0_BASE, UART0_SIZE, self.uart0),
-            ("hpet", HPET_BASE, HPET_SIZE, self.hpet),
-        ):
-            self.bus.add(Region(name, base, size, device))
+            self.hart.accel = Translator(self.hart)
+        backends = [serial] if isinstance(serial, CharBackend) else list(serial)
+        self.serials: list[CharBackend] = []
+        self.devices: list[Device] = []
+        self.device_errors: dict[str, str] = {}  # id -> the first run-time error it raised
+        globals_ = {name: dict(props) for name, props in (device_props or {}).items()}
+        for slot in self.board.slots:
+            self._add(slot, globals_, backends)
+        unused = set(globals_) - {d.name for d in self.devices}
+        if unused:
+            raise DeviceError(f"no device {sorted(unused)[0]!r} takes properties here")
+        self._wire()
+        self.serial = self.serials[0] if self.serials else CharBackend()
         self.image: ElfImage | None = None
         self.exit_code: int | None = None
         self._reset_requested = False
+
+    # --- building from the board -----------------------------------------------------
+
+    def _add(self, slot: Slot, globals_: dict[str, dict[str, Any]],
+             backends: list[CharBackend]) -> None:
+        if any(d.id == slot.id for d in self.devices) or slot.id == "cpu":
+            raise BoardError(f"{slot.id}: a device with this id already exists")
+        cls = find_type(slot.type)
+        device = cls()
+        device.id = slot.id
+        serial = None
+        if cls.wants_serial:
+            n = len(self.serials)
+            serial = backends[n] if n < len(backends) else CharBackend()
+            self.serials.append(serial)
+        ctx = DeviceContext(clock=self.clock, dma_write=self._dma_write, serial=serial,
+                            poweroff=self.poweroff, request_reset=self.request_reset,
+                            set_time_source=self._set_time_source,
+                            guest_error=lambda text: self._device_error(device, text))
+        try:
+            for key, value in (globals_.get(cls.name, {}) | slot.props).items():
+                device.set_property(key, value)
+            device.realize(ctx)
+        except DeviceError as e:
+            text = str(e)
+            raise BoardError(text if text.startswith(f"{slot.id}:") else f"{slot.id}: {text}"
+                             ) from None
+        except Exception as e:  # a plug-in's bug: one line naming it, not a traceback
+            raise BoardError(f"{slot.id}: realize failed: {type(e).__name__}: {e}") from None
+        if cls.mmio_size:
+            if slot.base is None:
+                raise BoardError(f"{slot.id}: needs an address (addr=... / base = ...)")
+            region = Region(cls.name, slot.base, cls.mmio_size, device)
+            for other in self.bus.regions:
+                if other.base < region.end and region.base < other.end:
+                    what = other.device.id if isinstance(other.device, Device) else other.name
+                    raise BoardError(f"{slot.id}: MMIO {region.base:#x}..{region.end - 1:#x} "
+                                     f"overlaps {what} {other.base:#x}..{other.end - 1:#x}")
+            self.bus.add(region)
+        self.devices.append(device)
+
+    def _node(self, ident: str) -> Device | CpuLines:
+        if ident == "cpu":
+            return self._cpu
+        for device in self.devices:
+            if device.id == ident:
+                return device
+        raise BoardError(f"no device '{ident}' on the board")
+
+    def _wire(self) -> None:
+        self._cpu = CpuLines(self.hart)
+        driven: dict[int, str] = {}  # id(input IRQ) -> who drives it
+        used: set[int] = set()
+
+        def connect(src: str, output: IRQ, dst: str, name: str) -> None:
+            node = self._node(dst)
+            line = node.input_lines().get(name)
+            if line is None:
+                known = ", ".join(node.input_lines()) or "none"
+                raise BoardError(f"{src}: {dst} has no input '{name}' (inputs: {known})")
+            if id(line) in driven:
+                raise BoardError(f"{src}: input {dst}.{name} is already driven by "
+                                 f"{driven[id(line)]}")
+            if id(output) in used:
+                raise BoardError(f"{src}: output {output.name} is connected twice")
+            driven[id(line)] = src
+            used.add(id(output))
+            output.sink = line.set
+
+        for wire in self.board.wires:
+            node = self._node(wire.src)
+            output = node.output_lines().get(wire.output)
+            if output is None:
+                known = ", ".join(node.output_lines()) or "none"
+                raise BoardError(f"{wire.src}: no output '{wire.output}' (outputs: {known})")
+            connect(f"{wire.src}.{wire.output}", output, wire.dst, wire.input)
+        for slot, device in zip(self.board.slots, self.devices, strict=True):
+            if slot.irq is None:
+                continue
+            controller = self.board.interrupt_controller
+            outputs = list(device.output_lines().items())[:device.irq_outputs]
+            if not outputs:
+                raise BoardError(f"{slot.id}: has no interrupt output for irq={slot.irq}")
+            for n, (name, output) in enumerate(outputs):
+                connect(f"{slot.id}.{name}", output, controller, str(slot.irq + n))
+
+    def device(self, ident: str) -> Device:
+        """The board's device with this id."""
+        node = self._node(ident)
+        assert isinstance(node, Device)
+        return node
+
+    def devices_of_serial(self) -> list[Device]:
+        """The devices bound to serial0, serial1... in order."""
+        return [d for d in self.devices if d.wants_serial]
+
+    def devices_of(self, cls: type[Device]) -> list[Device]:
+        return [d for d in self.devices if isinstance(d, cls)]
+
+    def _set_time_source(self, source: Callable[[], int]) -> None:
+        self.hart.time_source = source
+
+    def _device_error(self, device: object, text: str) -> None:
+        """A device raised inside an MMIO handler (or reported a guest error): the
+        access already became a bus error; say so once per device on stderr."""
+        ident = getattr(device, "id", "?")
+        trace_device_error(ident, text)
+        if ident not in self.device_errors:
+            self.device_errors[ident] = text
+            sys.stderr.write(f"emud: device {ident}: {text} (later errors: trace "
+                             "event device_error)\n")
 
     # --- image and reset ----------------------------------------------------------
 
@@ -123,10 +246,10 @@ class Machine:
         self.exit_code = None
         self.hart.stop_requested = False
 
-    def _fsb_write(self, addr: int, value: int) -> None:
-        """An HPET FSB (MSI) message: a 32-bit store on the system bus."""
+    def _dma_write(self, addr: int, value: int, size: int) -> None:
+        """A device's bus-master store (the HPET's FSB messages) on the system bus."""
         with contextlib.suppress(BusError):  # QEMU drops a DMA store that hits nothing
-            self.bus.write(addr, value, 4)
+            self.bus.write(addr, value, size)
 
     def poweroff(self, code: int) -> None:
         self.exit_code = code

@@ -73,6 +73,9 @@ class AddressSpace:
         self._bases: list[int] = []
         self._watchers: list[tuple[int, int, StoreWatcher]] = []
         self.on_code_write: Callable[[int], None] = lambda page: None
+        # A device handler that raises (a plug-in's bug) is told here; the access is a
+        # bus error for the guest, and the daemon runs on.
+        self.on_device_error: Callable[[Mmio, str], None] = lambda device, text: None
         self.add(Region("ram", ram.base, ram.size, None))
 
     def add(self, region: Region) -> None:
@@ -103,14 +106,29 @@ class AddressSpace:
             return int.from_bytes(self.ram.data[addr - self.ram.base : addr - self.ram.base + size],
                                   "little")
         device, offset = self._mmio(addr, size)
-        return device.read(offset, size) & ((1 << (8 * size)) - 1)
+        try:
+            return device.read(offset, size) & ((1 << (8 * size)) - 1)
+        except BusError:
+            raise
+        except Exception as e:
+            self._failed(device, f"read at {addr:#x} ({size} bytes)", e)
+            raise BusError(addr) from None
 
     def write(self, addr: int, value: int, size: int) -> None:
         if self.ram.contains(addr, size):
             self.store_ram(addr, value, size)
             return
         device, offset = self._mmio(addr, size)
-        device.write(offset, value & ((1 << (8 * size)) - 1), size)
+        try:
+            device.write(offset, value & ((1 << (8 * size)) - 1), size)
+        except BusError:
+            raise
+        except Exception as e:
+            self._failed(device, f"write of {value:#x} at {addr:#x} ({size} bytes)", e)
+            raise BusError(addr) from None
+
+    def _failed(self, device: Mmio, access: str, error: Exception) -> None:
+        self.on_device_error(device, f"{access} raised {type(error).__name__}: {error}")
 
     def store_ram(self, addr: int, value: int, size: int) -> None:
         """A RAM store that honours page flags (code invalidation, watchers)."""
@@ -153,7 +171,13 @@ class AddressSpace:
         if self.ram.contains(addr, size):
             return self.read(addr, size)
         device, offset = self._mmio(addr, size)
-        return device.peek(offset, size) & ((1 << (8 * size)) - 1)
+        try:
+            return device.peek(offset, size) & ((1 << (8 * size)) - 1)
+        except BusError:
+            raise
+        except Exception as e:
+            self._failed(device, f"peek at {addr:#x} ({size} bytes)", e)
+            raise BusError(addr) from None
 
     def read_bytes(self, addr: int, length: int) -> bytes:
         """Side-effect-free read of a range; RAM fast, devices by 32-bit peeks."""

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from emud.machine import Machine
 
 MACHINE_TYPE = "emud-virt"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: the board record, device properties by id
 
 
 class MigrationError(Exception):
@@ -96,15 +96,40 @@ VMSTATE_CLOCK = VMStateDescription(
     "emud-clock", 1, 1, [Field("now_ns", UINT64), Field("icount", UINT64)])
 
 
-def _sections(machine: Machine) -> list[tuple[VMStateDescription, Any]]:
+@dataclass(frozen=True)
+class SectionSlot:
+    """One section of a machine: its description, the object it saves, its instance."""
+
+    vmsd: VMStateDescription
+    obj: Any
+    instance_id: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.vmsd.name, self.instance_id)
+
+    @property
+    def label(self) -> str:
+        """How messages and diffs name it: `pl011`, or `pl011#1` for a second instance."""
+        return self.vmsd.name if not self.instance_id else f"{self.vmsd.name}#{self.instance_id}"
+
+
+def _sections(machine: Machine) -> list[SectionSlot]:
     """Every section in save and apply order: the clock first (device timers are
-    absolute deadlines on it), the devices, the PLIC after its sources, the CPU last
-    (its mip is what the interrupt lines carry at that moment)."""
-    out: list[tuple[VMStateDescription, Any]] = [(VMSTATE_CLOCK, machine.clock)]
-    for device in (machine.clint, machine.hpet, machine.uart0, machine.plic):
-        assert device.vmstate is not None
-        out.append((device.vmstate, device))
-    out.append((VMSTATE_CPU, _HartView(machine.hart)))
+    absolute deadlines on it), the board's devices by (`migrate_order`, board
+    position) -- interrupt controllers late, after their sources -- and the CPU last
+    (its mip is what the interrupt lines carry at that moment).  Devices of one
+    description are instances 0, 1, ... in board order, as QEMU numbers them."""
+    out = [SectionSlot(VMSTATE_CLOCK, machine.clock)]
+    devices = sorted(enumerate(machine.devices), key=lambda d: (d[1].migrate_order, d[0]))
+    seen: dict[str, int] = {}
+    for _, device in devices:
+        if device.vmstate is None:
+            continue
+        instance = seen.get(device.vmstate.name, 0)
+        seen[device.vmstate.name] = instance + 1
+        out.append(SectionSlot(device.vmstate, device, instance))
+    out.append(SectionSlot(VMSTATE_CPU, _HartView(machine.hart)))
     return out
 
 
@@ -118,7 +143,8 @@ def machine_config(machine: Machine) -> dict[str, Any]:
         "config_version": CONFIG_VERSION,
         "ram_size": machine.ram.size,
         "icount_shift": machine.clock.shift,
-        "devices": {d.name: d.property_values() for d in (machine.hpet, machine.uart0)},
+        "board": machine.board.record(props=False),
+        "devices": {d.id: d.property_values() for d in machine.devices if d.properties()},
         "image_sha256": machine.image.digest if machine.image else None,
         "image_name": machine.image.path.name if machine.image else None,
     }
@@ -139,10 +165,30 @@ def describe_image(config: dict[str, Any]) -> str:
     return f"{name} ({short})" if isinstance(name, str) else f"an image ({short})"
 
 
+def describe_board(record: Any) -> str:
+    """`emud-virt (syscon, clint, hpet, plic, uart0 pl011@0x10000000 irq 10)`, short."""
+    if not isinstance(record, dict) or not isinstance(record.get("device"), list):
+        return repr(record)
+    slots = []
+    for slot in record["device"]:
+        if not isinstance(slot, dict):
+            continue
+        text = f"{slot.get('id')}"
+        if slot.get("id") != slot.get("type"):
+            text += f" {slot.get('type')}"
+        if isinstance(slot.get("base"), int):
+            text += f"@{slot['base']:#x}"
+        if slot.get("irq") is not None:
+            text += f" irq {slot['irq']}"
+        slots.append(text)
+    wires = ", ".join(map(str, record.get("wires") or []))
+    return f"{record.get('name')} ({', '.join(slots)}; wires {wires})"
+
+
 def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
     """The machine's state; `copy_ram=False` lends the live RAM (use it before running on)."""
-    sections = [Section(vmsd.name, 0, vmsd.version_id, vmsd.save(obj))
-                for vmsd, obj in _sections(machine)]
+    sections = [Section(s.vmsd.name, s.instance_id, s.vmsd.version_id, s.vmsd.save(s.obj))
+                for s in _sections(machine)]
     ram = bytes(machine.ram.data) if copy_ram else machine.ram.data
     return SnapshotData(machine_config(machine), sections, ram, machine.clock.now_ns,
                         machine.clock.icount)
@@ -154,6 +200,10 @@ def capture(machine: Machine, *, copy_ram: bool = True) -> SnapshotData:
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     for key in sorted((set(saved) | set(current)) - INFORMATIONAL):
         if saved.get(key) != current.get(key):
+            if key == "board":
+                return (f"configuration mismatch: the snapshot's board is "
+                        f"{describe_board(saved.get(key))}, this machine's is "
+                        f"{describe_board(current.get(key))}")
             if key == "image_sha256":
                 return (f"configuration mismatch: the snapshot is of {describe_image(saved)}, "
                         f"this machine runs {describe_image(current)}")
@@ -179,18 +229,19 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
         raise MigrationError(f"ram: {len(snap.ram)} bytes in the snapshot, "
                              f"{machine.ram.size} in this machine")
     expected = _sections(machine)
-    by_name = {s.name: s for s in snap.sections}
-    known = {vmsd.name for vmsd, _ in expected}
+    keys = {(s.name, s.instance_id) for s in snap.sections}
+    known = {slot.key for slot in expected}
+    names = {slot.vmsd.name for slot in expected}
     for section in snap.sections:
-        if section.name not in known:
+        if section.name not in names:
             raise MigrationError(f"unknown section '{section.name}'")
-        if section.instance_id != 0:
+        if (section.name, section.instance_id) not in known:
             raise MigrationError(f"{section.name}: no instance {section.instance_id}")
-    if len(by_name) != len(snap.sections):
+    if len(keys) != len(snap.sections):
         raise MigrationError("a section appears twice")
-    for vmsd, _ in expected:
-        if vmsd.name not in by_name:
-            raise MigrationError(f"section '{vmsd.name}' is missing")
+    for slot in expected:
+        if slot.key not in keys:
+            raise MigrationError(f"section '{slot.label}' is missing")
     staged = list(_decode(machine, snap).values())  # in apply order
     ram = snap.ram
 
@@ -199,7 +250,8 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
         for item in staged:
             item.apply()
         machine.hart.flush_code()
-        machine.serial.accept_input()  # held host input may enter the loaded FIFO
+        for serial in machine.serials:  # held host input may enter the loaded FIFOs
+            serial.accept_input()
         machine.exit_code = None
         machine.hart.stop_requested = False
 
@@ -207,15 +259,16 @@ def stage(machine: Machine, snap: SnapshotData, *, same_image: bool = True
 
 
 def _decode(machine: Machine, snap: SnapshotData) -> dict[str, Staged]:
-    """Decode every section the machine knows, in apply order; nothing is applied."""
-    by_name = {s.name: s for s in snap.sections}
+    """Decode every section the machine knows, in apply order (keyed by label);
+    nothing is applied."""
+    by_key = {(s.name, s.instance_id): s for s in snap.sections}
     staged: dict[str, Staged] = {}
-    for vmsd, obj in _sections(machine):
-        section = by_name.get(vmsd.name)
+    for slot in _sections(machine):
+        section = by_key.get(slot.key)
         if section is None:
             continue
         try:
-            staged[vmsd.name] = vmsd.decode(obj, section.data, section.version_id)
+            staged[slot.label] = slot.vmsd.decode(slot.obj, section.data, section.version_id)
         except VMStateError as e:
             raise MigrationError(str(e)) from None
     return staged
@@ -290,17 +343,18 @@ def diff(machine: Machine, a: SnapshotData, b: SnapshotData) -> list[Change]:
         if a.config.get(key) != b.config.get(key):
             changes.append(Change("config", key, a.config.get(key), b.config.get(key)))
     old, new = _decode(machine, a), _decode(machine, b)
-    for vmsd, _ in _sections(machine):
+    for slot in _sections(machine):
+        label = slot.label
         flat_old: dict[str, Any] = {}
         flat_new: dict[str, Any] = {}
-        if vmsd.name in old:
-            _flatten("", _plain(old[vmsd.name].state), flat_old)
-        if vmsd.name in new:
-            _flatten("", _plain(new[vmsd.name].state), flat_new)
+        if label in old:
+            _flatten("", _plain(old[label].state), flat_old)
+        if label in new:
+            _flatten("", _plain(new[label].state), flat_new)
         for key in flat_old.keys() | flat_new.keys():
             if flat_old.get(key) != flat_new.get(key):
-                changes.append(Change(vmsd.name, key, flat_old.get(key), flat_new.get(key)))
-    order = {vmsd.name: i for i, (vmsd, _) in enumerate(_sections(machine))}
+                changes.append(Change(label, key, flat_old.get(key), flat_new.get(key)))
+    order = {slot.label: i for i, slot in enumerate(_sections(machine))}
     changes.sort(key=lambda c: (order.get(c.section, -1), c.field))
     for start, end in page_ranges(a.ram, b.ram, machine.ram.base):
         changes.append(Change("ram", f"{start:#010x}-{end:#010x}", None, None))
@@ -363,11 +417,12 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
     # description covers exactly the subsections and array sizes the bytes hold.
     scratch = scratch_machine(snap.config)
     restore(scratch, snap, same_image=False)
-    by_name = {s.name: s for s in snap.sections}
-    for section_id, (vmsd, obj) in enumerate(_sections(scratch), start=2):
-        section = by_name[vmsd.name]
-        payload, entry = vmsd.save_described(obj, section.instance_id)
-        assert payload == section.data, f"{vmsd.name} does not re-encode to its own bytes"
+    by_key = {(s.name, s.instance_id): s for s in snap.sections}
+    for section_id, slot in enumerate(_sections(scratch), start=2):
+        vmsd = slot.vmsd
+        section = by_key[slot.key]
+        payload, entry = vmsd.save_described(slot.obj, section.instance_id)
+        assert payload == section.data, f"{slot.label} does not re-encode to its own bytes"
         out += section_header(section_id, vmsd.name, section.instance_id, section.version_id)
         out += payload + section_footer(section_id)
         devices.append(entry)
@@ -403,14 +458,18 @@ def stream_size_limit(ram_size: int) -> int:
 
 def scratch_machine(config: dict[str, Any]) -> Machine:
     """A machine built from a configuration record, with no image and no serial output."""
-    from emud.chardev import CharBackend
+    from emud.board import board_from_record
+    from emud.device import DeviceError
     from emud.machine import Machine
 
     try:
-        return Machine(CharBackend(), ram_size=int(config["ram_size"]),
-                       icount_shift=int(config["icount_shift"]),
-                       device_props=config.get("devices") or {})
-    except (KeyError, TypeError, ValueError) as e:
+        board = board_from_record(config["board"], "the snapshot's board")
+        props = config.get("devices") or {}
+        for slot in board.slots:  # the values this machine ran with, -global included
+            slot.props = dict(props.get(slot.id, slot.props))
+        return Machine(ram_size=int(config["ram_size"]),
+                       icount_shift=int(config["icount_shift"]), board=board)
+    except (KeyError, TypeError, ValueError, DeviceError) as e:
         raise MigrationError(f"configuration record is unusable: {e}") from None
 
 
@@ -562,7 +621,7 @@ def _find_footer(machine: Machine, data: bytes, start: int, idstr: str, version:
                  section_id: int) -> int:
     """Where a FULL section's payload ends: decode it when we know the vmsd, else search."""
     footer = section_footer(section_id)
-    by_name = {vmsd.name: (vmsd, obj) for vmsd, obj in _sections(machine)}
+    by_name = {slot.vmsd.name: (slot.vmsd, slot.obj) for slot in _sections(machine)}
     if idstr in by_name:
         vmsd, obj = by_name[idstr]
         end = data.find(footer, start)

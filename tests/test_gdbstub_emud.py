@@ -226,7 +226,7 @@ async def test_watchpoint_on_a_pl011_register(rig_for: Callable[[Path], Rig]) ->
 async def test_debugger_reads_of_device_registers_have_no_side_effects(
         rig_for: Callable[[Path], Rig]) -> None:
     daemon, target, session = rig_for(IMAGES / "hello.elf")
-    uart = daemon.machine.uart0
+    uart = daemon.machine.device("uart0")
     uart.receive(b"A")
     before = (uart.read_count, uart.flags, uart.int_level)
     assert mem(session, UART0_BASE, 4)[0] == ord("A")

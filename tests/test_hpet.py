@@ -17,7 +17,7 @@ from qemu.qmp import QMPClient
 from conftest import IMAGES, ROOT, boot
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
-from emud.device import DeviceError
+from emud.device import DeviceContext, DeviceError
 from emud.hw.hpet import HPET, VMSTATE_HPET, catch_up
 from emud.machine import HPET_BASE, HPET_IRQ_BASE, RAM_BASE, Machine
 from emud.vmstate import VMStateError
@@ -52,8 +52,9 @@ class Rig:
     def __init__(self, **props: Any) -> None:
         self.clock = VirtualClock()
         self.stores: list[tuple[int, int, int]] = []  # (ns, address, value)
-        self.hpet = HPET(self.clock, lambda a, v: self.stores.append((self.clock.now_ns, a, v)),
-                         **props)
+        self.hpet = HPET(**props)
+        self.hpet.realize(DeviceContext(self.clock, dma_write=lambda a, v, size: self.stores
+                                        .append((self.clock.now_ns, a, v))))
         self.edges: list[tuple[int, str, int]] = []  # (ns, raise|lower, line)
         for n, irq in enumerate(self.hpet.irqs):
             irq.sink = self._recorder(n)
@@ -124,7 +125,7 @@ def test_msi_property_advertises_fsb_delivery() -> None:
 ])
 def test_bad_properties_are_refused_at_realize(props: dict[str, Any], message: str) -> None:
     with pytest.raises(DeviceError, match=message):
-        HPET(VirtualClock(), **props)
+        HPET(**props).realize(DeviceContext(VirtualClock()))
 
 
 def test_properties_are_fixed_after_realize() -> None:
@@ -456,12 +457,12 @@ def test_a_machine_with_a_far_hpet_deadline_runs_and_time_advances() -> None:
     machine = boot(IMAGES / "counter.elf")
     assert machine.run_until_poweroff(max_insns=1000) is None
     arm_far_periodic(lambda offset, value: machine.bus.write(HPET_BASE + offset, value, 4))
-    count_firings(machine.hpet.timers[0].qemu_timer, per_pass=50_000)
+    count_firings(machine.device("hpet").timers[0].qemu_timer, per_pass=50_000)
     start_ns, start_icount = machine.clock.now_ns, machine.clock.icount
     assert machine.run_until_poweroff(max_insns=20_000) is None  # returns at its budget
     assert machine.clock.icount == start_icount + 20_000
     assert machine.clock.now_ns == start_ns + 20_000
-    assert machine.hpet.info()["timers"][0]["deadline_ns"] == machine.clock.now_ns + 1
+    assert machine.device("hpet").info()["timers"][0]["deadline_ns"] == machine.clock.now_ns + 1
 
 
 async def test_the_monitor_reproduction_keeps_the_daemon_answering(tmp_path: Path) -> None:
@@ -530,7 +531,7 @@ def test_board_wires_line_n_to_plic_source_32_plus_n_and_fsb_to_the_bus() -> Non
     bus.write(HPET_BASE + tcmp(2) + 4, 0, 4)
     bus.write(HPET_BASE + CONF, ENABLE, 4)
     machine.clock.advance_insns(1000)
-    assert machine.plic.inputs[HPET_IRQ_BASE + 23].level
+    assert machine.device("plic").inputs[HPET_IRQ_BASE + 23].level
     assert bus.read(RAM_BASE + 0x100, 4) == 0xCAFE
 
 

@@ -163,9 +163,9 @@ def test_wide_and_misaligned_clint_and_plic_writes_keep_their_registers_in_range
     bus.write(CLINT_BASE + 0x4004, (1 << 64) - 1, 8)  # mtimecmp high half, 8 bytes
     bus.write(CLINT_BASE + 0xBFFC, (1 << 64) - 1, 8)  # mtime high half: mtime wraps
     bus.write(PLIC_BASE + 0x2006, 0xFFFF_FFFF, 4)  # enable, misaligned
-    assert machine.clint.mtimecmp == (1 << 64) - 1
-    assert machine.clint.mtime == 0xFFFF_FFFF_0000_0000
-    assert machine.plic.enable >> 64 == 0 and not machine.plic.enable & 1
+    assert machine.device("clint").mtimecmp == (1 << 64) - 1
+    assert machine.device("clint").mtime == 0xFFFF_FFFF_0000_0000
+    assert machine.device("plic").enable >> 64 == 0 and not machine.device("plic").enable & 1
     snap = migration.capture(machine)
     migration.restore(machine, snap)
     assert migration.capture(machine).sections == snap.sections

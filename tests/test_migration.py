@@ -19,8 +19,8 @@ def fingerprint(machine: Machine) -> tuple[Any, ...]:
     """Everything a load could disturb: every section's bytes, RAM, pc, clock, run flags."""
     snap = mg.capture(machine)
     return (tuple(snap.sections), snap.ram, machine.hart.pc, machine.clock.now_ns,
-            machine.clock.icount, machine.exit_code, machine.hpet.property_values(),
-            machine.uart0.read_count)
+            machine.clock.icount, machine.exit_code, machine.device("hpet").property_values(),
+            machine.device("uart0").read_count)
 
 
 def run_until(machine: Machine, condition: Any, limit: int = 2_000_000) -> None:
@@ -42,7 +42,8 @@ def test_hpet_periodic_run_replays_byte_for_byte(tmp_path: Path) -> None:
     machine = boot(IMAGES / "hpet_timers.elf", icount_shift=2)
     store = SnapshotStore(tmp_path / "s.sqlite")
     # Save while an HPET interrupt is in flight: pending at the PLIC, not yet taken.
-    run_until(machine, lambda: machine.hpet.isr != 0 and machine.plic.pending != 0)
+    hpet, plic = machine.device("hpet"), machine.device("plic")
+    run_until(machine, lambda: hpet.isr != 0 and plic.pending != 0)
     mg.savevm(machine, store, "tick")
     first = replay(machine, store, "tick", 60_000)
     second = replay(machine, store, "tick", 60_000)
@@ -55,10 +56,11 @@ def test_uart_echo_with_bytes_in_the_fifo_replays(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "s.sqlite")
     machine.run_until_poweroff(max_insns=50_000)
     machine.serial.feed(b"hello, world q")
-    run_until(machine, lambda: machine.uart0.read_count > 3)
-    assert not machine.serial.pending_input or machine.uart0.read_count
+    run_until(machine, lambda: machine.device("uart0").read_count > 3)
+    assert not machine.serial.pending_input or machine.device("uart0").read_count
     # Host-side input still queued is not machine state: deliver it all before saving.
-    run_until(machine, lambda: not machine.serial.pending_input and machine.uart0.read_count)
+    uart = machine.device("uart0")
+    run_until(machine, lambda: not machine.serial.pending_input and uart.read_count)
     mg.savevm(machine, store, "rx")
     first = replay(machine, store, "rx", 100_000)
     second = replay(machine, store, "rx", 100_000)
@@ -156,7 +158,7 @@ def test_hpet_timer_count_mismatch_keeps_the_property() -> None:
     three = Machine(four.serial)
     config = mg.machine_config(three)
     refuse(three, dataclasses.replace(snap, config=config), "hpet")
-    assert three.hpet.property_values()["timers"] == 3
+    assert three.device("hpet").property_values()["timers"] == 3
 
 
 def test_pl011_bad_fifo_indices_are_refused(saved: tuple[Machine, SnapshotData]) -> None:

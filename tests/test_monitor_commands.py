@@ -90,12 +90,13 @@ async def test_ringbuf_reaches_the_guest_and_back() -> None:
         # HMP's ringbuf_read doubles a backslash, like QEMU's
         assert await hmp(monitor, "ringbuf_read serial0 100") == "ab\\\\c\n"
         info = await monitor.execute_qmp("x-emud-query-irq", {})
-        assert info["counts"].get(10, 0) >= 1
+        assert [i["controller"] for i in info] == ["plic"]
+        assert info[0]["counts"].get(10, 0) >= 1
         assert await monitor.execute_qmp("ringbuf-read", {"device": "serial0", "size": 9}) == ""
         pl011 = await hmp(monitor, "info pl011")
         assert "IMSC   0x0010 [RX]" in pl011 and "WLEN=8" in pl011
         # The line it drives is PLIC source 10 (the README's memory map), low once read.
-        assert pl011.startswith("pl011 @ 0x0000000010000000: chardev serial0, "
+        assert pl011.startswith("uart0 @ 0x0000000010000000: chardev serial0, "
                                 "PLIC source 10 (line low)\n")
         assert (await monitor.execute_qmp("x-emud-query-pl011", {}))["plic-source"] == 10
 
@@ -103,8 +104,9 @@ async def test_ringbuf_reaches_the_guest_and_back() -> None:
 async def test_info_hpet_shows_the_device_state() -> None:
     async with running(IMAGES / "hpet_timers.elf") as (monitor, machine):
         await hmp(monitor, "run-for 120us")
-        state = machine.hpet.info()
-        assert await monitor.execute_qmp("x-emud-query-hpet", {}) == state | {"base": 0xFED00000}
+        state = machine.device("hpet").info()
+        assert await monitor.execute_qmp("x-emud-query-hpet", {}) == state | {
+            "base": 0xFED00000, "id": "hpet", "type": "hpet", "plic-source": 32}
         text = (await hmp(monitor, "info hpet")).splitlines()
         rows = [line for line in text if line.startswith(" T")]
         assert len(rows) == state["num_timers"]

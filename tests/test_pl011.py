@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emud.device import DeviceError
+from emud.chardev import CharBackend
+from emud.device import DeviceContext, DeviceError
 from emud.hw.pl011 import PL011, VMSTATE_PL011, PL011Luminary, Reg
-from emud.irq import IRQ
 from emud.vmstate import VMStateError
 
 FR_RXFE, FR_TXFF, FR_RXFF, FR_TXFE = 0x10, 0x20, 0x40, 0x80
@@ -19,10 +19,23 @@ CR_LBE, CR_DTR, CR_RTS, CR_OUT1, CR_OUT2 = 0x80, 0x400, 0x800, 0x1000, 0x2000
 INT_RX, INT_TX = 0x10, 0x20
 
 
+class Capture(CharBackend):
+    """A serial backend that keeps what the UART transmits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
 class Rig:
     def __init__(self, cls: type[PL011] = PL011, **props: Any) -> None:
-        self.sent = bytearray()
-        self.uart = cls(IRQ("uart"), self.sent.extend, **props)
+        backend = Capture()
+        self.sent = backend.sent
+        self.uart = cls(**props)
+        self.uart.realize(DeviceContext(serial=backend))
 
     def w(self, offset: int, value: int) -> None:
         self.uart.write(offset, value, 4)

@@ -239,7 +239,7 @@ def run_qemu(steps: Sequence[Step], bios: Path | None = None, pit: bool = False)
 
 def run_model(steps: Sequence[Step], pit: bool = False) -> list[Seen]:
     machine = Machine(RingBackend())
-    bus, clock, hpet = machine.bus, machine.clock, machine.hpet
+    bus, clock, hpet = machine.bus, machine.clock, machine.device("hpet")
     edges: list[Edge] = []
     if pit:
         spy_on_pit_enabled(machine, edges)
@@ -290,7 +290,7 @@ def run_model(steps: Sequence[Step], pit: bool = False) -> list[Seen]:
 
 def spy_on(machine: Machine, line: int, edges: list[Edge]) -> None:
     """Record HPET output `line` edges at its PLIC input, as qtest does at the IOAPIC."""
-    irq = machine.plic.inputs[HPET_IRQ_BASE + line]
+    irq = machine.device("plic").inputs[HPET_IRQ_BASE + line]
     sink = irq.sink
 
     def spy(level: bool) -> None:
@@ -305,7 +305,7 @@ def spy_on_pit_enabled(machine: Machine, edges: list[Edge]) -> None:
     """Record `pit_enabled` as qtest does: a line is printed when its level differs from
     the last one printed, and qtest assumes 0 before the first (docs/qtest.md §B4), although the
     output is high after reset."""
-    irq = machine.hpet.pit_enabled
+    irq = machine.device("hpet").pit_enabled
     sink = irq.sink
     printed = [False]
 

@@ -121,9 +121,9 @@ class UngatedUart:
 def run_model(steps: Sequence[Step]) -> list[Seen]:
     serial = QemuSocketChardev()
     machine = Machine(serial)
-    serial.attach(UngatedUart(machine.uart0))
+    serial.attach(UngatedUart(machine.device("uart0")))
     edges: list[tuple[str, int]] = []
-    line = machine.plic.inputs[UART0_IRQ]
+    line = machine.device("plic").inputs[UART0_IRQ]
     sink = line.sink
 
     def spy(level: bool) -> None:
@@ -145,9 +145,9 @@ def run_model(steps: Sequence[Step]) -> list[Seen]:
             case Sync():
                 serial.poll()
             case Break():
-                machine.uart0.receive_break()
+                machine.device("uart0").receive_break()
             case Dump():
-                dump = VMSTATE_PL011.save(machine.uart0)
+                dump = VMSTATE_PL011.save(machine.device("uart0"))
         trace.append(Seen(str(step), value, tuple(edges), serial.read(), dump))
         edges.clear()
     return trace

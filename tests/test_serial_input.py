@@ -27,8 +27,8 @@ from qemu.qmp import EventListener, QMPClient
 from conftest import IMAGES, ROOT, boot, serial_text
 from emud import migration
 from emud.chardev import INPUT_BACKLOG, StdioBackend
+from emud.device import DeviceContext
 from emud.hw.pl011 import PL011, Reg
-from emud.irq import IRQ
 from emud.machine import RunState
 
 TIMEOUT = 30.0  # a safety net only: every wait below ends on output or an event
@@ -48,9 +48,8 @@ def echo_of(data: bytes) -> bytes:
 class Rig:
     def __init__(self) -> None:
         self.backend = StdioBackend(out=io.BytesIO(), input_fd=-1)
-        self.uart = PL011(IRQ("uart"), lambda data: None,
-                          accept_input=self.backend.accept_input)
-        self.backend.attach(self.uart)
+        self.uart = PL011()
+        self.uart.realize(DeviceContext(serial=self.backend))
 
     def w(self, reg: int, value: int) -> None:
         self.uart.write(reg, value, 4)
@@ -204,7 +203,7 @@ def test_input_held_across_a_load_enters_the_loaded_fifo_with_its_interrupt() ->
     machine.serial.feed(b"held\nq")
     assert machine.serial.pending_input == 6
     migration.restore(machine, snap)  # receiver on again: in it goes, interrupt and all
-    assert machine.serial.pending_input == 0 and machine.plic.inputs[10].level
+    assert machine.serial.pending_input == 0 and machine.device("plic").inputs[10].level
     assert machine.run_until_poweroff(max_insns=200_000) == 0
     assert serial_text(machine).endswith("held\n\necho: 6 bytes\n")
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import IMAGES, ROOT
 from emud import trace
 from emud.clock import VirtualClock
+from emud.device import DeviceContext
 from emud.hw.hpet import HPET
 from emud.hw.pl011 import PL011, Reg
-from emud.irq import IRQ
 
 
 @pytest.fixture
@@ -28,7 +28,8 @@ def lines() -> Iterator[list[str]]:
 
 
 def test_events_are_off_until_a_glob_enables_them(lines: list[str]) -> None:
-    hpet = HPET(VirtualClock())
+    hpet = HPET()
+    hpet.realize(DeviceContext(VirtualClock()))
     hpet.read(0x10, 4)
     assert lines == []
     assert trace.enable("hpet_ram_read*") == ["hpet_ram_read", "hpet_ram_read_invalid",
@@ -48,7 +49,8 @@ def test_enable_syntax_and_unknown_patterns(lines: list[str]) -> None:
 
 def test_hpet_messages_are_qemus(lines: list[str]) -> None:
     trace.enable("hpet_*")
-    hpet = HPET(VirtualClock())
+    hpet = HPET()
+    hpet.realize(DeviceContext(VirtualClock()))
     hpet.write(0x0F0, 0x99, 4)
     hpet.read(0x0F4, 4)
     hpet.read(0x008, 4)
@@ -98,7 +100,8 @@ def test_hpet_messages_are_qemus(lines: list[str]) -> None:
 
 
 def test_pl011_messages_are_qemus(lines: list[str]) -> None:
-    uart = PL011(IRQ("uart"), lambda data: None)
+    uart = PL011()
+    uart.realize()
     uart.clk.period = (10**9 << 32) // 24_000_000  # a 24 MHz clock, for the baud trace
     trace.enable("pl011_*")
     uart.write(Reg.LCR_H, 0x70, 4)
@@ -133,7 +136,8 @@ def test_pl011_loopback_cr_writes_update_the_interrupt_state_each_time(
         lines: list[str]) -> None:
     """Newest QEMU re-evaluates the interrupt on every CR write in loopback, even one
     that changes no modem line; outside loopback a CR write does not."""
-    uart = PL011(IRQ("uart"), lambda data: None)
+    uart = PL011()
+    uart.realize()
     trace.enable("pl011_irq_state")
     uart.write(Reg.CR, 0x301, 4)  # not in loopback: no update
     uart.write(Reg.CR, 0x381, 4)  # loopback, no modem outputs: nothing changes

@@ -5,8 +5,8 @@ mtime counts at 10 MHz of virtual time (QEMU virt's timebase).
 
 from __future__ import annotations
 
-from emud.clock import NEVER, VirtualClock
-from emud.device import Device
+from emud.clock import NEVER
+from emud.device import Device, DeviceContext
 from emud.irq import IRQ
 from emud.vmstate import INT64, UINT32, UINT64, Field, VMStateDescription
 
@@ -21,15 +21,25 @@ ALL_ONES = (1 << 64) - 1
 
 class Clint(Device):
     name = "clint"
+    description = "SiFive CLINT: msip, mtimecmp, mtime at 10 MHz of virtual time"
+    mmio_size = 0x10000
+    irq_outputs = 0  # its lines go to the hart (board wires), not to the PLIC
 
-    def __init__(self, clock: VirtualClock, msip: IRQ, mtip: IRQ) -> None:
-        self.clock = clock
-        self.msip_irq = msip
-        self.mtip_irq = mtip
-        self.timer = clock.timer(self._update_mtip)
+    def __init__(self, **props: object) -> None:
+        super().__init__(**props)
+        self.msip_irq = IRQ("clint.msip")
+        self.mtip_irq = IRQ("clint.mtip")
         self.msip = 0
         self.mtimecmp = ALL_ONES
         self.mtime_offset = 0  # mtime = now/100 + offset; software may write mtime
+
+    def do_realize(self, ctx: DeviceContext) -> None:
+        self.clock = ctx.need_clock(self)
+        self.timer = self.clock.timer(self._update_mtip)
+        ctx.set_time_source(lambda: self.mtime)
+
+    def output_lines(self) -> dict[str, IRQ]:
+        return {"msip": self.msip_irq, "mtip": self.mtip_irq}
 
     def reset(self) -> None:
         self.msip = 0

@@ -25,7 +25,6 @@ from enum import IntEnum
 from typing import Any
 
 from emud import trace
-from emud.clock import VirtualClock
 from emud.device import Device, DeviceContext, prop_bool, prop_uint
 from emud.irq import IRQ
 from emud.vmstate import (
@@ -182,7 +181,9 @@ class HPETTimer:
 
 class HPET(Device):
     name = "hpet"
+    description = "HPET, 3..32 timers, 100 MHz counter, optional FSB (MSI) delivery"
     mmio_size = MMIO_SIZE
+    irq_outputs = NUM_OUTPUTS
 
     num_timers = prop_uint(8, 3, name="timers", minimum=MIN_TIMERS, maximum=MAX_TIMERS,
                            doc="number of implemented timers")
@@ -194,17 +195,15 @@ class HPET(Device):
     offset_saved = prop_bool(True, name="hpet-offset-saved",
                              doc="migrate the counter offset (false on machine types <= 2.11)")
 
-    def __init__(self, clock: VirtualClock,
-                 fsb_write: Callable[[int, int], None] | None = None, **props: Any) -> None:
-        """`fsb_write(address, value)` performs a 32-bit FSB (MSI) store on the system bus."""
-        self.clock = clock
-        self.fsb_write = fsb_write
+    def __init__(self, **props: Any) -> None:
+        super().__init__(**props)
         self.irqs = [IRQ(f"hpet.{n}") for n in range(NUM_OUTPUTS)]
         self.pit_enabled = IRQ("hpet.pit_enabled")
         self.pit_in = IRQ("hpet.pit_in", self._pit_input)
         self.rtc_in = IRQ("hpet.rtc_in", self._rtc_input)
         self.inputs = [self.pit_in, self.rtc_in]  # QEMU's unnamed GPIO inputs 0 and 1
-        self.timers = [HPETTimer(self, n) for n in range(MAX_TIMERS)]
+        self.timers: list[HPETTimer] = []
+        self.fsb_write: Callable[[int, int], None] | None = None
         self.capability = 0
         self.config = 0
         self.isr = 0
@@ -212,12 +211,24 @@ class HPET(Device):
         self.hpet_offset = 0  # ns: counter ticks = (now + offset) / 10 while enabled
         self.rtc_irq_level = 0
         self.num_timers_save = 0
-        super().__init__(**props)
-        self.realize()
 
     def do_realize(self, ctx: DeviceContext) -> None:
+        """The timers run on the machine's clock; FSB (MSI) messages are 32-bit DMA
+        stores on its bus (`ctx.dma_write`)."""
+        self.clock = ctx.need_clock(self)
+        dma = ctx.dma_write
+        self.fsb_write = lambda addr, value: dma(addr, value, 4)
+        self.timers = [HPETTimer(self, n) for n in range(MAX_TIMERS)]
         self.capability = (CAPABILITY_BASE | ((self.num_timers - 1) << 8)
                            | (CLK_PERIOD_FS << 32))
+
+    def output_lines(self) -> dict[str, IRQ]:
+        """Lines 0..31 (what `irq = N` wires to N..N+31), then `pit_enabled`."""
+        lines = {str(n): irq for n, irq in enumerate(self.irqs)}
+        return lines | {"pit_enabled": self.pit_enabled}
+
+    def input_lines(self) -> dict[str, IRQ]:
+        return {"pit": self.pit_in, "rtc": self.rtc_in}
 
     def reset(self) -> None:
         # Newest QEMU: stopping a timer re-delivers a pending status first, while the old
@@ -538,6 +549,10 @@ class HPET(Device):
             "timers": timers,
         }
 
+    @classmethod
+    def render_info(cls, data: dict[str, Any]) -> str:
+        return "\n".join(_hpet_lines(data))
+
     # --- vmstate --------------------------------------------------------------------
 
     def _pre_save(self) -> None:
@@ -553,6 +568,33 @@ class HPET(Device):
         if not self.offset_saved:
             self.hpet_offset = (self.hpet_counter * NS_PER_TICK - now) & M64
         self._resync_lines()
+
+
+def _hpet_route(r: dict[str, Any], t: dict[str, Any]) -> str:
+    if r["legacy"] and t["index"] < 2:
+        return f"legacy line {(2, 8)[t['index']]}"
+    if t["delivery"] == "fsb":
+        return f"fsb 0x{t['fsb_address']:x}"
+    return f"line {t['route']} (plic {t['plic_source']})"
+
+
+def _hpet_lines(r: dict[str, Any]) -> list[str]:
+    now = r["now_ns"]
+    cfg = [name for on, name in ((r["enabled"], "ENABLE_CNF"), (r["legacy"], "LEG_RT_CNF")) if on]
+    lines = [f"{r['id']} @ 0x{r['base']:016x}: CFG [{' '.join(cfg)}], {r['num_timers']} timers, "
+             f"ISR 0x{r['isr']:x}, intcap 0x{r['intcap']:08x}",
+             f" main counter 0x{r['counter']:016x} ({r['counter']} ticks of 10 ns), "
+             f"vclock {now} ns",
+             f" {'timer':<6} {'CONFIG':<10} {'MODE':<18} {'COMPARATOR':<18} "
+             f"{'ROUTE':<24} NEXT DEADLINE"]
+    for t in r["timers"]:
+        mode = (f"{t['mode']}/{t['size']}/{t['trigger']}"
+                + ("" if t["int_enabled"] else " off"))
+        deadline = t["deadline_ns"]
+        when = "--" if deadline is None else f"{deadline} ns (+{deadline - now})"
+        lines.append(f" T{t['index']:<5} 0x{t['config'] & 0xFFFF_FFFF:08x} {mode:<18} "
+                     f"0x{t['comparator']:016x} {_hpet_route(r, t):<24} {when}")
+    return lines
 
 
 def _check_num_timers(state: State) -> str | None:

@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import Any
 
 from emud import trace
-from emud.device import VMSTATE_CLOCK, ClockIn, Device, prop_bool
+from emud.device import VMSTATE_CLOCK, ClockIn, Device, DeviceContext, prop_bool
 from emud.irq import IRQ
 from emud.vmstate import (
     INT32,
@@ -119,16 +119,15 @@ class PL011(Device):
     migrate_clk = prop_bool(True, name="migrate-clk",
                             doc="migrate the clock input (false on machine types <= 5.1)")
 
-    def __init__(self, irq: IRQ, transmit: Callable[[bytes], None], *,
-                 accept_input: Callable[[], None] = lambda: None, **props: Any) -> None:
-        """`irq` is output 0 (UARTINTR, the only one the board wires).
+    description = "ARM PL011 UART (ARM IDs); takes the next -serial backend"
+    wants_serial = True
 
-        `transmit` sends to the character backend; `accept_input` tells it the
-        device may take more input now (QEMU's qemu_chr_fe_accept_input)."""
-        self.irq = irq
-        self.irqs = [irq] + [IRQ(f"pl011.{n}") for n in IRQ_OUTPUT_NAMES[1:]]
-        self.transmit = transmit
-        self.accept_input = accept_input
+    def __init__(self, **props: Any) -> None:
+        super().__init__(**props)
+        self.irqs = [IRQ(f"pl011.{n}") for n in IRQ_OUTPUT_NAMES]
+        self.irq = self.irqs[0]  # UARTINTR, the combined output a board wires
+        self.transmit: Callable[[bytes], None] = lambda data: None
+        self.accept_input: Callable[[], None] = lambda: None
         self.clk = ClockIn()  # unconnected on emud-virt, like QEMU's virt board (0 Hz)
         self.read_fifo = [0] * FIFO_DEPTH
         self.flags = self.lcr = self.rsr = self.cr = self.dmacr = 0
@@ -136,8 +135,20 @@ class PL011(Device):
         self.ilpr = self.ibrd = self.fbrd = self.ifl = 0
         self.read_pos = self.read_count = 0
         self.read_trigger = 1
-        super().__init__(**props)
-        self.realize()
+
+    def do_realize(self, ctx: DeviceContext) -> None:
+        """Transmit to the serial backend, take its input (QEMU's chardev front end);
+        `accept_input` tells it the device may take more now."""
+        if ctx.serial is not None:
+            serial = ctx.serial
+            self.transmit = serial.write
+            self.accept_input = serial.accept_input
+            serial.attach(self)
+
+    def output_lines(self) -> dict[str, IRQ]:
+        """`irq` (UARTINTR, combined), then the five individual outputs."""
+        return {("irq" if n == 0 else name): line
+                for n, (name, line) in enumerate(zip(IRQ_OUTPUT_NAMES, self.irqs, strict=True))}
 
     def reset(self) -> None:
         self.flags = FR_TXFE | FR_RXFE
@@ -383,12 +394,40 @@ class PL011(Device):
             "irq": self.irq.level,
         }
 
+    @classmethod
+    def render_info(cls, data: dict[str, Any]) -> str:
+        return "\n".join(_pl011_lines(data))
+
     # --- vmstate --------------------------------------------------------------------
 
     def _loaded(self) -> None:
         # Held input enters once the whole machine is loaded (migration's apply), not
         # here: the PLIC, loaded after this section, would forget the line it raised.
         self._drive_outputs()
+
+
+def _pl011_lines(r: dict[str, Any]) -> list[str]:
+    def flags(name: str) -> str:
+        reg = r[name.lower()]
+        return f"  {name:<6} 0x{reg['value']:04x} [{' '.join(reg['set'])}]"
+
+    lcr = r["lcr_h"]
+    lcr_fields = [f"WLEN={lcr['word_length']}", f"parity={lcr['parity']}",
+                  f"stop={lcr['stop_bits']}", *(["FEN"] if lcr["fifo_enabled"] else []),
+                  *(["BRK"] if lcr["break"] else [])]
+    fifo = r["rx_fifo"]
+    pending = " ".join(f"{b:02x}" for b in fifo["pending"])
+    baud = f"{r['baudrate']} baud" if r["baudrate"] else "baud rate not set"
+    return [f"{r['id']} @ 0x{r['base']:016x}: chardev {r['chardev']}, PLIC source "
+            f"{r['plic-source']} (line {('low', 'high')[bool(r['irq'])]})"
+            f"{', loopback' if r['loopback'] else ''}",
+            flags("FR"), flags("CR"),
+            f"  LCR_H  0x{lcr['value']:04x} [{' '.join(lcr_fields)}]",
+            flags("IMSC"), flags("RIS"), flags("MIS"),
+            f"  IBRD   0x{r['ibrd']:04x}  FBRD 0x{r['fbrd']:02x}  ({baud}, "
+            f"clock {r['clock_hz']} Hz)",
+            f"  IFLS   0x{r['ifls']:04x}  DMACR 0x{r['dmacr']:04x}  RSR 0x{r['rsr']:x}",
+            f"  RX FIFO {fifo['count']}/{fifo['depth']}" + (f": {pending}" if pending else "")]
 
 
 class PL011Luminary(PL011):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emud.device import Device
+from emud.device import MIGRATE_LATE, Device
 from emud.irq import IRQ
 from emud.vmstate import UINT32, UINT64, Field, VMStateDescription
 
@@ -26,10 +26,16 @@ PRIORITY_MASK = 7
 
 class Plic(Device):
     name = "plic"
+    description = "SiFive PLIC, 64 sources, one context (hart 0, M-mode)"
+    mmio_size = 0x400000
+    migrate_order = MIGRATE_LATE  # after its sources: their lines are restored first
+    irq_outputs = 0
 
-    def __init__(self, meip: IRQ) -> None:
-        self.meip = meip
+    def __init__(self, **props: object) -> None:
+        super().__init__(**props)
+        self.meip = IRQ("plic.meip")  # output: the hart's machine external interrupt
         self.inputs = [IRQ(f"plic.{n}", self._line_handler(n)) for n in range(NUM_SOURCES)]
+        self.edges = [0] * NUM_SOURCES  # rising edges per source (`info irq`), never migrated
         self.priority = [0] * NUM_SOURCES
         self.pending = 0
         self.enable = 0
@@ -44,8 +50,19 @@ class Plic(Device):
                 self.pending |= 1 << source
         self._update()
 
+    def output_lines(self) -> dict[str, IRQ]:
+        return {"meip": self.meip}
+
+    def input_lines(self) -> dict[str, IRQ]:
+        return {str(n): line for n, line in enumerate(self.inputs) if n}
+
+    def interrupt_stats(self) -> list[int]:
+        return list(self.edges)
+
     def _line_handler(self, source: int) -> Callable[[bool], None]:
         def handler(level: bool) -> None:
+            if level:
+                self.edges[source] += 1
             if source and level and not self.claimed >> source & 1:
                 self.pending |= 1 << source
             elif source and not level:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from emud.device import Device
+from emud.device import Device, DeviceContext
 
 # Register map: one 32-bit register at offset 0.
 FINISHER_FAIL = 0x3333  # (code << 16) | 0x3333: power off, exit status `code`
@@ -14,10 +12,12 @@ FINISHER_RESET = 0x7777
 
 class Syscon(Device):
     name = "syscon"
+    description = "SiFive test finisher: the guest powers off or resets the machine"
+    mmio_size = 0x1000
 
-    def __init__(self, on_poweroff: Callable[[int], None], on_reset: Callable[[], None]) -> None:
-        self.on_poweroff = on_poweroff
-        self.on_reset = on_reset
+    def do_realize(self, ctx: DeviceContext) -> None:
+        self.on_poweroff = ctx.poweroff
+        self.on_reset = ctx.request_reset
 
     def write(self, offset: int, value: int, size: int) -> None:
         if offset != 0 or size != 4:

@@ -10,7 +10,6 @@ import base64
 import math
 import re
 import time
-import weakref
 from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,10 @@ from emud import trace
 from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
+from emud.device import Device
+from emud.hw.hpet import HPET
+from emud.hw.pl011 import PL011
 from emud.hw.plic import NUM_SOURCES, Plic
-from emud.machine import HPET_BASE, UART0_BASE, UART0_IRQ
 from emud.memory import BusError
 from emud.monitor.core import CSR_BY_NAME
 from emud.monitor.errors import MonitorError
@@ -45,36 +46,50 @@ DUMP_CSRS = ("mhartid", "mstatus", "mstatush", "mip", "mie", "mtvec", "mepc", "m
              "mscratch")
 
 
-class IrqCounter:
-    """Counts rising edges on every PLIC source (`info irq`), from the first monitor on.
-
-    One per PLIC, however many monitors (QMP clients, gdb) look at it: see `irq_counter`.
-    """
-
-    def __init__(self, plic: Plic) -> None:
-        self.counts = [0] * NUM_SOURCES
-        for source, line in enumerate(plic.inputs):
-            line.sink = self._counting(source, line.sink)
-
-    def _counting(self, source: int,
-                  sink: Callable[[bool], None] | None) -> Callable[[bool], None]:
-        def count(level: bool) -> None:
-            if level:
-                self.counts[source] += 1
-            if sink is not None:
-                sink(level)
-
-        return count
+def device_info(m: Monitor, device: Device) -> dict[str, Any]:
+    """A device's `info()` with the board's facts about it: id, type, MMIO base, the
+    interrupt controller input its outputs start at, its serial backend."""
+    machine = m.machine
+    region = next((r for r in machine.bus.regions if r.device is device), None)
+    slot = next(s for s in machine.board.slots if s.id == device.id)
+    facts: dict[str, Any] = {"id": device.id, "type": device.name,
+                             "base": None if region is None else region.base,
+                             "plic-source": slot.irq}
+    if device.wants_serial:
+        facts["chardev"] = f"serial{machine.devices_of_serial().index(device)}"
+    return device.info() | facts
 
 
-_irq_counters: weakref.WeakKeyDictionary[Plic, IrqCounter] = weakref.WeakKeyDictionary()
+def _find_device(m: Monitor, type_name: str, ident: str = "") -> Device:
+    for device in m.machine.devices:
+        if (device.id == ident) if ident else (device.name == type_name):
+            return device
+    raise MonitorError(f"Device '{ident or type_name}' not found")
 
 
-def irq_counter(plic: Plic) -> IrqCounter:
-    counter = _irq_counters.get(plic)
-    if counter is None:
-        counter = _irq_counters[plic] = IrqCounter(plic)
-    return counter
+def _device_command(device_type: type[Device], ident: str) -> Callable[..., Any]:
+    def handler(m: Monitor, id: str = ident) -> dict[str, Any]:  # noqa: A002 - QMP's name
+        return device_info(m, _find_device(m, device_type.name, id))
+
+    return handler
+
+
+def machine_registry(machine: Any) -> Registry:
+    """The commands for this machine: the fixed ones plus, for every device that renders
+    an `info`, `info <id>` and QMP `x-emud-query-<type>` (`id` picks the instance)."""
+    reg = REGISTRY.copy()
+    for device in machine.devices:
+        if not device.has_info():
+            continue
+        cls = type(device)
+        if device.id not in reg.info:
+            reg.command(info=device.id, render=cls.render_info,
+                        help=f"show {device.id} ({cls.description or cls.name})")(
+                _device_command(cls, device.id))
+        query = f"x-emud-query-{cls.name}"
+        if query not in reg.qmp:
+            reg.command(qmp=query, args="id:s?")(_device_command(cls, ""))
+    return reg
 
 
 # --- help and session --------------------------------------------------------------------
@@ -152,7 +167,9 @@ def query_completions(m: Monitor) -> dict[str, list[str]]:
         tags = [s["tag"] for s in m.snapshots.list()] if m.snapshots is not None else []
     except MonitorError:  # an unreadable store must not break completion
         tags = []
-    return {"devices": [d.name for d in m.machine.devices],
+    devices = [d.id for d in m.machine.devices]  # `info <id>`, and `info <type>` of built-ins
+    devices += sorted({d.name for d in m.machine.devices} - set(devices))
+    return {"devices": devices,
             "registers": ["pc", "fp", *(f"x{i}" for i in range(32)), *ABI_NAMES,
                           *sorted(CSR_BY_NAME)],
             "tags": tags, "events": [ev.name for ev in trace.events()],
@@ -507,7 +524,8 @@ def _clock_lines(r: dict[str, Any]) -> list[str]:
 @command(info="mtree", qmp="x-emud-query-mtree", help="show memory tree",
          render=lambda r: "\n".join(_mtree_lines(r)))
 def info_mtree(m: Monitor) -> list[dict[str, Any]]:
-    return [{"name": r.name, "base": r.base, "size": r.size,
+    return [{"name": r.name if not isinstance(r.device, Device) or r.device.id == r.name
+             else f"{r.name} ({r.device.id})", "base": r.base, "size": r.size,
              "kind": "ram" if r.device is None else "i/o"} for r in m.machine.bus.regions]
 
 
@@ -527,10 +545,14 @@ def info_qtree(m: Monitor) -> list[dict[str, Any]]:
     for device in m.machine.devices:
         region = regions.get(device)
         props: dict[str, Any] = dict(device.property_values())
-        if device is m.machine.uart0:
-            props["chardev"] = "serial0"
-        devices.append({"type": device.name, "id": "", "properties": props,
-                        "mmio": None if region is None else [region.base, region.size]})
+        if device.wants_serial:
+            props["chardev"] = f"serial{m.machine.devices_of_serial().index(device)}"
+        entry = {"type": device.name, "id": device.id, "properties": props,
+                 "mmio": None if region is None else [region.base, region.size]}
+        error = m.machine.device_errors.get(device.id)
+        if error is not None:
+            entry["error"] = error
+        devices.append(entry)
     return devices
 
 
@@ -548,15 +570,30 @@ def _qtree_lines(devices: list[dict[str, Any]]) -> list[str]:
             lines.append(f"    {name} = {text}")
         if dev["mmio"]:
             lines.append(f"    mmio {dev['mmio'][0]:016x}/{dev['mmio'][1]:016x}")
+        if dev.get("error"):
+            lines.append(f"    error: {dev['error']}")
+    return lines
+
+
+def _irq_lines(r: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for stats in r:
+        lines.append(f"IRQ statistics for {stats['controller']}:")
+        lines += [f"{s:2d}: {n}" for s, n in stats["counts"].items()]
     return lines
 
 
 @command(info="irq", qmp="x-emud-query-irq", help="show the interrupts statistics (if available)",
-         render=lambda r: "\n".join(["IRQ statistics for plic:",
-                                     *(f"{s:2d}: {n}" for s, n in r["counts"].items())]))
-def info_irq(m: Monitor) -> dict[str, Any]:
-    counts = m.irq_counter.counts
-    return {"controller": "plic", "counts": {s: n for s, n in enumerate(counts) if n}}
+         render=lambda r: "\n".join(_irq_lines(r)))
+def info_irq(m: Monitor) -> list[dict[str, Any]]:
+    """Every device that keeps statistics (QEMU's InterruptStatsProvider), board order."""
+    out = []
+    for device in m.machine.devices:
+        counts = device.interrupt_stats()
+        if counts is not None:
+            out.append({"controller": device.id,
+                        "counts": {s: n for s, n in enumerate(counts) if n}})
+    return out
 
 
 def _sources(mask: int) -> list[int]:
@@ -566,7 +603,8 @@ def _sources(mask: int) -> list[int]:
 @command(info="pic", qmp="x-emud-query-pic", help="show PIC state",
          render=lambda r: "\n".join(_pic_lines(r)))
 def info_pic(m: Monitor) -> dict[str, Any]:
-    plic = m.machine.plic
+    plic = _find_device(m, Plic.name)
+    assert isinstance(plic, Plic)
     levels = [s for s, line in enumerate(plic.inputs) if s and line.level]
     return {"threshold": plic.threshold, "meip": plic.meip.level,
             "priority": {s: p for s, p in enumerate(plic.priority) if p},
@@ -589,70 +627,18 @@ def _pic_lines(r: dict[str, Any]) -> list[str]:
 # --- devices ------------------------------------------------------------------------------
 
 
-@command(info="pl011", qmp="x-emud-query-pl011",
+@command(info="pl011", qmp="x-emud-query-pl011", args="id:s?", params="[id]",
          help="show the PL011 UART registers, decoded, and its receive FIFO",
-         render=lambda r: "\n".join(_pl011_lines(r)))
-def info_pl011(m: Monitor) -> dict[str, Any]:
-    return m.machine.uart0.info() | {"base": UART0_BASE, "chardev": "serial0",
-                                     "plic-source": UART0_IRQ}
+         render=lambda r: PL011.render_info(r))
+def info_pl011(m: Monitor, id: str = "") -> dict[str, Any]:  # noqa: A002 - QMP's name
+    return device_info(m, _find_device(m, PL011.name, id))
 
 
-def _pl011_lines(r: dict[str, Any]) -> list[str]:
-    def flags(name: str) -> str:
-        reg = r[name.lower()]
-        return f"  {name:<6} 0x{reg['value']:04x} [{' '.join(reg['set'])}]"
-
-    lcr = r["lcr_h"]
-    lcr_fields = [f"WLEN={lcr['word_length']}", f"parity={lcr['parity']}",
-                  f"stop={lcr['stop_bits']}", *(["FEN"] if lcr["fifo_enabled"] else []),
-                  *(["BRK"] if lcr["break"] else [])]
-    fifo = r["rx_fifo"]
-    pending = " ".join(f"{b:02x}" for b in fifo["pending"])
-    baud = f"{r['baudrate']} baud" if r["baudrate"] else "baud rate not set"
-    return [f"pl011 @ 0x{r['base']:016x}: chardev {r['chardev']}, PLIC source "
-            f"{r['plic-source']} (line {('low', 'high')[bool(r['irq'])]})"
-            f"{', loopback' if r['loopback'] else ''}",
-            flags("FR"), flags("CR"),
-            f"  LCR_H  0x{lcr['value']:04x} [{' '.join(lcr_fields)}]",
-            flags("IMSC"), flags("RIS"), flags("MIS"),
-            f"  IBRD   0x{r['ibrd']:04x}  FBRD 0x{r['fbrd']:02x}  ({baud}, "
-            f"clock {r['clock_hz']} Hz)",
-            f"  IFLS   0x{r['ifls']:04x}  DMACR 0x{r['dmacr']:04x}  RSR 0x{r['rsr']:x}",
-            f"  RX FIFO {fifo['count']}/{fifo['depth']}" + (f": {pending}" if pending else "")]
-
-
-@command(info="hpet", qmp="x-emud-query-hpet",
+@command(info="hpet", qmp="x-emud-query-hpet", args="id:s?", params="[id]",
          help="show the HPET timers: mode, comparator, route and next deadline (virtual ns)",
-         render=lambda r: "\n".join(_hpet_lines(r)))
-def info_hpet(m: Monitor) -> dict[str, Any]:
-    return m.machine.hpet.info() | {"base": HPET_BASE}
-
-
-def _hpet_route(r: dict[str, Any], t: dict[str, Any]) -> str:
-    if r["legacy"] and t["index"] < 2:
-        return f"legacy line {(2, 8)[t['index']]}"
-    if t["delivery"] == "fsb":
-        return f"fsb 0x{t['fsb_address']:x}"
-    return f"line {t['route']} (plic {t['plic_source']})"
-
-
-def _hpet_lines(r: dict[str, Any]) -> list[str]:
-    now = r["now_ns"]
-    cfg = [name for on, name in ((r["enabled"], "ENABLE_CNF"), (r["legacy"], "LEG_RT_CNF")) if on]
-    lines = [f"hpet @ 0x{r['base']:016x}: CFG [{' '.join(cfg)}], {r['num_timers']} timers, "
-             f"ISR 0x{r['isr']:x}, intcap 0x{r['intcap']:08x}",
-             f" main counter 0x{r['counter']:016x} ({r['counter']} ticks of 10 ns), "
-             f"vclock {now} ns",
-             f" {'timer':<6} {'CONFIG':<10} {'MODE':<18} {'COMPARATOR':<18} "
-             f"{'ROUTE':<24} NEXT DEADLINE"]
-    for t in r["timers"]:
-        mode = (f"{t['mode']}/{t['size']}/{t['trigger']}"
-                + ("" if t["int_enabled"] else " off"))
-        deadline = t["deadline_ns"]
-        when = "--" if deadline is None else f"{deadline} ns (+{deadline - now})"
-        lines.append(f" T{t['index']:<5} 0x{t['config'] & 0xFFFF_FFFF:08x} {mode:<18} "
-                     f"0x{t['comparator']:016x} {_hpet_route(r, t):<24} {when}")
-    return lines
+         render=lambda r: HPET.render_info(r))
+def info_hpet(m: Monitor, id: str = "") -> dict[str, Any]:  # noqa: A002 - QMP's name
+    return device_info(m, _find_device(m, HPET.name, id))
 
 
 @command(info="chardev", qmp="query-chardev", help="show the character devices",

@@ -42,14 +42,13 @@ class Monitor(ArgContext):
                  shared_door: bool = False) -> None:
         """`snapshots` defaults to `daemon.snapshots`, looked up at each use.
         `shared_door`: reached through a door other local users can reach (TCP)."""
-        from emud.monitor.commands import REGISTRY, irq_counter
+        from emud.monitor.commands import machine_registry
 
         self.daemon = daemon
         self.machine = daemon.machine
         self._snapshots = snapshots
         self.shared_door = shared_door
-        self.registry = REGISTRY
-        self.irq_counter = irq_counter(self.machine.plic)
+        self.registry = machine_registry(self.machine)
         self.fmt = Format()
 
     def fork(self) -> Monitor:
@@ -64,7 +63,7 @@ class Monitor(ArgContext):
 
     @property
     def chardevs(self) -> dict[str, CharBackend]:
-        return {"serial0": self.machine.serial}
+        return {f"serial{n}": serial for n, serial in enumerate(self.machine.serials)}
 
     # --- argument lookups -----------------------------------------------------------
 

@@ -112,6 +112,9 @@ class Registry:
 
         return register
 
+    def copy(self) -> Registry:
+        return Registry(dict(self.hmp), dict(self.info), dict(self.qmp))
+
     def hmp_commands(self) -> list[Command]:
         """Each HMP command once, in registration order."""
         return list({id(c): c for c in self.hmp.values()}.values())
