@@ -242,8 +242,7 @@ class Gpio(Device):
 
 Gpio.vmstate = VMStateDescription(
     "gpio", 1, 1,
-    [Field("dir", UINT32, attr="direction"), Field("data_out", UINT32),
-     Field("external", UINT32), Field("ie", UINT32), Field("is", UINT32, attr="status"),
-     Field("trigger", UINT32), Field("polarity", UINT32)],
+    [Field(name, UINT32) for name in ("direction", "data_out", "external", "ie", "status",
+                                      "trigger", "polarity")],
     loaded=Gpio._loaded,
 )
