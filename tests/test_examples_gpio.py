@@ -232,7 +232,7 @@ async def test_snapshots_diff_and_the_monitor_see_it(tmp_path: Path) -> None:
         assert (await hmp(qmp, "ringbuf_read serial0 4096")).splitlines() == GUEST_LINES
         shown = await hmp(qmp, "info gpio0")  # its own renderer, from its info()
         lines = shown.splitlines()
-        assert lines[0] == "gpio: 8 pins, irq low"
+        assert lines[0] == "gpio0: 8 pins, irq low"
         assert lines[1].startswith("  data_in=0x00000081 data_out=0x00000081 dir=0x000000a5 "
                                    "ie=0x00000000 is=")
         assert lines[1].endswith(" trigger=0x0000000a polarity=0x00000005")
@@ -242,6 +242,10 @@ async def test_snapshots_diff_and_the_monitor_see_it(tmp_path: Path) -> None:
         assert isinstance(data, dict) and data["registers"]["dir"] == 0xA5
         assert gpio.Gpio.render_info(data).splitlines() == lines
         assert " 8: 3" in (await hmp(qmp, "info irq")).splitlines()  # three at the PLIC
+        completions = await qmp.execute("x-emud-query-completions")
+        assert isinstance(completions, dict) and "gpio0" in completions["devices"]
+        assert {"gpio_read", "gpio_write", "gpio_pads", "gpio_irq"} <= set(completions["events"])
+        assert "gpio_irq" in await hmp(qmp, "info trace-events gpio_*")
         qtree = (await hmp(qmp, "info qtree")).splitlines()
         at = qtree.index('  dev: gpio, id "gpio0"')
         assert qtree[at + 1:at + 5] == ["    pins = 8 (0x8)", "    reset-value = 0 (0x0)",
@@ -274,3 +278,20 @@ def test_a_bad_property_is_one_line_naming_the_device() -> None:
     result = emud_run("-device", f"{DEVICE_FLAG},pins=40")
     assert result.returncode == 1
     assert result.stderr == "emud: gpio0: property 'pins' must be in 1..32, got 40\n"
+
+
+def test_an_installed_package_adds_the_type_by_its_entry_point(tmp_path: Path) -> None:
+    # What `pip install` of a package declaring [project.entry-points."emud.devices"]
+    # leaves on the path: a dist-info directory whose entry_points.txt names the class.
+    dist = tmp_path / "emud_gpio_example-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: emud-gpio-example\n"
+                                   "Version: 1.0\n")
+    (dist / "entry_points.txt").write_text("[emud.devices]\nexample-gpio = gpio:Gpio\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(EXAMPLE), str(tmp_path)))}
+    listing = emud_run("-device", "help", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "example-gpio" in listing.stdout
+    result = emud_run("-device", f"example-gpio,id=gpio0,addr={BASE:#x},irq={IRQ_LINE}",
+                      env=env)
+    assert (result.returncode, result.stdout.splitlines()) == (0, GUEST_LINES), result.stderr

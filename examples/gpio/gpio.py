@@ -200,6 +200,7 @@ class Gpio(Device):
 
     def info(self) -> dict[str, Any]:
         return {
+            "id": self.id,  # render_info is a classmethod: the data names the instance
             "pins": self.pins,
             "irq": self.irq.level,
             "registers": {"data_in": self.pads, "data_out": self.data_out,
@@ -230,7 +231,7 @@ class Gpio(Device):
     def render_info(cls, data: dict[str, Any]) -> str:
         """`info <id>` for a human: the registers, then one line per pin."""
         regs = data["registers"]
-        lines = [f"gpio: {data['pins']} pins, irq {'high' if data['irq'] else 'low'}",
+        lines = [f"{data['id']}: {data['pins']} pins, irq {'high' if data['irq'] else 'low'}",
                  "  " + " ".join(f"{name}={value:#010x}" for name, value in regs.items()),
                  "  pin dir level trigger  ie  pending"]
         for pin in data["pin"]:
