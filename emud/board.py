@@ -117,6 +117,8 @@ def type_help(cls: type[Device]) -> list[str]:
         lines.append(f"  {prop.name}=<{_type_word(prop)}>{doc} (default: {shown})")
     if cls.mmio_size:
         lines.append(f"  (MMIO window {cls.mmio_size:#x} bytes)")
+    if cls.trace_events:
+        lines.append("  trace events: " + " ".join(ev.name for ev in cls.trace_events))
     return lines
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from emud.vmstate import UINT64, Field, VMStateDescription
+
 NEVER = 1 << 63  # expire_time of a timer that is not armed (like QEMU's -1)
 
 
@@ -96,3 +98,8 @@ class VirtualClock:
             fired.add(due)
             due.cancel()
             due.callback()
+
+
+# The virtual clock's section: first in every snapshot (device timers are deadlines on it).
+VMSTATE_VIRTUAL_CLOCK = VMStateDescription(
+    "emud-clock", 1, 1, [Field("now_ns", UINT64), Field("icount", UINT64)])

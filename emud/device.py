@@ -164,6 +164,10 @@ def _no_reset() -> None:
     raise DeviceError("this device has no machine to reset")
 
 
+# What the monitor adds to a device's info() (its place on the board), for render_info.
+BOARD_FACTS = ("id", "type", "base", "plic-source", "chardev")
+
+
 @dataclass
 class DeviceContext:
     """What the machine hands a device at realize; a device never imports the machine.
@@ -302,8 +306,15 @@ class Device:
 
     @classmethod
     def render_info(cls, data: dict[str, Any]) -> str:
-        """The HMP text of `info()`'s result (default: one `key: value` line each)."""
-        return "\n".join(f"{key}: {value}" for key, value in data.items())
+        """The HMP text of `info <id>`: `data` is `info()` plus the board's facts
+        (BOARD_FACTS).  Default: a header line, then one `key: value` line each."""
+        base = data.get("base")
+        where = f" @ 0x{base:016x}" if isinstance(base, int) else ""
+        irq = data.get("plic-source")
+        header = f"{data.get('id')} ({data.get('type')}){where}" + (
+            f", PLIC source {irq}" if irq is not None else "")
+        return "\n".join([header, *(f"  {key}: {value}" for key, value in data.items()
+                                    if key not in BOARD_FACTS)])
 
     @classmethod
     def has_info(cls) -> bool:

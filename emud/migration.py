@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from emud.cpu.hart import Hart
+from emud.clock import VMSTATE_VIRTUAL_CLOCK
+from emud.cpu.hart import VMSTATE_HART, HartState
 from emud.snapshots import (
     DIGEST_SIZE,
     PAGE_SIZE,
@@ -26,13 +27,9 @@ from emud.snapshots import (
     SnapshotStore,
 )
 from emud.vmstate import (
-    BOOL,
     QEMU_VM_EOF,
     QEMU_VM_SECTION_FULL,
     QEMU_VM_VMDESCRIPTION,
-    UINT32,
-    UINT64,
-    Field,
     Staged,
     State,
     VMStateDescription,
@@ -51,49 +48,6 @@ CONFIG_VERSION = 2  # 2: the board record, device properties by id
 
 class MigrationError(Exception):
     """A snapshot or stream that cannot be loaded into this machine."""
-
-
-# --- sections emud adds to the devices' own ---------------------------------------
-
-
-class _HartView:
-    """The hart as vmstate sees it: the LR reservation travels as a flag and an address."""
-
-    def __init__(self, hart: Hart) -> None:
-        object.__setattr__(self, "hart", hart)
-
-    def __getattr__(self, name: str) -> Any:
-        hart: Hart = object.__getattribute__(self, "hart")
-        if name == "reservation_valid":
-            return hart.reservation is not None
-        if name == "reservation_addr":
-            return hart.reservation or 0
-        return getattr(hart, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        hart: Hart = object.__getattribute__(self, "hart")
-        if name == "reservation_valid":
-            hart.reservation = 0 if value else None  # the address follows
-        elif name == "reservation_addr":
-            if hart.reservation is not None:
-                hart.reservation = value
-        else:
-            setattr(hart, name, value)
-
-
-VMSTATE_CPU = VMStateDescription(
-    "cpu", 1, 1,
-    [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
-     Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
-     Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
-     Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
-     Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
-     Field("waiting", BOOL)],
-    loaded=lambda view: view.hart.flush_code(),
-)
-
-VMSTATE_CLOCK = VMStateDescription(
-    "emud-clock", 1, 1, [Field("now_ns", UINT64), Field("icount", UINT64)])
 
 
 @dataclass(frozen=True)
@@ -120,7 +74,7 @@ def _sections(machine: Machine) -> list[SectionSlot]:
     position) -- interrupt controllers late, after their sources -- and the CPU last
     (its mip is what the interrupt lines carry at that moment).  Devices of one
     description are instances 0, 1, ... in board order, as QEMU numbers them."""
-    out = [SectionSlot(VMSTATE_CLOCK, machine.clock)]
+    out = [SectionSlot(VMSTATE_VIRTUAL_CLOCK, machine.clock)]
     devices = sorted(enumerate(machine.devices), key=lambda d: (d[1].migrate_order, d[0]))
     seen: dict[str, int] = {}
     for _, device in devices:
@@ -129,7 +83,7 @@ def _sections(machine: Machine) -> list[SectionSlot]:
         instance = seen.get(device.vmstate.name, 0)
         seen[device.vmstate.name] = instance + 1
         out.append(SectionSlot(device.vmstate, device, instance))
-    out.append(SectionSlot(VMSTATE_CPU, _HartView(machine.hart)))
+    out.append(SectionSlot(VMSTATE_HART, HartState(machine.hart)))
     return out
 
 
@@ -544,7 +498,7 @@ def import_stream(machine: Machine, data: bytes) -> SnapshotData:
     if record is None:
         raise MigrationError("stream: no emud-config section (not written by emud)")
     config, digests = _config_record(record)
-    clock = next((s for s in sections if s.name == VMSTATE_CLOCK.name), None)
+    clock = next((s for s in sections if s.name == VMSTATE_VIRTUAL_CLOCK.name), None)
     if clock is None or len(clock.data) != 16:
         raise MigrationError("stream: section 'emud-clock' is missing or malformed")
     snap = SnapshotData(config, sections, bytes(ram), int.from_bytes(clock.data[:8], "big"),

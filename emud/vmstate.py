@@ -31,9 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from emud.clock import Timer
+if TYPE_CHECKING:
+    from emud.clock import Timer
+
 
 # Section and subsection framing bytes (A2, A4)
 QEMU_VM_EOF = 0x00
@@ -369,8 +371,8 @@ def _capture_value(f: Field, value: Any) -> Any:
     if isinstance(f.kind, VMStateDescription):
         return _capture(f.kind, value)
     if isinstance(f.kind, TimerKind):
-        assert isinstance(value, Timer)
-        return value.expire_time if value.pending else TIMER_NOT_PENDING
+        timer = cast("Timer", value)  # a clock.Timer (vmstate sits below the clock)
+        return timer.expire_time if timer.pending else TIMER_NOT_PENDING
     if isinstance(f.kind, Buffer):
         return bytes(value)
     return value
@@ -394,7 +396,7 @@ def _apply_value(f: Field, staged: Any, current: Any) -> Any:
         _apply(staged)
         return current
     if isinstance(f.kind, TimerKind):
-        assert isinstance(current, Timer)
+        current = cast("Timer", current)
         if staged == TIMER_NOT_PENDING:
             current.cancel()
         else:  # QEMU's timer_mod takes int64 and clamps negative deadlines to 0
@@ -502,8 +504,8 @@ def _save_field(vmsd: VMStateDescription, index: int, f: Field, obj: Any, out: b
                 if entry is not None:
                     entry["struct"] = struct_desc
             elif isinstance(kind, TimerKind):
-                assert isinstance(element, Timer)
-                deadline = element.expire_time if element.pending else TIMER_NOT_PENDING
+                timer = cast("Timer", element)
+                deadline = timer.expire_time if timer.pending else TIMER_NOT_PENDING
                 out += deadline.to_bytes(8, "big")
             elif isinstance(kind, Unused):
                 out += bytes(kind.size)

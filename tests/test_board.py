@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -101,6 +102,8 @@ def test_device_help_lists_types_and_properties() -> None:
     assert "  msi=<bool> - timers are FSB (MSI) capable (default: off)" in result.stdout
     result = emud("-device", f"{SCRATCH},help")
     assert "  fault=<uint32> - the value whose store raises (default: 0xdead)" in result.stdout
+    assert "  trace events: scratch_write" in result.stdout
+    assert "pl011_irq_state pl011_read" in emud("-device", "pl011,help").stdout
 
 
 def test_an_installed_package_adds_types(tmp_path: Path) -> None:
@@ -228,3 +231,101 @@ def test_globals_apply_by_type_and_unknown_ones_are_refused() -> None:
     assert [d.migrate_clk for d in machine.devices_of_serial()] == [False, False]
     with pytest.raises(DeviceError, match="no device 'gpio' takes properties here"):
         Machine(RingBackend(), device_props={"gpio": {"x": 1}})
+
+
+# --- the real daemon: QMP, HMP, --trace, a second serial socket ---------------------------
+
+
+async def test_plugin_and_second_uart_through_the_real_qmp_socket() -> None:
+    import asyncio
+    import re
+
+    from qemu.qmp import QMPClient
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emud", "run", str(IMAGES / "hello.elf"), "-S",
+        "--qmp", "tcp:127.0.0.1:0", "-serial", "null", "-serial", "tcp:127.0.0.1:0,server",
+        "-device", "pl011,id=uart1,addr=0x10001000,irq=11",
+        "-device", f"{SCRATCH},id=pad,addr=0x10002000,irq=12", "--trace", "scratch_*",
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    qmp = QMPClient("board")
+    try:
+        banner = {}
+        for _ in range(2):
+            line = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+            match = re.match(r"emud: (\S+).* listening on tcp:([\d.]+):(\d+)", line)
+            assert match, line
+            banner[match.group(1)] = (match.group(2), int(match.group(3)))
+        reader, writer = await asyncio.open_connection(*banner["serial1"])
+        await asyncio.wait_for(qmp.connect(banner["QMP"]), 15)
+        await qmp.execute("x-emud-memory-write", {"addr": 0x1000_1000, "data": "4b000000"})
+        assert await asyncio.wait_for(reader.read(1), 15) == b"K"  # uart1 -> serial1
+        await qmp.execute("x-emud-memory-write", {"addr": 0x1000_2004, "data": "2a000000"})
+        trace_line = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+        assert trace_line == "scratch_write offset 0x4 value 0x2a\n"
+        info = await qmp.execute("x-emud-query-scratchpad", {})
+        assert info == {"regs": [0, 42, 0, 0], "id": "pad", "type": "scratchpad",
+                        "base": 0x1000_2000, "plic-source": 12}
+        assert (await qmp.execute("x-emud-query-pl011", {"id": "uart1"}))["base"] == 0x1000_1000
+        text = await qmp.execute("human-monitor-command", {"command-line": "info pad"})
+        assert text == ("pad (scratchpad) @ 0x0000000010002000, PLIC source 12\r\n"
+                        "  regs: [0, 42, 0, 0]\r\n")
+        text = await qmp.execute("human-monitor-command", {"command-line": "info uart1"})
+        assert text.startswith("uart1 @ 0x0000000010001000: chardev serial1, PLIC source 11")
+        # The plug-in's bug: the store fails as a bus error, the daemon goes on.
+        with pytest.raises(Exception, match="Cannot access memory at 0x1000200c"):
+            await qmp.execute("x-emud-memory-write", {"addr": 0x1000_200C, "data": "adde0000"})
+        trace_line = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+        assert trace_line == "scratch_write offset 0xc value 0xdead\n"
+        report = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+        assert report.startswith("emud: device pad: write of 0xdead at 0x1000200c")
+        tree = await qmp.execute("human-monitor-command", {"command-line": "info qtree"})
+        assert 'dev: scratchpad, id "pad"' in tree and "error: write of 0xdead" in tree
+        assert (await qmp.execute("query-status"))["status"] == "prelaunch"
+        writer.close()
+        await qmp.execute("quit")
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        with contextlib.suppress(Exception):
+            await qmp.disconnect()
+
+
+def test_a_guest_store_into_a_raising_plugin_is_a_store_access_fault(
+        build_asm: object, capfd: pytest.CaptureFixture[str]) -> None:
+    """The guest sees mcause 7 (store/AMO access fault) with mtval the address, and goes on."""
+    image = build_asm(  # type: ignore[operator]
+        """
+.globl _start
+_start:
+    la t0, handler
+    csrw mtvec, t0
+    li t0, 0x1000200c
+    li t1, 0xdead
+    sw t1, 0(t0)            # the plug-in raises: an access fault
+    li t0, 0x100000         # not reached: the handler powers off
+    sw zero, 0(t0)
+.align 2
+handler:
+    csrr a0, mcause
+    csrr a1, mtval
+    li t0, 7
+    bne a0, t0, fail
+    li t0, 0x1000200c
+    bne a1, t0, fail
+    li t0, 0x100000
+    li t1, 0x5555
+    sw t1, 0(t0)
+fail:
+    li t0, 0x100000
+    li t1, 0x13333
+    sw t1, 0(t0)
+""")
+    machine = Machine(RingBackend(), devices=[Slot(SCRATCH, "pad", 0x1000_2000)])
+    machine.load(load_elf(image))
+    assert machine.run_until_poweroff() == 0
+    assert "emud: device pad: write of 0xdead" in capfd.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from emud.clock import VirtualClock
 from emud.cpu import interp
@@ -25,6 +25,7 @@ from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
 from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
+from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription
 
 M = 0xFFFF_FFFF
 M64 = (1 << 64) - 1  # the 64-bit counters wrap; their offsets are kept modulo 2**64
@@ -418,3 +419,43 @@ class Hart:
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
+
+
+# --- vmstate: emud's own `cpu` section ------------------------------------------------
+
+
+class HartState:
+    """The hart as vmstate sees it: the LR reservation travels as a flag and an address."""
+
+    def __init__(self, hart: Hart) -> None:
+        object.__setattr__(self, "hart", hart)
+
+    def __getattr__(self, name: str) -> Any:
+        hart: Hart = object.__getattribute__(self, "hart")
+        if name == "reservation_valid":
+            return hart.reservation is not None
+        if name == "reservation_addr":
+            return hart.reservation or 0
+        return getattr(hart, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        hart: Hart = object.__getattribute__(self, "hart")
+        if name == "reservation_valid":
+            hart.reservation = 0 if value else None  # the address follows
+        elif name == "reservation_addr":
+            if hart.reservation is not None:
+                hart.reservation = value
+        else:
+            setattr(hart, name, value)
+
+
+VMSTATE_HART = VMStateDescription(
+    "cpu", 1, 1,
+    [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
+     Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
+     Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
+     Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
+     Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
+     Field("waiting", BOOL)],
+    loaded=lambda view: view.hart.flush_code(),
+)

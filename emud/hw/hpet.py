@@ -184,6 +184,7 @@ class HPET(Device):
     description = "HPET, 3..32 timers, 100 MHz counter, optional FSB (MSI) delivery"
     mmio_size = MMIO_SIZE
     irq_outputs = NUM_OUTPUTS
+    trace_events = tuple(trace.events("hpet_*"))  # every event this module declared above
 
     num_timers = prop_uint(8, 3, name="timers", minimum=MIN_TIMERS, maximum=MAX_TIMERS,
                            doc="number of implemented timers")

@@ -121,6 +121,8 @@ class PL011(Device):
 
     description = "ARM PL011 UART (ARM IDs); takes the next -serial backend"
     wants_serial = True
+    trace_events = (trace_irq_state, trace_read, trace_read_fifo, trace_write, trace_can_receive,
+                    trace_fifo_rx_put, trace_fifo_rx_full, trace_baudrate_change, trace_receive)
 
     def __init__(self, **props: Any) -> None:
         super().__init__(**props)
@@ -434,6 +436,7 @@ class PL011Luminary(PL011):
     """QEMU's `pl011_luminary`: the same UART with Luminary Micro's ID registers."""
 
     name = "pl011_luminary"
+    description = "PL011 UART with Luminary Micro's ID registers"
     ids = LUMINARY_ID
 
 
