@@ -272,6 +272,7 @@ def test_device_help_lists_its_properties() -> None:
     out = result.stdout
     assert "pins=<uint8> - number of pins (1..32) (default: 8)" in out
     assert "pull-up=<uint32>" in out and "reset-value=<uint32>" in out
+    assert "  trace events: gpio_read gpio_write gpio_pads gpio_irq" in out.splitlines()
 
 
 def test_a_bad_property_is_one_line_naming_the_device() -> None:

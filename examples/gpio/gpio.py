@@ -82,10 +82,6 @@ def _reg_name(offset: int) -> str:
         return "UNKN"
 
 
-def _pins_check(value: int) -> str | None:
-    return None if 1 <= value <= MAX_PINS else f"must be in 1..{MAX_PINS}, got {value}"
-
-
 class Gpio(Device):
     """A GPIO block of 1 to 32 pins with one interrupt output."""
 
@@ -94,7 +90,7 @@ class Gpio(Device):
     mmio_size = MMIO_SIZE
     trace_events = (trace_read, trace_write, trace_pads, trace_irq)
 
-    pins = prop_uint(8, 8, check=_pins_check, doc="number of pins (1..32)")
+    pins = prop_uint(8, 8, minimum=1, maximum=MAX_PINS, doc="number of pins (1..32)")
     reset_value = prop_uint(32, 0, doc="DATA_OUT after reset")
     pull_up = prop_uint(32, 0, doc="level of undriven input pins (one bit per pin)")
 
