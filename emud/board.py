@@ -14,8 +14,10 @@ command line as `path/to/file.py:ClassName` or `module:ClassName`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -35,14 +37,20 @@ class BoardError(DeviceError):
 # --- device types ----------------------------------------------------------------------
 
 
+@functools.cache
 def builtin_types() -> dict[str, type[Device]]:
-    from emud.hw.clint import Clint
-    from emud.hw.hpet import HPET
-    from emud.hw.pl011 import PL011, PL011Luminary
-    from emud.hw.plic import Plic
-    from emud.hw.syscon import Syscon
+    """Every Device class defined in a module of `emud.hw`: a new built-in device is
+    its own file there, nothing else to register."""
+    import emud.hw
 
-    return {cls.name: cls for cls in (Syscon, Clint, Plic, PL011, PL011Luminary, HPET)}
+    found: dict[str, type[Device]] = {}
+    for info in sorted(pkgutil.iter_modules(emud.hw.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"emud.hw.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Device)
+                    and value.__module__ == module.__name__):
+                found[value.name] = value
+    return dict(sorted(found.items()))
 
 
 def installed_types() -> dict[str, str]:

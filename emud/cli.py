@@ -93,11 +93,16 @@ def serial_type(text: str) -> str:
 
 
 class TraceAction(argparse.Action):
-    """--trace PATTERN (repeatable); `--trace help` lists the events and exits."""
+    """--trace PATTERN (repeatable); `--trace help` lists the events and exits, those of
+    the -device plug-ins given before it too (it needs no image)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
         if values == "help":
+            try:
+                build_board(getattr(namespace, "board", None), getattr(namespace, "devices", []))
+            except DeviceError as e:
+                parser.exit(1, f"emud: {e}\n")
             print("\n".join(ev.name for ev in trace.events()))
             parser.exit()
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept

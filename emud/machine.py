@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
@@ -63,6 +64,7 @@ class CpuLines:
         return self.lines
 
 
+VALID_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # QEMU's rule for ids
 trace_device_error = trace.event("device_error", "device %s: %s")
 
 
@@ -110,6 +112,9 @@ class Machine:
 
     def _add(self, slot: Slot, globals_: dict[str, dict[str, Any]],
              backends: list[CharBackend]) -> None:
+        if not VALID_ID.fullmatch(slot.id):
+            raise BoardError(f"-device/board id {slot.id!r} is not valid (a letter, then "
+                             "letters, digits, '-', '_' or '.')")
         if any(d.id == slot.id for d in self.devices) or slot.id == "cpu":
             raise BoardError(f"{slot.id}: a device with this id already exists")
         cls = find_type(slot.type)
@@ -144,6 +149,8 @@ class Machine:
                     raise BoardError(f"{slot.id}: MMIO {region.base:#x}..{region.end - 1:#x} "
                                      f"overlaps {what} {other.base:#x}..{other.end - 1:#x}")
             self.bus.add(region)
+        elif slot.base is not None:
+            raise BoardError(f"{slot.id}: {cls.name} has no MMIO window (remove addr/base)")
         self.devices.append(device)
 
     def _node(self, ident: str) -> Device | CpuLines:
@@ -154,16 +161,25 @@ class Machine:
                 return device
         raise BoardError(f"no device '{ident}' on the board")
 
+    @staticmethod
+    def _lines(node: Device | CpuLines, kind: str) -> dict[str, IRQ]:
+        """A node's output or input lines; a plug-in's bug there is one BoardError line."""
+        try:
+            return node.output_lines() if kind == "output" else node.input_lines()
+        except Exception as e:
+            raise BoardError(f"{node.id}: {kind}_lines() failed: {type(e).__name__}: {e}"
+                             ) from None
+
     def _wire(self) -> None:
         self._cpu = CpuLines(self.hart)
         driven: dict[int, str] = {}  # id(input IRQ) -> who drives it
         used: set[int] = set()
 
         def connect(src: str, output: IRQ, dst: str, name: str) -> None:
-            node = self._node(dst)
-            line = node.input_lines().get(name)
+            inputs = self._lines(self._node(dst), "input")
+            line = inputs.get(name)
             if line is None:
-                known = ", ".join(node.input_lines()) or "none"
+                known = ", ".join(inputs) or "none"
                 raise BoardError(f"{src}: {dst} has no input '{name}' (inputs: {known})")
             if id(line) in driven:
                 raise BoardError(f"{src}: input {dst}.{name} is already driven by "
@@ -175,20 +191,20 @@ class Machine:
             output.sink = line.set
 
         for wire in self.board.wires:
-            node = self._node(wire.src)
-            output = node.output_lines().get(wire.output)
+            outputs = self._lines(self._node(wire.src), "output")
+            output = outputs.get(wire.output)
             if output is None:
-                known = ", ".join(node.output_lines()) or "none"
+                known = ", ".join(outputs) or "none"
                 raise BoardError(f"{wire.src}: no output '{wire.output}' (outputs: {known})")
             connect(f"{wire.src}.{wire.output}", output, wire.dst, wire.input)
         for slot, device in zip(self.board.slots, self.devices, strict=True):
             if slot.irq is None:
                 continue
             controller = self.board.interrupt_controller
-            outputs = list(device.output_lines().items())[:device.irq_outputs]
-            if not outputs:
+            wired = list(self._lines(device, "output").items())[:device.irq_outputs]
+            if not wired:
                 raise BoardError(f"{slot.id}: has no interrupt output for irq={slot.irq}")
-            for n, (name, output) in enumerate(outputs):
+            for n, (name, output) in enumerate(wired):
                 connect(f"{slot.id}.{name}", output, controller, str(slot.irq + n))
 
     def device(self, ident: str) -> Device:
@@ -235,7 +251,10 @@ class Machine:
     def reset(self) -> None:
         """System reset: devices, RAM contents from the image, hart at the entry point."""
         for device in self.devices:
-            device.reset()
+            try:
+                device.reset()
+            except Exception as e:  # a plug-in's bug must not end the run: report it
+                self._device_error(device, f"reset raised {type(e).__name__}: {e}")
         entry = 0
         if self.image is not None:
             self.ram.data[:] = bytes(self.ram.size)

@@ -58,6 +58,18 @@ def test_the_built_in_board_is_the_table() -> None:
     assert plic.inputs[10].level
 
 
+def test_the_named_addresses_are_the_tables() -> None:
+    """machine.py's names for the built-in map (tests, guests) follow the table."""
+    from emud import machine as mach
+
+    slots = {s.id: s for s in default_board().slots}
+    assert (slots["syscon"].base, slots["clint"].base, slots["plic"].base) == (
+        mach.SYSCON_BASE, mach.CLINT_BASE, mach.PLIC_BASE)
+    assert (slots["uart0"].base, slots["uart0"].irq) == (mach.UART0_BASE, mach.UART0_IRQ)
+    assert (slots["hpet"].base, slots["hpet"].irq) == (mach.HPET_BASE, mach.HPET_IRQ_BASE)
+    assert default_board().ram_base == mach.RAM_BASE
+
+
 def test_a_board_file_builds_the_machine(tmp_path: Path) -> None:
     text = (ROOT / "emud" / "boards" / "emud-virt.toml").read_text()
     board = tmp_path / "two-uarts.toml"
@@ -103,6 +115,9 @@ def test_device_help_lists_types_and_properties() -> None:
     result = emud("-device", f"{SCRATCH},help")
     assert "  fault=<uint32> - the value whose store raises (default: 0xdead)" in result.stdout
     assert "  trace events: scratch_write" in result.stdout
+    listed = emud("-device", f"{SCRATCH},addr=0x2000", "--trace", "help").stdout.split()
+    assert "scratch_write" in listed and "hpet_ram_read" in listed
+    assert "IMAGE" in emud("-serial", "null").stderr
     assert "pl011_irq_state pl011_read" in emud("-device", "pl011,help").stdout
 
 
@@ -136,6 +151,10 @@ def test_an_installed_package_adds_types(tmp_path: Path) -> None:
     ("/no/such/file.py:Dev", "no file /no/such/file.py"),
     (f"{PLUGIN}:Broken", "broken: realize failed: ZeroDivisionError: realize exploded"),
     (f"{PLUGIN}:Picky,id=p1", "p1: needs a friend"),
+    (f"{PLUGIN}:Pulse,id=p1,addr=0x2000", "p1: pulse has no MMIO window"),
+    (f"{PLUGIN}:BadLines,id=b,irq=20", "b: output_lines() failed: KeyError: 'no lines today'"),
+    ("pl011,id=uart 1,addr=0x10001000", "id 'uart 1' is not valid"),
+    ("pl011,id=,addr=0x10001000", "id '' is not valid"),
     (f"{SCRATCH},id=s,addr=0x2000,irq=70", "s.irq: plic has no input '70'"),
 ])
 def test_bad_devices_are_one_line_naming_the_device(device: str, message: str) -> None:
@@ -269,6 +288,14 @@ async def test_plugin_and_second_uart_through_the_real_qmp_socket() -> None:
         assert info == {"regs": [0, 42, 0, 0], "id": "pad", "type": "scratchpad",
                         "base": 0x1000_2000, "plic-source": 12}
         assert (await qmp.execute("x-emud-query-pl011", {"id": "uart1"}))["base"] == 0x1000_1000
+        with pytest.raises(Exception, match="Device 'pad' is not a pl011"):
+            await qmp.execute("x-emud-query-pl011", {"id": "pad"})
+        with pytest.raises(Exception, match="Device 'uart9' not found"):
+            await qmp.execute("x-emud-query-pl011", {"id": "uart9"})
+        text = await qmp.execute("human-monitor-command", {"command-line": "info clint"})
+        assert text.startswith("clint (clint) @ 0x0000000002000000\r\n  msip: 0\r\n")
+        text = await qmp.execute("human-monitor-command", {"command-line": "info plic"})
+        assert text.startswith("plic: context 0 (hart 0, M-mode) threshold 0")
         text = await qmp.execute("human-monitor-command", {"command-line": "info pad"})
         assert text == ("pad (scratchpad) @ 0x0000000010002000, PLIC source 12\r\n"
                         "  regs: [0, 42, 0, 0]\r\n")
@@ -329,3 +356,21 @@ fail:
     machine.load(load_elf(image))
     assert machine.run_until_poweroff() == 0
     assert "emud: device pad: write of 0xdead" in capfd.readouterr().err
+
+
+def test_gdb_memory_map_covers_a_plugin_region() -> None:
+    from emud.daemon import Daemon
+    from emud.gdbserver import EmudTarget
+
+    machine, _, _ = two_uarts()
+    xml = EmudTarget(Daemon(machine)).memory_map()
+    assert '<memory type="ram" start="0x10002000" length="0x10"/>' in xml
+    assert '<memory type="ram" start="0x10001000" length="0x1000"/>' in xml
+
+
+def test_a_plugin_raising_in_reset_is_reported_and_the_run_goes_on(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    machine = Machine(RingBackend(), devices=[Slot(f"{PLUGIN}:BadReset", "br")])
+    machine.load(load_elf(IMAGES / "hello.elf"))  # load resets the machine
+    assert machine.run_until_poweroff() == 0
+    assert "emud: device br: reset raised RuntimeError: reset bug" in capfd.readouterr().err

@@ -5,6 +5,8 @@ mtime counts at 10 MHz of virtual time (QEMU virt's timebase).
 
 from __future__ import annotations
 
+from typing import Any
+
 from emud.clock import NEVER
 from emud.device import Device, DeviceContext
 from emud.irq import IRQ
@@ -92,6 +94,10 @@ class Clint(Device):
             offset = (new - self.clock.now_ns // NS_PER_TICK) & ALL_ONES  # mtime wraps
             self.mtime_offset = offset - (1 << 64) if offset >> 63 else offset  # int64
             self._update_mtip()
+
+    def info(self) -> dict[str, Any]:
+        return {"msip": self.msip, "mtime": self.mtime, "mtimecmp": self.mtimecmp,
+                "mtip": self.mtip_irq.level}
 
     def _loaded(self) -> None:
         self.msip_irq.set(bool(self.msip))

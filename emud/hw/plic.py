@@ -8,6 +8,7 @@ re-samples the line.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from emud.device import MIGRATE_LATE, Device
 from emud.irq import IRQ
@@ -123,6 +124,32 @@ class Plic(Device):
                 if self.inputs[source].level:
                     self.pending |= 1 << source
         self._update()
+
+    # --- monitor --------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Context 0's threshold and MEIP, priorities set, and the sources by state."""
+        def sources(mask: int) -> list[int]:
+            return [s for s in range(NUM_SOURCES) if mask >> s & 1]
+
+        levels = [s for s, line in enumerate(self.inputs) if s and line.level]
+        return {"threshold": self.threshold, "meip": self.meip.level,
+                "priority": {s: p for s, p in enumerate(self.priority) if p},
+                "pending": sources(self.pending), "enabled": sources(self.enable),
+                "claimed": sources(self.claimed), "level": levels}
+
+    @classmethod
+    def render_info(cls, data: dict[str, Any]) -> str:
+        def show(sources: list[int]) -> str:
+            return " ".join(map(str, sources)) or "-"
+
+        prios = " ".join(f"{s}={p}" for s, p in data["priority"].items()) or "-"
+        return "\n".join([
+            f"{data.get('id', 'plic')}: context 0 (hart 0, M-mode) threshold "
+            f"{data['threshold']} meip {int(data['meip'])}",
+            f"  priority  {prios}", f"  level     {show(data['level'])}",
+            f"  pending   {show(data['pending'])}", f"  enabled   {show(data['enabled'])}",
+            f"  claimed   {show(data['claimed'])}"])
 
     # --- vmstate (emud's own section) ----------------------------------------------------
 

@@ -21,7 +21,7 @@ from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
 from emud.device import Device
 from emud.hw.hpet import HPET
 from emud.hw.pl011 import PL011
-from emud.hw.plic import NUM_SOURCES, Plic
+from emud.hw.plic import Plic
 from emud.memory import BusError
 from emud.monitor.core import CSR_BY_NAME
 from emud.monitor.errors import MonitorError
@@ -60,16 +60,19 @@ def device_info(m: Monitor, device: Device) -> dict[str, Any]:
     return device.info() | facts
 
 
-def _find_device(m: Monitor, type_name: str, ident: str = "") -> Device:
+def _find_device(m: Monitor, cls: type[Device], ident: str = "") -> Device:
+    """The device `ident` (it must be a `cls`), or the first `cls` on the board."""
     for device in m.machine.devices:
-        if (device.id == ident) if ident else (device.name == type_name):
+        if isinstance(device, cls) and (device.id == ident or not ident):
             return device
-    raise MonitorError(f"Device '{ident or type_name}' not found")
+    if ident and any(d.id == ident for d in m.machine.devices):
+        raise MonitorError(f"Device '{ident}' is not a {cls.name}")
+    raise MonitorError(f"Device '{ident or cls.name}' not found")
 
 
 def _device_command(device_type: type[Device], ident: str) -> Callable[..., Any]:
     def handler(m: Monitor, id: str = ident) -> dict[str, Any]:  # noqa: A002 - QMP's name
-        return device_info(m, _find_device(m, device_type.name, id))
+        return device_info(m, _find_device(m, device_type, id))
 
     return handler
 
@@ -596,32 +599,10 @@ def info_irq(m: Monitor) -> list[dict[str, Any]]:
     return out
 
 
-def _sources(mask: int) -> list[int]:
-    return [s for s in range(NUM_SOURCES) if mask >> s & 1]
-
-
 @command(info="pic", qmp="x-emud-query-pic", help="show PIC state",
-         render=lambda r: "\n".join(_pic_lines(r)))
+         render=lambda r: Plic.render_info(r))
 def info_pic(m: Monitor) -> dict[str, Any]:
-    plic = _find_device(m, Plic.name)
-    assert isinstance(plic, Plic)
-    levels = [s for s, line in enumerate(plic.inputs) if s and line.level]
-    return {"threshold": plic.threshold, "meip": plic.meip.level,
-            "priority": {s: p for s, p in enumerate(plic.priority) if p},
-            "pending": _sources(plic.pending), "enabled": _sources(plic.enable),
-            "claimed": _sources(plic.claimed), "level": levels}
-
-
-def _pic_lines(r: dict[str, Any]) -> list[str]:
-    def show(sources: list[int]) -> str:
-        return " ".join(map(str, sources)) or "-"
-
-    prios = " ".join(f"{s}={p}" for s, p in r["priority"].items()) or "-"
-    return [f"plic: context 0 (hart 0, M-mode) threshold {r['threshold']} "
-            f"meip {int(r['meip'])}",
-            f"  priority  {prios}", f"  level     {show(r['level'])}",
-            f"  pending   {show(r['pending'])}", f"  enabled   {show(r['enabled'])}",
-            f"  claimed   {show(r['claimed'])}"]
+    return _find_device(m, Plic).info()
 
 
 # --- devices ------------------------------------------------------------------------------
@@ -631,14 +612,14 @@ def _pic_lines(r: dict[str, Any]) -> list[str]:
          help="show the PL011 UART registers, decoded, and its receive FIFO",
          render=lambda r: PL011.render_info(r))
 def info_pl011(m: Monitor, id: str = "") -> dict[str, Any]:  # noqa: A002 - QMP's name
-    return device_info(m, _find_device(m, PL011.name, id))
+    return device_info(m, _find_device(m, PL011, id))
 
 
 @command(info="hpet", qmp="x-emud-query-hpet", args="id:s?", params="[id]",
          help="show the HPET timers: mode, comparator, route and next deadline (virtual ns)",
          render=lambda r: HPET.render_info(r))
 def info_hpet(m: Monitor, id: str = "") -> dict[str, Any]:  # noqa: A002 - QMP's name
-    return device_info(m, _find_device(m, HPET.name, id))
+    return device_info(m, _find_device(m, HPET, id))
 
 
 @command(info="chardev", qmp="query-chardev", help="show the character devices",

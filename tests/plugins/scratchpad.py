@@ -60,3 +60,34 @@ class Picky(Device):
 
     def do_realize(self, ctx: DeviceContext) -> None:
         raise DeviceError(f"{self.id}: needs a friend")
+
+
+class Pulse(Device):
+    """No MMIO window, one output: a board wires it, nothing maps it."""
+
+    name = "pulse"
+
+    def __init__(self, **props: Any) -> None:
+        super().__init__(**props)
+        self.irq = IRQ("pulse.irq")
+
+    def output_lines(self) -> dict[str, IRQ]:
+        return {"irq": self.irq}
+
+
+class BadLines(Device):
+    name = "badlines"
+
+    def output_lines(self) -> dict[str, IRQ]:
+        raise KeyError("no lines today")
+
+
+class BadReset(Device):
+    """Realizes fine; every later reset raises (a bug that shows only at run time)."""
+
+    name = "badreset"
+
+    def reset(self) -> None:
+        if getattr(self, "was_reset", False):
+            raise RuntimeError("reset bug")
+        self.was_reset = True
