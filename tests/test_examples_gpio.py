@@ -232,7 +232,7 @@ async def test_snapshots_diff_and_the_monitor_see_it(tmp_path: Path) -> None:
         assert (await hmp(qmp, "ringbuf_read serial0 4096")).splitlines() == GUEST_LINES
         shown = await hmp(qmp, "info gpio0")  # its own renderer, from its info()
         lines = shown.splitlines()
-        assert lines[0] == "gpio0: 8 pins, irq low"
+        assert lines[0] == "gpio0: 8 pins at 0x10012000, PLIC source 8, irq low"
         assert lines[1].startswith("  data_in=0x00000081 data_out=0x00000081 dir=0x000000a5 "
                                    "ie=0x00000000 is=")
         assert lines[1].endswith(" trigger=0x0000000a polarity=0x00000005")

@@ -227,7 +227,12 @@ class Gpio(Device):
     def render_info(cls, data: dict[str, Any]) -> str:
         """`info <id>` for a human: the registers, then one line per pin."""
         regs = data["registers"]
-        lines = [f"{data['id']}: {data['pins']} pins, irq {'high' if data['irq'] else 'low'}",
+        # The monitor adds the board's facts (base, plic-source) to info()'s data.
+        place = "" if data.get("base") is None else f" at {data['base']:#010x}"
+        if data.get("plic-source") is not None:
+            place += f", PLIC source {data['plic-source']}"
+        lines = [f"{data['id']}: {data['pins']} pins{place}, "
+                 f"irq {'high' if data['irq'] else 'low'}",
                  "  " + " ".join(f"{name}={value:#010x}" for name, value in regs.items()),
                  "  pin dir level trigger  ie  pending"]
         for pin in data["pin"]:
