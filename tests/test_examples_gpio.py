@@ -190,14 +190,15 @@ def test_a_raising_handler_is_a_bus_error_for_the_guest(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def daemon(tmp_path: Path, *extra: str, banners: int = 1
+async def daemon(tmp_path: Path, *extra: str, banners: int = 1, device: str = DEVICE_FLAG,
+                 env: dict[str, str] | None = None
                  ) -> AsyncIterator[tuple[QMPClient, dict[str, str]]]:
     """`emud run guest.elf -S` with the GPIO and QMP on loopback; yields QMP and the
     addresses emud printed (`QMP`, `gdb`)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "emud", "run", str(GUEST), "-S", "--icount", "shift=0",
         "--qmp", "tcp:127.0.0.1:0", "-serial", "ringbuf", "--snapshots",
-        str(tmp_path / "s.sqlite"), "-device", DEVICE_FLAG, *extra, cwd=ROOT,
+        str(tmp_path / "s.sqlite"), "-device", device, *extra, cwd=ROOT, env=env,
         stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     process = Process(proc)
     qmp = QMPClient("gpio")
@@ -296,3 +297,16 @@ def test_an_installed_package_adds_the_type_by_its_entry_point(tmp_path: Path) -
     result = emud_run("-device", f"example-gpio,id=gpio0,addr={BASE:#x},irq={IRQ_LINE}",
                       env=env)
     assert (result.returncode, result.stdout.splitlines()) == (0, GUEST_LINES), result.stderr
+
+
+async def test_the_daemon_outlives_a_raising_handler(tmp_path: Path) -> None:
+    (tmp_path / "faulty_gpio.py").write_text(FAULTY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(EXAMPLE), str(tmp_path)))}
+    flag = f"faulty_gpio:FaultyGpio,id=gpio0,addr={BASE:#x},irq={IRQ_LINE}"
+    async with daemon(tmp_path, device=flag, env=env) as (qmp, _):
+        await run_to_poweroff(qmp)
+        assert "gpio: probe bus error" in await hmp(qmp, "ringbuf_read serial0 4096")
+        qtree = await hmp(qmp, "info qtree")
+        assert "RuntimeError: probe register not wired" in qtree
+        assert (await hmp(qmp, f"xp /wx {BASE + PINS:#x}")).split() == [  # it goes on working
+            f"{BASE + PINS:016x}:", "0x00000008"]
