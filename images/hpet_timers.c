@@ -9,21 +9,11 @@
  * the status bits, which lowers the lines, before completing the claim.
  */
 #include "hpet.h"
+#include "check.h"
 
 #define PERIOD          10000u  /* ticks: 100 us at 100 MHz */
 #define PERIODS         10u
 
-static int failures;
-
-static void check(int ok, const char *what)
-{
-    if (!ok) {
-        uart_puts("FAIL: ");
-        uart_puts(what);
-        uart_putc('\n');
-        failures++;
-    }
-}
 
 /* What the interrupt handler saw. */
 static volatile uint32_t irqs[64];          /* claims per PLIC source */

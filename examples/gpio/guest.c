@@ -12,6 +12,7 @@
  * failed checks. The pins are left in a recognisable state for tests.
  */
 #include "emud.h"
+#include "check.h"
 
 #define GPIO_BASE       0x10012000u
 #define GPIO_IRQ        8
@@ -28,17 +29,6 @@
 
 #define MCAUSE_LOAD_FAULT 5
 
-static int failures;
-
-static void check(int ok, const char *what)
-{
-    if (!ok) {
-        uart_puts("FAIL: ");
-        uart_puts(what);
-        uart_putc('\n');
-        failures++;
-    }
-}
 
 /* What the trap handler saw. */
 static volatile uint32_t gpio_irqs, gpio_status, load_faults;
