@@ -249,7 +249,14 @@ def load_board(path: str | Path) -> Board:
         raise BoardError(f"board {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise BoardError(f"board {path}: {e}") from None
-    return board_from_record(data, f"board {path}")
+    board = board_from_record(data, f"board {path}")
+    # A plug-in file named by a board file is found next to it, wherever emud runs.
+    here = Path(path).parent
+    for slot in board.slots:
+        file, sep, cls = slot.type.rpartition(":")
+        if sep and file.endswith(".py") and not Path(file).is_absolute():
+            slot.type = f"{here / file}:{cls}"
+    return board
 
 
 def default_board() -> Board:

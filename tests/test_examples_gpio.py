@@ -155,9 +155,10 @@ class FaultyGpio(Gpio):
 '''
 
 
-def emud_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def emud_run(*args: str, env: dict[str, str] | None = None,
+             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "emud", "run", str(GUEST), "-serial", "stdio",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT,
                           stdin=subprocess.DEVNULL, env=env)
 
 
@@ -171,8 +172,10 @@ def test_the_guest_drives_it_through_the_plic_with_one_device_flag() -> None:
     assert trace.count("gpio_irq irq level 1") == 3  # one per trigger mode
 
 
-def test_a_board_file_line_adds_it_the_same_way() -> None:
-    result = emud_run("--board", str(EXAMPLE / "board.toml"))
+def test_a_board_file_line_adds_it_the_same_way(tmp_path: Path) -> None:
+    # Run elsewhere: the board's relative plug-in path is taken from the board's directory.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = emud_run("--board", str(EXAMPLE / "board.toml"), env=env, cwd=tmp_path)
     assert (result.returncode, result.stdout.splitlines()) == (0, GUEST_LINES), result.stderr
 
 
