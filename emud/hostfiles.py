@@ -82,10 +82,15 @@ def open_private(path: str | Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_
     with private_umask():
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:  # never chmod a device or FIFO
-            os.fchmod(fd, FILE_MODE)
+        restrict(fd)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def restrict(fd: int) -> None:
+    """Take group and other access away from an open regular file (never a device or FIFO)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+        os.fchmod(fd, FILE_MODE)

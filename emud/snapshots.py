@@ -37,6 +37,7 @@ from emud.hostfiles import (
     check_private_dir,
     ensure_private_dir,
     open_private,
+    restrict,
 )
 
 PAGE_SIZE = 4096
@@ -239,8 +240,7 @@ class ExportDir:
                 if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
                     raise StoreError(f"refusing to export onto {path}: it is the live "
                                      "snapshot store")
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                os.fchmod(fd, FILE_MODE)
+            restrict(fd)
             os.ftruncate(fd, 0)
             view = memoryview(data)
             while view:
