@@ -85,13 +85,9 @@ class Daemon:
         self.quit_reason = reason
         self.wake.set()
 
-    def step(self, count: int = 1) -> RunState:
-        """Execute `count` instructions while paused (gdb `s`), without yielding."""
-        state = RunState.RUNNING
-        for _ in range(count):
-            state = self.machine.run_slice(1)
-            if state is not RunState.RUNNING:
-                break
+    def step(self) -> RunState:
+        """Execute one instruction while paused (gdb `s`); long steps are `step_async`."""
+        state = self.machine.run_slice(1)
         self._after_slice(state)
         return state
 

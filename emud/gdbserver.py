@@ -149,7 +149,7 @@ class EmudTarget:
             return None
         self.hart.irqs_masked = not self.step_irqs
         try:
-            state = self.daemon.step(1)
+            state = self.daemon.step()
         finally:
             self.hart.irqs_masked = False
         if state is RunState.POWEROFF:
