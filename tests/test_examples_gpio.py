@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from qemu.qmp import EventListener, QMPClient
-from test_qmp_cli import Process, tcp
+from test_qmp_cli import qmp_daemon
 
 from conftest import ROOT
 from emud.device import DeviceContext, DeviceError
@@ -198,23 +198,11 @@ async def daemon(tmp_path: Path, *extra: str, banners: int = 1, device: str = DE
                  ) -> AsyncIterator[tuple[QMPClient, dict[str, str]]]:
     """`emud run guest.elf -S` with the GPIO and QMP on loopback; yields QMP and the
     addresses emud printed (`QMP`, `gdb`)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emud", "run", str(GUEST), "-S", "--icount", "shift=0",
-        "--qmp", "tcp:127.0.0.1:0", "-serial", "ringbuf", "--snapshots",
-        str(tmp_path / "s.sqlite"), "-device", device, *extra, cwd=ROOT, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    process = Process(proc)
-    qmp = QMPClient("gpio")
-    try:
-        await process.read_banner(banners)
-        await asyncio.wait_for(qmp.connect(tcp(process.banner["QMP"])), TIMEOUT)
+    async with qmp_daemon(str(GUEST), "-S", "--icount", "shift=0", "--qmp", "tcp:127.0.0.1:0",
+                          "-serial", "ringbuf", "--snapshots", str(tmp_path / "s.sqlite"),
+                          "-device", device, *extra, banners=banners, env=env,
+                          timeout=TIMEOUT) as (process, qmp):
         yield qmp, process.banner
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def hmp(qmp: QMPClient, line: str) -> str:

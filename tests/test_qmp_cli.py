@@ -55,6 +55,30 @@ def tcp(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@contextlib.asynccontextmanager
+async def qmp_daemon(*args: str, banners: int = 1, env: dict[str, str] | None = None,
+                     timeout: float = TIMEOUT) -> AsyncIterator[tuple[Process, QMPClient]]:
+    """`emud run ARGS…` as a process with its banner read (`banners` lines) and a
+    qemu.qmp client connected to the QMP address it printed; killed afterwards."""
+    proc = await asyncio.create_subprocess_exec(
+        *EMUD, *args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    process = Process(proc)
+    qmp = QMPClient("test")
+    try:
+        await process.read_banner(banners)
+        address = process.banner["QMP"]
+        await asyncio.wait_for(qmp.connect(tcp(address) if address.startswith("tcp:")
+                                           else address.removeprefix("unix:")), timeout)
+        yield process, qmp
+    finally:
+        with contextlib.suppress(Exception):
+            await qmp.disconnect()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
 async def test_serial_socket_and_qmp_quit(emud_tcp: Process) -> None:
     reader, writer = await asyncio.open_connection(*tcp(emud_tcp.banner["serial0"]))
     writer.write(b"ping")

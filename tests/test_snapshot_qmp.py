@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
-from test_qmp_cli import TIMEOUT, Process, tcp
+from test_qmp_cli import Process, qmp_daemon
 
-from conftest import IMAGES, ROOT
+from conftest import IMAGES
 
 
 @contextlib.asynccontextmanager
 async def start(tmp_path: Path, *extra: str, qmp_address: str = "tcp:127.0.0.1:0"
                 ) -> AsyncIterator[tuple[Process, QMPClient, Path]]:
     store = tmp_path / "snaps.sqlite"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emud", "run", str(IMAGES / "hpet_timers.elf"), "-S",
-        "--icount", "shift=2", "--qmp", qmp_address, "-serial", "ringbuf",
-        "--snapshots", str(store), *extra, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    process = Process(proc)
-    qmp = QMPClient("snapshots")
-    try:
-        await process.read_banner(1)
-        address = process.banner["QMP"]
-        await asyncio.wait_for(qmp.connect(tcp(address) if address.startswith("tcp:")
-                                           else address.removeprefix("unix:")), TIMEOUT)
+    async with qmp_daemon(str(IMAGES / "hpet_timers.elf"), "-S", "--icount", "shift=2",
+                          "--qmp", qmp_address, "-serial", "ringbuf", "--snapshots",
+                          str(store), *extra) as (process, qmp):
         yield process, qmp, store
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 @pytest.fixture
