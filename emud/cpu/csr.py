@@ -33,6 +33,9 @@ class Csr(IntEnum):
     MHARTID = 0xF14
 
 
+# Privilege levels (the encoding of mstatus.MPP and of gdb's $priv)
+PRV_U, PRV_M = 0, 3
+
 # mstatus
 MSTATUS_MIE = 1 << 3
 MSTATUS_MPIE = 1 << 7

@@ -17,6 +17,7 @@ from emud.cpu.csr import (
     MSTATUS_MPIE,
     MSTATUS_MPP,
     MSTATUS_WRITABLE,
+    PRV_M,
     Cause,
     Csr,
     is_read_only,
@@ -46,6 +47,7 @@ class Hart:
         self.hartid = hartid
         self.x = [0] * 32
         self.pc = 0
+        self.priv = PRV_M  # the current privilege level (PRV_U or PRV_M)
         self.mstatus = MSTATUS_MPP
         self.mie = 0
         self.mip = 0  # driven by interrupt lines, read-only to software
@@ -83,6 +85,7 @@ class Hart:
         self.x[:] = [0] * 32
         self.x[10] = self.hartid
         self.pc = entry
+        self.priv = PRV_M
         self.mstatus = MSTATUS_MPP
         self.mie = self.mtvec = self.mscratch = self.mepc = self.mcause = self.mtval = 0
         self.cycle_offset = self.instret_offset = 0
