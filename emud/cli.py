@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from emud import trace
+from emud import log, trace
 from emud.board import (
     Board,
     BoardError,
@@ -48,6 +48,7 @@ from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
 from emud.snapshots import ExportDir, StoreError
+from emud.timeline import Recorder
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
@@ -106,6 +107,20 @@ class TraceAction(argparse.Action):
             print("\n".join(ev.name for ev in trace.events()))
             parser.exit()
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), values])  # default kept
+
+
+class LogAction(argparse.Action):
+    """-d ITEM[,ITEM...] (QEMU's log items); `-d help` lists them and exits."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if values == "help":
+            print(log.help_text())
+            parser.exit()
+        try:
+            setattr(namespace, self.dest, log.parse_items(str(values)))
+        except ValueError as e:
+            parser.error(str(e))
 
 
 class DeviceAction(argparse.Action):
@@ -248,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="PATTERN",
                      help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
                           "--trace=-PATTERN disables; 'help' lists them); lines go to stderr")
+    run.add_argument("-d", dest="log_items", action=LogAction, default=set(),
+                     metavar="ITEM[,ITEM...]",
+                     help="log QEMU's items (in_asm, exec, cpu, int, guest_errors, unimp; "
+                          "'help' lists them) to stderr or -D FILE")
+    run.add_argument("-D", dest="logfile", metavar="FILE", help="write the -d log to FILE")
+    run.add_argument("--trace-file", metavar="FILE.json",
+                     help="record a timeline (Chrome trace-event JSON, for Perfetto)")
+    run.add_argument("--vcd", metavar="FILE.vcd",
+                     help="record the interrupt lines and UART bytes as a VCD waveform")
     run.add_argument("-global", "--global", dest="globals", action="append", default=[],
                      metavar="DEVICE.PROP=VALUE",
                      help="set a device property, e.g. hpet.timers=8 or pl011.migrate-clk=off")
@@ -308,10 +332,21 @@ def main(argv: list[str] | None = None) -> int:
         machine = Machine(serials, ram_size=args.memory, icount_shift=args.icount,
                           accel=args.accel, device_props=device_props, board=board,
                           devices=devices)
-        machine.load(load_elf(args.image))
+        image = load_elf(args.image)
+        machine.load(image)
     except (ImageError, ValueError, DeviceError) as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
+        return 1
+    try:
+        log.symbolize = image.symbolize
+        log.set_file(args.logfile)
+        log.set_items(args.log_items)
+        recorder = Recorder(machine, args.trace_file, args.vcd) \
+            if args.trace_file or args.vcd else None
+    except OSError as e:
+        close_all(serials)
+        print(f"emud: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     detached = Detached() if args.daemonize else None
 
@@ -328,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
     daemon.snapshots = SnapshotService(daemon, args.snapshots, export_dir=args.export_dir,
                                        tcp_host_files=args.tcp_host_files)  # opens on first use
+    if recorder:
+        recorder.attach_daemon(daemon)
     try:
         stdio = any(isinstance(serial, StdioBackend) for serial in serials)
         with terminal_cbreak() if stdio else contextlib.nullcontext():
@@ -343,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if recorder:
+            recorder.close()  # the JSON array's "]": after SIGTERM and guest poweroff too
+        log.set_file(None)
         close_all(serials)
         if pidfile:
             pidfile.remove()

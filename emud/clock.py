@@ -30,6 +30,8 @@ class Timer:
     def modify(self, deadline_ns: int) -> None:
         self.expire_time = max(0, deadline_ns)
         self._clock._timers.add(self)
+        if self._clock.observer is not None:  # the timeline (--trace-file)
+            self._clock.observer("arm", self)
 
     def cancel(self) -> None:
         self.expire_time = NEVER
@@ -45,6 +47,7 @@ class VirtualClock:
         self.icount = 0  # instructions retired since reset of the clock
         self._timers: set[Timer] = set()
         self._created = 0
+        self.observer: Callable[[str, Timer], None] | None = None  # told "arm" and "fire"
 
     def _next_order(self) -> int:
         self._created += 1
@@ -97,6 +100,8 @@ class VirtualClock:
                 continue
             fired.add(due)
             due.cancel()
+            if self.observer is not None:
+                self.observer("fire", due)
             due.callback()
 
 

@@ -176,8 +176,10 @@ class DeviceContext:
     (a store that hits nothing is dropped); `serial` is the device's character
     backend when it `wants_serial`; `poweroff(code)` / `request_reset()` end or
     restart the run; `set_time_source(fn)` gives the hart its `time` CSR;
-    `guest_error(text)` reports a guest (or device) misbehaviour once in the
-    guest-errors log.  A device used alone (tests) gets `DeviceContext(clock)`.
+    `guest_error(text)` reports a guest misbehaviour (a bad register access) and
+    `unimp(text)` a feature the model lacks, in the `-d guest_errors` / `-d unimp`
+    logs; the device keeps its context as `self.ctx`.  A device used alone (tests)
+    gets `DeviceContext(clock)`.
     """
 
     clock: VirtualClock | None = None
@@ -187,6 +189,7 @@ class DeviceContext:
     request_reset: Callable[[], None] = _no_reset
     set_time_source: Callable[[Callable[[], int]], None] = lambda fn: None
     guest_error: Callable[[str], None] = lambda text: None
+    unimp: Callable[[str], None] = lambda text: None
 
     def need_clock(self, device: Device) -> VirtualClock:
         if self.clock is None:
@@ -210,6 +213,7 @@ class Device:
     wants_serial: ClassVar[bool] = False
     trace_events: ClassVar[tuple[TraceEvent, ...]] = ()
     realized = False
+    ctx: DeviceContext  # set by realize
 
     def __init__(self, **props: Any) -> None:
         self.id: str = self.name
@@ -262,7 +266,8 @@ class Device:
             error = prop.error(getattr(self, prop.attr))
             if error is not None:
                 raise DeviceError(f"{self.id}: property '{prop.name}' {error}")
-        self.do_realize(ctx or DeviceContext())
+        self.ctx = ctx or DeviceContext()
+        self.do_realize(self.ctx)
         self.realized = True
         self.reset()
 

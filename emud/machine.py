@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from emud import trace
+from emud import log, trace
 from emud.board import Board, BoardError, Slot, default_board, find_type
 from emud.chardev import CharBackend
 from emud.clock import VirtualClock
@@ -128,7 +128,8 @@ class Machine:
         ctx = DeviceContext(clock=self.clock, dma_write=self._dma_write, serial=serial,
                             poweroff=self.poweroff, request_reset=self.request_reset,
                             set_time_source=self._set_time_source,
-                            guest_error=lambda text: self._device_error(device, text))
+                            guest_error=lambda text: log.guest_error(f"{device.id}: {text}"),
+                            unimp=lambda text: log.unimplemented(f"{device.id}: {text}"))
         try:
             for key, value in (globals_.get(cls.name, {}) | slot.props).items():
                 device.set_property(key, value)

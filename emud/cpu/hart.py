@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from emud import log
 from emud.clock import VirtualClock
 from emud.cpu import interp
 from emud.cpu.csr import (
@@ -110,6 +111,8 @@ class Hart:
 
     def enter_trap(self, cause: int, tval: int, pc: int) -> int:
         """Take a trap at `pc`; returns the handler address."""
+        if log.trap_hooks:  # -d int / guest_errors, the timeline
+            log.trap(self, cause, tval, pc)
         self.mepc = pc
         self.mcause = cause
         self.mtval = tval
@@ -276,6 +279,8 @@ class Hart:
         else:
             insn, length = expand_compressed(low), 2
         op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
+        if log.in_asm:
+            log.decoded(self, pc)
         if pc in self.breakpoints:
             op = self._breakpoint(op, pc)
         self.cache[pc] = op
@@ -366,6 +371,8 @@ class Hart:
         return self._run(budget)
 
     def _run(self, budget: int) -> int:
+        if log.per_block:  # -d exec / cpu need every block boundary: the interpreter, stepped
+            return log.run_blocks(self, budget)
         accel = self.accel
         if accel is None or self.breakpoints or self.watchpoints or self.debug_bypass:
             return self.interpret(budget)

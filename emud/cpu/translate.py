@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from emud import log
 from emud.cpu import decode as d
 from emud.cpu.interp import ALU_RR, LOADS, STORES
 from emud.memory import PAGE_CODE, PAGE_SHIFT
@@ -302,6 +303,8 @@ class Translator:
                 self.page_regions.setdefault(page, set()).add(entry)
             self.code.add(insn.pc)
         self.spans[entry] = spans
+        if log.in_asm:
+            log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
         return region
 
     def _discover(self, entry: int) -> tuple[set[int], set[int], dict[int, Insn | None]]:

@@ -34,6 +34,7 @@ class Clint(Device):
         self.msip = 0
         self.mtimecmp = ALL_ONES
         self.mtime_offset = 0  # mtime = now/100 + offset; software may write mtime
+        self.edges = [0, 0]  # rising edges of msip and mtip, for `info irq` (not migrated)
 
     def do_realize(self, ctx: DeviceContext) -> None:
         self.clock = ctx.need_clock(self)
@@ -54,9 +55,18 @@ class Clint(Device):
     def mtime(self) -> int:
         return (self.clock.now_ns // NS_PER_TICK + self.mtime_offset) & ALL_ONES
 
+    def interrupt_stats(self) -> list[int]:
+        """The CLINT has no inputs: it counts its own outputs rising, msip then mtip (the
+        hart's MSI and MTI), so `info irq` shows the interrupts the hart gets from it."""
+        return list(self.edges)
+
+    def _set_line(self, n: int, irq: IRQ, level: bool) -> None:
+        self.edges[n] += level and not irq.level
+        irq.set(level)
+
     def _update_mtip(self) -> None:
         due = self.mtime >= self.mtimecmp
-        self.mtip_irq.set(due)
+        self._set_line(1, self.mtip_irq, due)
         if due:
             self.timer.cancel()
             return
@@ -83,7 +93,7 @@ class Clint(Device):
     def write(self, offset: int, value: int, size: int) -> None:
         if offset == MSIP:
             self.msip = value & 1
-            self.msip_irq.set(bool(self.msip))
+            self._set_line(0, self.msip_irq, bool(self.msip))
         elif MTIMECMP <= offset < MTIMECMP + 8:
             shift, mask = self._reg64(offset, MTIMECMP, size)
             self.mtimecmp = (self.mtimecmp & ~mask) | ((value << shift) & mask)

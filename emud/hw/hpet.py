@@ -401,6 +401,8 @@ class HPET(Device):
 
     def read(self, offset: int, size: int) -> int:
         if not self._access_ok(offset, size):
+            self.ctx.guest_error(f"hpet: {size}-byte read at offset 0x{offset:03x} dropped "
+                                 "(the registers take aligned 4- or 8-byte accesses)")
             return 0
         trace_ram_read(offset)
         addr = offset & ~4
@@ -410,14 +412,29 @@ class HPET(Device):
                 trace_ram_read_reading_counter(offset & 4, value)
             elif addr not in (Reg.ID, Reg.CFG, Reg.STATUS):
                 trace_ram_read_invalid()
+                self._bad_register("read", offset)
         elif (addr - TIMER_BASE) // TIMER_STRIDE > self.num_timers:
             trace_timer_id_out_of_range((addr - TIMER_BASE) // TIMER_STRIDE)
+            self._bad_timer("read", offset)
         elif addr & 0x18 == 0x18:
             trace_ram_read_invalid()
+            self._bad_register("read", offset)
         return (value >> (8 * (offset & 4))) & ((1 << (8 * size)) - 1)
+
+    def _bad_register(self, access: str, offset: int, value: int | None = None) -> None:
+        data = "" if value is None else f" of 0x{value:x}"
+        self.ctx.guest_error(f"hpet: {access}{data} at offset 0x{offset:03x}: no register there")
+
+    def _bad_timer(self, access: str, offset: int) -> None:
+        timer_id = ((offset & ~4) - TIMER_BASE) // TIMER_STRIDE
+        self.ctx.guest_error(f"hpet: {access} at offset 0x{offset:03x}: timer {timer_id} does "
+                             f"not exist (the HPET has {self.num_timers})")
 
     def write(self, offset: int, value: int, size: int) -> None:
         if not self._access_ok(offset, size):
+            self.ctx.guest_error(f"hpet: {size}-byte write of 0x{value:x} at offset "
+                                 f"0x{offset:03x} dropped (the registers take aligned 4- or "
+                                 "8-byte accesses)")
             return
         trace_ram_write(offset, value)
         shift = (offset & 4) * 8
@@ -426,7 +443,8 @@ class HPET(Device):
         if addr < TIMER_BASE:
             match addr:
                 case Reg.ID:
-                    pass
+                    self.ctx.guest_error(f"hpet: write of 0x{value:x} to the read-only "
+                                         f"capabilities register (offset 0x{offset:03x})")
                 case Reg.CFG:
                     self._write_config(_deposit(self.config, shift, length, value))
                 case Reg.STATUS:
@@ -437,14 +455,18 @@ class HPET(Device):
                 case Reg.COUNTER:
                     if self.enabled:
                         trace_ram_write_counter_write_while_enabled()
+                        self.ctx.guest_error(f"hpet: main counter written (0x{value:x}) while "
+                                             "the HPET is enabled")
                     self.hpet_counter = _deposit(self.hpet_counter, shift, length, value)
                 case _:
                     trace_ram_write_invalid()
+                    self._bad_register("write", offset, value)
             return
         timer_id = (addr - TIMER_BASE) // TIMER_STRIDE
         trace_ram_write_timer_id(timer_id)
         if timer_id > self.num_timers:
             trace_timer_id_out_of_range(timer_id)
+            self._bad_timer("write", offset)
             return
         t = self.timers[timer_id]
         match addr & 0x18:
@@ -457,6 +479,7 @@ class HPET(Device):
                 t.fsb = _deposit(t.fsb, shift, length, value)
             case _:
                 trace_ram_write_invalid()
+                self._bad_register("write", offset, value)
 
     def _write_config(self, written: int) -> None:
         old = self.config

@@ -310,13 +310,25 @@ class PL011(Device):
     def read(self, offset: int, size: int) -> int:
         value = self._pop_fifo() if offset & ~3 == Reg.DR else self.peek(offset, size)
         trace_read(offset, value, _regname(offset))
+        if not self._is_register(offset):
+            self.ctx.guest_error(f"pl011: read of unknown register at offset 0x{offset:03x}")
         return value
+
+    def _is_register(self, offset: int, write: bool = False) -> bool:
+        """Whether the offset names a register (ICR is write-only, the IDs read-only)."""
+        index = offset >> 2
+        if index == Reg.ICR >> 2:
+            return write
+        return index in _REG_NAMES or ID_BASE <= offset & ~3 < ID_BASE + 4 * len(self.ids)
 
     def write(self, offset: int, value: int, size: int) -> None:
         value &= 0xFFFF_FFFF  # 32-bit registers
         trace_write(offset, value, _regname(offset))
         match offset & ~3:
             case Reg.DR:
+                if not self.cr & CR_UARTEN or not self.cr & CR_TXE:
+                    self.ctx.guest_error(f"pl011: byte 0x{value & 0xFF:02x} written to DR "
+                                         f"while the transmitter is off (CR 0x{self.cr:04x})")
                 self.transmit(bytes([value & 0xFF]))
                 if self.loopback:
                     self._put_fifo(value & 0xFF)
@@ -350,7 +362,12 @@ class PL011(Device):
                 self._update_irq()
             case Reg.DMACR:
                 self.dmacr = value
-            # FR, RIS, MIS, IDs and holes ignore writes
+                if value & 3:  # RXDMAE, TXDMAE
+                    self.ctx.unimp(f"pl011: DMA requested (DMACR 0x{value:x}): not modelled")
+            case _:  # FR, RIS, MIS, IDs and holes ignore writes
+                what = "read-only register" if self._is_register(offset) else "unknown offset"
+                self.ctx.guest_error(f"pl011: write of 0x{value:x} to {what} "
+                                     f"{_regname(offset)} at offset 0x{offset:03x}")
 
     def _write_lcr(self, value: int) -> None:
         if (self.lcr ^ value) & LCR_FEN:  # FIFO mode change discards received data

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from emud import trace
+from emud import log, trace
 from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
@@ -582,20 +582,46 @@ def _irq_lines(r: list[dict[str, Any]]) -> list[str]:
     lines = []
     for stats in r:
         lines.append(f"IRQ statistics for {stats['controller']}:")
-        lines += [f"{s:2d}: {n}" for s, n in stats["counts"].items()]
+        names = stats.get("names", {})
+        lines += [f"{s:2d}: {n}" + (f"  {names[s]}" if s in names else "")
+                  for s, n in stats["counts"].items()]
     return lines
+
+
+def _source_names(m: Monitor, device: Device) -> dict[int, str]:
+    """Who drives each counted line: the board's wiring into an interrupt controller, or,
+    for a device that counts its own outputs (the CLINT), those outputs and where they go."""
+    machine = m.machine
+    board = machine.board
+    inputs = device.input_lines()
+    if not inputs:
+        goes = {w.output: f"{w.dst}.{w.input}" for w in board.wires if w.src == device.id}
+        return {n: f"{device.id}.{name}" + (f" -> {goes[name]}" if name in goes else "")
+                for n, name in enumerate(device.output_lines())}
+    names = {int(w.input): f"{w.src}.{w.output}" for w in board.wires
+             if w.dst == device.id and w.input.isdigit()}
+    if board.interrupt_controller == device.id:
+        for slot in board.slots:
+            if slot.irq is not None:
+                source = machine.device(slot.id)
+                outputs = list(source.output_lines())[:source.irq_outputs]
+                names |= {slot.irq + n: f"{slot.id}.{name}" for n, name in enumerate(outputs)}
+    return names
 
 
 @command(info="irq", qmp="x-emud-query-irq", help="show the interrupts statistics (if available)",
          render=lambda r: "\n".join(_irq_lines(r)))
 def info_irq(m: Monitor) -> list[dict[str, Any]]:
-    """Every device that keeps statistics (QEMU's InterruptStatsProvider), board order."""
+    """Every device that keeps statistics (QEMU's InterruptStatsProvider), board order:
+    the PLIC's sources (MEI) and the CLINT's MSI and MTI, each named by what drives it."""
     out = []
     for device in m.machine.devices:
         counts = device.interrupt_stats()
         if counts is not None:
-            out.append({"controller": device.id,
-                        "counts": {s: n for s, n in enumerate(counts) if n}})
+            names = _source_names(m, device)
+            counted = {s: n for s, n in enumerate(counts) if n}
+            out.append({"controller": device.id, "counts": counted,
+                        "names": {s: names[s] for s in counted if s in names}})
     return out
 
 
@@ -713,6 +739,31 @@ def info_trace_events(m: Monitor, name: str = "*") -> list[dict[str, Any]]:
 def trace_event(m: Monitor, name: str, enable: bool) -> None:
     if not trace.set_state(name, enable):
         raise MonitorError(f'unknown event "{name}"', plain=True)
+
+
+@command("log", args="items:s", params="item1[,...]", qmp="x-emud-log",
+         render=lambda r: r or "",
+         help="activate logging of the specified items ('none' turns all off, 'help' lists)")
+def log_items(m: Monitor, items: str) -> str:
+    """QEMU's HMP `log`: the given items replace the enabled set, as `-d` does."""
+    if items == "help":
+        return log.help_text()
+    try:
+        log.set_items(log.parse_items(items))
+    except ValueError as e:
+        raise MonitorError(str(e), plain=True) from None
+    return ""
+
+
+@command("logfile", args="filename:s", params="filename", qmp="x-emud-logfile",
+         render=lambda r: "",
+         help="output logs to 'filename' (created private; 'stderr' goes back to stderr)")
+def logfile(m: Monitor, filename: str) -> None:
+    try:
+        log.set_file(None if filename == "stderr" else filename)
+    except OSError as e:
+        raise MonitorError(f"could not open log file '{filename}': {e.strerror}",
+                           plain=True) from None
 
 
 # --- snapshots ----------------------------------------------------------------------------
