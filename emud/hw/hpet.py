@@ -401,7 +401,7 @@ class HPET(Device):
 
     def read(self, offset: int, size: int) -> int:
         if not self._access_ok(offset, size):
-            self.ctx.guest_error(f"hpet: {size}-byte read at offset 0x{offset:03x} dropped "
+            self.ctx.guest_error(f"{size}-byte read at offset 0x{offset:03x} dropped "
                                  "(the registers take aligned 4- or 8-byte accesses)")
             return 0
         trace_ram_read(offset)
@@ -423,16 +423,16 @@ class HPET(Device):
 
     def _bad_register(self, access: str, offset: int, value: int | None = None) -> None:
         data = "" if value is None else f" of 0x{value:x}"
-        self.ctx.guest_error(f"hpet: {access}{data} at offset 0x{offset:03x}: no register there")
+        self.ctx.guest_error(f"{access}{data} at offset 0x{offset:03x}: no register there")
 
     def _bad_timer(self, access: str, offset: int) -> None:
         timer_id = ((offset & ~4) - TIMER_BASE) // TIMER_STRIDE
-        self.ctx.guest_error(f"hpet: {access} at offset 0x{offset:03x}: timer {timer_id} does "
+        self.ctx.guest_error(f"{access} at offset 0x{offset:03x}: timer {timer_id} does "
                              f"not exist (the HPET has {self.num_timers})")
 
     def write(self, offset: int, value: int, size: int) -> None:
         if not self._access_ok(offset, size):
-            self.ctx.guest_error(f"hpet: {size}-byte write of 0x{value:x} at offset "
+            self.ctx.guest_error(f"{size}-byte write of 0x{value:x} at offset "
                                  f"0x{offset:03x} dropped (the registers take aligned 4- or "
                                  "8-byte accesses)")
             return
@@ -443,7 +443,7 @@ class HPET(Device):
         if addr < TIMER_BASE:
             match addr:
                 case Reg.ID:
-                    self.ctx.guest_error(f"hpet: write of 0x{value:x} to the read-only "
+                    self.ctx.guest_error(f"write of 0x{value:x} to the read-only "
                                          f"capabilities register (offset 0x{offset:03x})")
                 case Reg.CFG:
                     self._write_config(_deposit(self.config, shift, length, value))
@@ -455,7 +455,7 @@ class HPET(Device):
                 case Reg.COUNTER:
                     if self.enabled:
                         trace_ram_write_counter_write_while_enabled()
-                        self.ctx.guest_error(f"hpet: main counter written (0x{value:x}) while "
+                        self.ctx.guest_error(f"main counter written (0x{value:x}) while "
                                              "the HPET is enabled")
                     self.hpet_counter = _deposit(self.hpet_counter, shift, length, value)
                 case _:

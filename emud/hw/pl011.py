@@ -311,7 +311,7 @@ class PL011(Device):
         value = self._pop_fifo() if offset & ~3 == Reg.DR else self.peek(offset, size)
         trace_read(offset, value, _regname(offset))
         if not self._is_register(offset):
-            self.ctx.guest_error(f"pl011: read of unknown register at offset 0x{offset:03x}")
+            self.ctx.guest_error(f"read of unknown register at offset 0x{offset:03x}")
         return value
 
     def _is_register(self, offset: int, write: bool = False) -> bool:
@@ -327,7 +327,7 @@ class PL011(Device):
         match offset & ~3:
             case Reg.DR:
                 if not self.cr & CR_UARTEN or not self.cr & CR_TXE:
-                    self.ctx.guest_error(f"pl011: byte 0x{value & 0xFF:02x} written to DR "
+                    self.ctx.guest_error(f"byte 0x{value & 0xFF:02x} written to DR "
                                          f"while the transmitter is off (CR 0x{self.cr:04x})")
                 self.transmit(bytes([value & 0xFF]))
                 if self.loopback:
@@ -363,10 +363,10 @@ class PL011(Device):
             case Reg.DMACR:
                 self.dmacr = value
                 if value & 3:  # RXDMAE, TXDMAE
-                    self.ctx.unimp(f"pl011: DMA requested (DMACR 0x{value:x}): not modelled")
+                    self.ctx.unimp(f"DMA requested (DMACR 0x{value:x}): not modelled")
             case _:  # FR, RIS, MIS, IDs and holes ignore writes
                 what = "read-only register" if self._is_register(offset) else "unknown offset"
-                self.ctx.guest_error(f"pl011: write of 0x{value:x} to {what} "
+                self.ctx.guest_error(f"write of 0x{value:x} to {what} "
                                      f"{_regname(offset)} at offset 0x{offset:03x}")
 
     def _write_lcr(self, value: int) -> None:
