@@ -47,7 +47,8 @@ def timer_name(timer: Timer) -> str:
     if owner is None and getattr(callback, "__closure__", None):
         # a lambda over its owner (the HPET's per-timer callbacks close over the timer)
         cells = [c.cell_contents for c in callback.__closure__ or ()]
-        owner = next((c for c in cells if hasattr(c, "tn") or hasattr(c, "id")), None)
+        owner = next((c for c in cells if hasattr(c, "tn")),
+                     next((c for c in cells if hasattr(c, "id")), None))
     if owner is not None and hasattr(owner, "tn") and hasattr(owner, "hpet"):
         return f"{owner.hpet.id}.timer{owner.tn}"
     if owner is not None and hasattr(owner, "id"):
@@ -109,11 +110,13 @@ class Waveform:
             self.vars[name] = self.writer.register_var(scope or "top", short, "wire", size=1,
                                                        init=int(level))
         for uart in uarts:
+            # The byte, and an event per byte (a repeated byte is no value change).
             self.vars[f"{uart}.tx"] = self.writer.register_var(uart, "tx", "reg", size=8, init=0)
+            self.vars[f"{uart}.tx_strobe"] = self.writer.register_var(uart, "tx_strobe", "event")
         self.last = 0
         self.closed = False
 
-    def change(self, ns: int, name: str, value: int) -> None:
+    def change(self, ns: int, name: str, value: int | bool) -> None:
         if self.closed or name not in self.vars:
             return
         self.last = max(self.last, ns)
@@ -222,6 +225,7 @@ class Recorder:
         self.event("uart", f"{ident} {direction}", {"byte": byte, "char": char})
         if self.vcd and direction == "tx":
             self.vcd.change(self.clock.now_ns, f"{ident}.tx", byte)
+            self.vcd.change(self.clock.now_ns, f"{ident}.tx_strobe", True)
 
     def _trace_line(self, line: str) -> None:
         name, _, message = line.partition(" ")
