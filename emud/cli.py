@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from emud import log, trace
+from emud import log, timeline_render, trace
 from emud.board import (
     Board,
     BoardError,
@@ -280,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the daemon's QMP socket (default {default_socket_path()})")
     shell.add_argument("-c", dest="script", metavar="'CMD; CMD'",
                        help="run these monitor commands and exit (status 1 on the first error)")
+    picture = commands.add_parser("timeline", help="draw a --trace-file timeline as an SVG")
+    picture.add_argument("file", metavar="FILE.json", help="a timeline from run --trace-file")
+    picture.add_argument("-o", dest="output", metavar="OUT.svg", required=True)
+    picture.add_argument("--start", type=float, metavar="US", help="window start (µs)")
+    picture.add_argument("--end", type=float, metavar="US", help="window end (µs)")
     return parser
 
 
@@ -295,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "shell":
         return start_shell(args.qmp, args.script)
+    if args.command == "timeline":
+        try:
+            return timeline_render.main(args.file, args.output, args.start, args.end)
+        except (timeline_render.TimelineError, OSError) as e:
+            print(f"emud: {e}", file=sys.stderr)
+            return 1
     if args.paused and not (args.gdb or args.qmp):
         print("emud: -S would wait forever: nothing could resume the guest "
               "(add --gdb/-s or --qmp)", file=sys.stderr)

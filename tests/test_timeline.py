@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import IMAGES, ROOT
 from test_qmp_cli import TIMEOUT, qmp_daemon
+
+from conftest import IMAGES, ROOT
 
 
 def events(path: Path) -> list[dict[str, Any]]:
