@@ -13,7 +13,10 @@ from typing import Any
 
 from test_qmp_cli import TIMEOUT, qmp_daemon
 
-from conftest import IMAGES, ROOT
+from conftest import IMAGES, ROOT, boot
+from emud.daemon import Daemon
+from emud.loader import load_elf
+from emud.timeline import Recorder
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -94,3 +97,27 @@ async def test_stops_snapshots_and_sigterm(tmp_path: Path) -> None:
     assert save[1]["tag"] == load[1]["tag"] == "one"
     assert save[1]["ns"] == load[1]["ns"] == 20_000  # loadvm brings the saved time back
     assert names[-1] == "SHUTDOWN"
+
+
+async def test_a_breakpoint_stop_is_a_daemon_event_with_its_pc(tmp_path: Path) -> None:
+    """What gdb's `break` + `continue` does to the daemon, in process: the STOP says why."""
+    machine = boot(IMAGES / "hello.elf")
+    path = tmp_path / "bp.json"
+    recorder = Recorder(machine, json_path=str(path))
+    daemon = Daemon(machine, start_paused=True, exit_on_poweroff=False)
+    recorder.attach_daemon(daemon)
+    stopped = asyncio.Event()
+    daemon.listeners.append(lambda name, data: stopped.set() if name == "STOP" else None)
+    uart_puts = load_elf(IMAGES / "hello.elf").symbols["uart_puts"]
+    machine.hart.set_breakpoint(uart_puts, True)
+    task = asyncio.create_task(daemon.run())
+    try:
+        daemon.cont()
+        await asyncio.wait_for(stopped.wait(), TIMEOUT)
+    finally:
+        daemon.quit()
+        await asyncio.wait_for(task, TIMEOUT)
+        recorder.close()
+    stop = next(e for e in named(events(path), "daemon") if e["name"] == "STOP")
+    assert stop["args"]["debug"] == f"break at 0x{uart_puts:08x}"
+    assert stop["args"]["icount"] == machine.clock.icount
