@@ -233,7 +233,7 @@ async def test_snapshots_diff_and_the_monitor_see_it(tmp_path: Path) -> None:
         data = await qmp.execute("x-emud-query-gpio", {"id": "gpio0"})
         assert isinstance(data, dict) and data["registers"]["dir"] == 0xA5
         assert gpio.Gpio.render_info(data).splitlines() == lines
-        assert " 8: 3" in (await hmp(qmp, "info irq")).splitlines()  # three at the PLIC
+        assert " 8: 3  gpio0.irq" in (await hmp(qmp, "info irq")).splitlines()  # three at the PLIC
         completions = await qmp.execute("x-emud-query-completions")
         assert isinstance(completions, dict) and "gpio0" in completions["devices"]
         assert {"gpio_read", "gpio_write", "gpio_pads", "gpio_irq"} <= set(completions["events"])
