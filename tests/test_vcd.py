@@ -58,8 +58,8 @@ def test_the_hpet_periodic_line_toggles_at_the_programmed_period(tmp_path: Path)
     falls = [t for t, v in line if v == "0"]
     assert len(rises) >= 2 * (PERIODS - 1) and len(falls) == len(rises)
     # Each period the comparator fires and the guest clears the status (the line falls);
-    # the model raises the line twice per period (at the comparator and 1000 ticks on):
-    # the pattern repeats exactly every programmed period.
+    # the line rises twice per period, 1 µs apart (a periodic timer re-arms at least
+    # 1 µs after its last expiry, hpet.md): the pattern repeats every programmed period.
     assert {rises[i + 2] - rises[i] for i in range(len(rises) - 2)} == {PERIOD_NS}
     assert {falls[i + 2] - falls[i] for i in range(len(falls) - 2)} == {PERIOD_NS}
     # The line reaches the hart through the PLIC: cpu.mei rises with it.
