@@ -224,7 +224,7 @@ async def test_log_and_logfile_from_the_monitor(tmp_path: Path) -> None:
     """HMP `log` / `logfile` through QMP human-monitor-command on a real daemon."""
     path = tmp_path / "run.log"
     async with qmp_daemon(str(IMAGES / "traps.elf"), "-S", "--qmp", "tcp:127.0.0.1:0") \
-            as (_, qmp):
+            as (process, qmp):
         async def hmp(line: str) -> str:
             reply = await asyncio.wait_for(
                 qmp.execute("human-monitor-command", {"command-line": line}), QMP_TIMEOUT)
@@ -243,3 +243,14 @@ async def test_log_and_logfile_from_the_monitor(tmp_path: Path) -> None:
         await hmp("run-for 20us")
         assert path.stat().st_size == size  # nothing more once off
         assert "could not open log file" in await hmp(f"logfile {tmp_path}/no/such/dir/x")
+        # The same commands through the real `emud shell` client.
+        other = tmp_path / "shell.log"
+        shell = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "emud", "shell", "--qmp", process.banner["QMP"], "-c",
+            f"logfile {other}; log guest_errors; write {HPET_BASE:#x} 1 4", cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(shell.communicate(), QMP_TIMEOUT)
+        assert shell.returncode == 0, (out, err)
+        assert other.read_text() == ("hpet: write of 0x1 to the read-only capabilities register "
+                                     "(offset 0x000)\n")
