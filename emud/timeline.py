@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 TRACKS = {"cpu": 1, "irq": 2, "timer": 3, "uart": 4, "trace": 5, "daemon": 6}
 
 
-def _private_text(path: str) -> IO[str]:
-    return os.fdopen(open_private(path), "w", encoding="utf-8")
+def _private_text(path: str, buffering: int = -1) -> IO[str]:
+    return os.fdopen(open_private(path), "w", buffering=buffering, encoding="utf-8")
 
 
 def timer_name(timer: Timer) -> str:
@@ -57,10 +57,13 @@ def timer_name(timer: Timer) -> str:
 
 
 class ChromeTrace:
-    """A JSON array of trace events, written as they come; `close` ends the array."""
+    """A JSON array of trace events, written as they come; `close` ends the array.
+
+    Line-buffered, one event a line: whatever kills the daemon, the file holds whole
+    events, a valid array but for the closing bracket (which the format tolerates)."""
 
     def __init__(self, path: str) -> None:
-        self.out = _private_text(path)
+        self.out = _private_text(path, buffering=1)
         self.out.write("[\n")
         self.first = True
         self.closed = False
@@ -84,10 +87,6 @@ class ChromeTrace:
     def counter(self, ns: int, name: str, value: int) -> None:
         self._put({"name": name, "cat": "irq", "ph": "C", "ts": ns / 1000, "pid": 1,
                    "tid": TRACKS["irq"], "args": {"level": value}})
-
-    def flush(self) -> None:
-        if not self.closed:
-            self.out.flush()
 
     def close(self) -> None:
         if not self.closed:
@@ -245,8 +244,6 @@ class Recorder:
         if name == "STOP" and stop is not None:
             args["debug"] = f"{stop.kind} at 0x{stop.pc:08x}"
         self.event("daemon", name, args)
-        if self.json:
-            self.json.flush()
 
     # --- end ------------------------------------------------------------------------------
 

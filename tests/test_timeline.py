@@ -121,3 +121,19 @@ async def test_a_breakpoint_stop_is_a_daemon_event_with_its_pc(tmp_path: Path) -
     stop = next(e for e in named(events(path), "daemon") if e["name"] == "STOP")
     assert stop["args"]["debug"] == f"break at 0x{uart_puts:08x}"
     assert stop["args"]["icount"] == machine.clock.icount
+
+
+async def test_sigkill_leaves_whole_events(tmp_path: Path) -> None:
+    """Killed with no chance to close: every event written is whole, only the `]` lacks."""
+    path = tmp_path / "killed.json"
+    async with qmp_daemon(str(IMAGES / "hpet_timers.elf"), "-S", "--qmp", "tcp:127.0.0.1:0",
+                          "--trace-file", str(path)) as (process, qmp):
+        await asyncio.wait_for(qmp.execute("human-monitor-command",
+                                           {"command-line": "run-for 300us"}), TIMEOUT)
+        process.proc.kill()
+        await asyncio.wait_for(process.proc.wait(), TIMEOUT)
+    text = path.read_text()
+    assert not text.rstrip().endswith("]")
+    evs = json.loads(text + "\n]")
+    stop = [e for e in named(evs, "daemon") if e["name"] == "STOP"]
+    assert stop and stop[-1]["args"]["ns"] == 300_000  # up to the last event before the kill
