@@ -25,6 +25,7 @@ from emud.cpu.csr import (
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
 from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
+from emud.cpu.semihosting import SemihostingHandler
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
 from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription
 
@@ -79,6 +80,7 @@ class Hart:
         self.cache: dict[int, Op] = {}
         self._page_pcs: dict[int, list[int]] = {}
         self.accel: Accelerator | None = None  # None: always interpret
+        self.semihosting: SemihostingHandler | None = None  # None: ebreak always traps
         bus.on_code_write = self.invalidate_page
 
     def reset(self, entry: int) -> None:
