@@ -362,7 +362,9 @@ missing: .word name_missing, 0, 7
 fifo: .word name_fifo, 0, 4
 name_new: .asciz "sub/new"
 name_moved: .asciz "sub/moved"
-name_dotdot: .asciz "sub/../../s"
+name_dotdot: .ascii "sub/.."  # climbs two levels: sub, .., .., s
+    .ascii "/.."
+    .asciz "/s"
 name_abs: .asciz "/etc/passwd"
 name_link: .asciz "link"
 name_dirlink: .asciz "dirlink/s"
