@@ -99,7 +99,8 @@ def test_execute_trigger(build_asm: Build, accel: str) -> None:
 @pytest.mark.parametrize(("kind", "access", "offset"), [
     (LOAD, "lw a0, 0(t1)", 0), (LOAD, "lb a0, 2(t1)", 2), (LOAD, "lw a0, 0(t1)", 3),
     (STORE, "sw zero, 0(t1)", 0), (STORE, "sh zero, 2(t1)", 2),
-    (STORE, "amoadd.w a0, zero, (t1)", 0),
+    (STORE, "amoadd.w a0, zero, (t1)", 0), (LOAD, "amoadd.w a0, zero, (t1)", 0),
+    (LOAD, "lr.w a0, (t1)", 0),
 ])
 def test_data_triggers(build_asm: Build, accel: str, kind: int, access: str,
                        offset: int) -> None:

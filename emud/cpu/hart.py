@@ -280,7 +280,9 @@ class Hart:
     def amo_load(self, addr: int) -> int:
         try:
             return self.load_slow(addr, 4, False)
-        except Trap as trap:  # an AMO reports its faults as store/AMO faults
+        except Trap as trap:  # an AMO reports its access faults as store/AMO faults
+            if trap.cause != Cause.LOAD_ACCESS:
+                raise  # a trigger's breakpoint stays one
             raise Trap(Cause.STORE_ACCESS, addr) from trap
 
     # --- predecoded code -------------------------------------------------------
