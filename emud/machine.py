@@ -326,6 +326,9 @@ class Machine:
         None when the hart may run again, IDLE when only outside input can wake it.
         """
         hart = self.hart
+        if self.semihosting is not None and self.semihosting.input_ready(hart):
+            hart.waiting = False  # a semihosting console read has its input now
+            return None
         if not hart.mip & hart.mie:
             if not self.clock.jump_to_next_deadline():
                 return RunState.IDLE

@@ -31,6 +31,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from emud.chardev import CharBackend
+from emud.cpu.semihosting import is_call as is_semihosting_call
 from emud.hostfiles import private_umask, restrict
 
 if TYPE_CHECKING:
@@ -130,7 +131,6 @@ class Semihosting:
         self.cmdline = config.cmdline or ""  # Machine.load fills in the default
         self.handles: dict[int, Handle] = {}
         self.input = bytearray()
-        self.hart: Hart | None = None  # set while the hart waits for console input
         self.dir_fd: int | None = None
         if config.files_dir is not None:
             self.dir_fd = os.open(config.files_dir,
@@ -153,10 +153,16 @@ class Semihosting:
 
     def receive(self, data: bytes) -> int:
         self.input += data
-        if self.hart is not None:  # a read was waiting: run the ebreak again
-            self.hart.waiting = False
-            self.hart = None
         return len(data)
+
+    def input_ready(self, hart: Hart) -> bool:
+        """Whether a hart waiting in a console read can run it again now.
+
+        Judged from the hart's state alone (its pc is at a READC or READ call), so it
+        holds after a snapshot of a waiting hart is loaded too.
+        """
+        return bool(self.input) and hart.x[10] in (Sys.READC, Sys.READ) and \
+            is_semihosting_call(hart, hart.pc)
 
     def _take_input(self, count: int) -> bytes:
         data = bytes(self.input[:count])
@@ -173,9 +179,8 @@ class Semihosting:
         except GuestError as e:
             self.errno = e.code
             result = -1
-        if result is None:
+        if result is None:  # Machine wakes the hart when input_ready
             hart.waiting = True
-            self.hart = hart
             return False
         hart.x[10] = result & M
         return True

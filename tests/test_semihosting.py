@@ -469,3 +469,19 @@ def test_cli_console_to_a_file_and_a_refused_directory(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"emud: --semihosting-dir {tmp_path / 'nope'}: not a directory"]
+
+
+def test_a_snapshot_of_a_waiting_read_resumes_on_input(build_asm: Build) -> None:
+    from emud.migration import capture, stage
+
+    elf = guest(build_asm, "sh_value 0x07, 0\n")
+    machine = semihosted(elf)
+    assert machine.run_slice() is RunState.IDLE  # READC waits
+    snap = capture(machine)
+    other = semihosted(elf)
+    stage(other, snap)()
+    assert other.hart.waiting and other.run_slice() is RunState.IDLE
+    assert other.semihosting is not None
+    other.semihosting.console.feed(b"k")
+    assert other.run_until_poweroff(100_000) == 0
+    assert results(other, 1) == [ord("k")]
