@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from qemu.qmp import EventListener, QMPClient
 
 from emud.chardev import RingBackend
 from emud.loader import load_elf
@@ -485,3 +487,48 @@ def test_a_snapshot_of_a_waiting_read_resumes_on_input(build_asm: Build) -> None
     other.semihosting.console.feed(b"k")
     assert other.run_until_poweroff(100_000) == 0
     assert results(other, 1) == [ord("k")]
+
+
+def test_cli_console_reads_stdin_without_blocking_the_daemon(build_asm: Build,
+                                                             tmp_path: Path) -> None:
+    """READC twice, then exit with the second character.  While the hart waits for
+    stdin, the daemon still answers QMP; the input then comes through a pipe."""
+    body = "sh_value 0x07, 0\nsh_value 0x07, 0\nsw a0, exit_block + 4, t0\n"
+    elf = guest(build_asm, body)
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emud", "run", "--semihosting", "-serial", "null",
+         "--qmp", f"unix:{sock}", str(elf)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    async def session() -> list[str]:
+        client = QMPClient("semihosting-test")
+        await client.connect(str(sock))
+        try:
+            seen = []
+            for _ in range(3):  # the hart waits: the loop answers every time
+                status = await client.execute("query-status")
+                assert isinstance(status, dict)
+                seen.append(status["status"])
+            with client.listen(listener := EventListener()):
+                stdin.write(b"ab")
+                stdin.flush()
+                while (await listener.get())["event"] != "SHUTDOWN":
+                    pass
+            await client.execute("quit")
+            return seen
+        finally:
+            await client.disconnect()
+
+    try:
+        assert b"QMP listening" in proc.stderr.readline()
+        assert asyncio.run(asyncio.wait_for(session(), 60)) == ["running"] * 3
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ord("b"), err
