@@ -179,6 +179,9 @@ class Semihosting:
         except GuestError as e:
             self.errno = e.code
             result = -1
+        except OSError as e:  # any other host failure (fstat, close...) is the guest's error
+            self.errno = _host_errno(e)
+            result = -1
         if result is None:  # Machine wakes the hart when input_ready
             hart.waiting = True
             return False

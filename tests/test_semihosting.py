@@ -532,3 +532,28 @@ def test_cli_console_reads_stdin_without_blocking_the_daemon(build_asm: Build,
             proc.kill()
             proc.wait()
     assert proc.returncode == ord("b"), err
+
+
+def test_a_failing_host_call_is_an_error_return(build_asm: Build, tmp_path: Path) -> None:
+    """A host failure the handler has no special case for (here fstat and close on a
+    descriptor that went away) becomes -1 and errno, never an exception out of the CPU."""
+    body = """
+    sh_call 0x01, open_file
+    sw a0, handle, t0
+    sh_value 0x07, 0
+    sh_call 0x0c, handle
+    sh_value 0x13, 0
+    sh_call 0x02, handle
+    sh_value 0x13, 0
+    """
+    data = ".balign 4\nopen_file: .word name, 4, 1\nhandle: .word 0\nname: .asciz \"x\"\n"
+    machine = semihosted(guest(build_asm, body, data), SemihostingConfig(files_dir=str(tmp_path)))
+    assert machine.run_slice() is RunState.IDLE  # in READC
+    assert machine.semihosting is not None
+    (fd,) = machine.semihosting.handles.values()
+    assert isinstance(fd, int)
+    os.close(fd)
+    machine.semihosting.console.feed(b"\n")
+    assert machine.run_until_poweroff(100_000) == 0
+    got = [as_signed(v) for v in results(machine, 6)]
+    assert got[2:] == [-1, errno.EBADF, -1, errno.EBADF]
