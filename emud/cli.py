@@ -84,6 +84,25 @@ def address_type(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def parse_semihosting_config(text: str) -> tuple[bool, str | None]:
+    """QEMU's -semihosting-config: (enabled, command line or None).  Only what emud
+    means the same way is accepted: file access still needs --semihosting-dir."""
+    enabled, args = False, []
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key == "enable" and value in ("on", "off"):
+            enabled = value == "on"
+        elif key == "target" and value in ("native", "auto"):
+            pass  # emud is the only host there is
+        elif key == "arg":
+            args.append(value)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unsupported -semihosting-config item {item!r} (enable=on|off, "
+                "target=native|auto, arg=TEXT; the console is --semihosting-console)")
+    return enabled, " ".join(args) if args else None
+
+
 def serial_type(text: str) -> str:
     """-serial: a socket's address is checked here like the other address options."""
     if text.startswith(("unix:", "tcp:")):
@@ -267,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "--semihosting)")
     run.add_argument("--semihosting-cmdline", metavar="TEXT",
                      help="what SYS_GET_CMDLINE returns (default: the image's path)")
+    run.add_argument("-semihosting-config", dest="semihosting_config",
+                     type=parse_semihosting_config, metavar="enable=on[,arg=TEXT...]",
+                     help="QEMU's spelling: enable=on|off, target=native|auto, arg=TEXT "
+                          "(repeatable, joined by spaces) for the command line")
     run.add_argument("--semihosting-console", metavar="DEV", type=serial_type,
                      help="the semihosting console's backend, as for -serial (default stdio, "
                           "ringbuf with --daemonize)")
@@ -313,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         print("emud: only one -serial can be stdio", file=sys.stderr)
         return 1
     semihosting = None
+    if args.semihosting_config is not None:
+        enabled, cmdline = args.semihosting_config
+        args.semihosting = args.semihosting or enabled
+        args.semihosting_cmdline = args.semihosting_cmdline or cmdline
     if args.semihosting or args.semihosting_dir:
         if args.semihosting_dir and not os.path.isdir(args.semihosting_dir):
             print(f"emud: --semihosting-dir {args.semihosting_dir}: not a directory",

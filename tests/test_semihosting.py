@@ -557,3 +557,17 @@ def test_a_failing_host_call_is_an_error_return(build_asm: Build, tmp_path: Path
     assert machine.run_until_poweroff(100_000) == 0
     got = [as_signed(v) for v in results(machine, 6)]
     assert got[2:] == [-1, errno.EBADF, -1, errno.EBADF]
+
+
+def test_qemu_spelling_of_the_option(build_asm: Build) -> None:
+    body = "sh_call 0x15, cmd_block\nsh_call 0x04, buf\n"
+    data = ".balign 4\ncmd_block: .word buf, 64\nbuf: .space 64\n"
+    elf = guest(build_asm, body, data)
+    done = emud_run("-semihosting-config", "enable=on,target=native,arg=prog,arg=-v",
+                    str(elf))
+    assert (done.returncode, done.stdout) == (0, "prog -v")
+    done = emud_run("-semihosting-config", "enable=on,chardev=c0", str(elf))
+    assert done.returncode == 2
+    assert "unsupported -semihosting-config item 'chardev=c0'" in done.stderr
+    done = emud_run("-semihosting-config", "enable=off", "-serial", "null", str(elf))
+    assert done.returncode == 99  # off: the first call's ebreak traps (cause 3)
