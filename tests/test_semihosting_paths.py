@@ -29,7 +29,7 @@ def make_tree(base: Path) -> tuple[Path, Path]:
     (root / "f").write_text("f")
     (root / "a" / "f").write_text("af")
     (root / "out").symlink_to(outside)  # leads out
-    (root / "a" / "up").symlink_to("../..")  # leads out, relatively
+    (root / "a" / "up").symlink_to(os.path.join(os.pardir, os.pardir))  # out, relatively
     (root / "inlink").symlink_to("a")  # stays inside, but is a symlink: refused too
     os.mkfifo(root / "fifo")
     return root, outside
