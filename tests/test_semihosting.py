@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qemu.qmp import EventListener, QMPClient
@@ -81,7 +82,7 @@ results: .space 256
 Build = Callable[[str], Path]
 
 
-def semihosted(elf: Path, config: SemihostingConfig | None = None, **kwargs: int) -> Machine:
+def semihosted(elf: Path, config: SemihostingConfig | None = None, **kwargs: Any) -> Machine:
     machine = Machine(RingBackend(), semihosting=config or SemihostingConfig(),
                       semihosting_console=RingBackend(), **kwargs)
     machine.load(load_elf(elf))
