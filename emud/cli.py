@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -47,6 +48,7 @@ from emud.monitor import Monitor, SnapshotService
 from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
+from emud.semihosting import SemihostingConfig
 from emud.snapshots import ExportDir, StoreError
 from emud.timeline import Recorder
 
@@ -81,6 +83,25 @@ def address_type(text: str) -> Address:
         return parse_address(text)
     except AddressError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_semihosting_config(text: str) -> tuple[bool, str | None]:
+    """QEMU's -semihosting-config: (enabled, command line or None).  Only what emud
+    means the same way is accepted: file access still needs --semihosting-dir."""
+    enabled, args = False, []
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key == "enable" and value in ("on", "off"):
+            enabled = value == "on"
+        elif key == "target" and value in ("native", "auto"):
+            pass  # emud is the only host there is
+        elif key == "arg":
+            args.append(value)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unsupported -semihosting-config item {item!r} (enable=on|off, "
+                "target=native|auto, arg=TEXT; the console is --semihosting-console)")
+    return enabled, " ".join(args) if args else None
 
 
 def serial_type(text: str) -> str:
@@ -173,6 +194,12 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
             if isinstance(serial, SocketServerBackend):
                 banner.append(f"emud: serial{n} ({device.id}) listening on "
                               f"{serial.describe()}")
+        semihosting = daemon.machine.semihosting
+        if semihosting is not None:
+            await semihosting.console.start(daemon.wake.set)
+            if isinstance(semihosting.console, SocketServerBackend):
+                banner.append(f"emud: semihosting console listening on "
+                              f"{semihosting.console.describe()}")
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
         text = "".join(line + "\n" for line in banner)
         if ready:
@@ -275,6 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-global", "--global", dest="globals", action="append", default=[],
                      metavar="DEVICE.PROP=VALUE",
                      help="set a device property, e.g. hpet.timers=8 or pl011.migrate-clk=off")
+    run.add_argument("--semihosting", action="store_true",
+                     help="serve the guest's semihosting calls: console, exit, clock "
+                          "(README: Semihosting); no host files without --semihosting-dir")
+    run.add_argument("--semihosting-dir", metavar="DIR",
+                     help="also allow semihosting file calls, inside DIR only (implies "
+                          "--semihosting)")
+    run.add_argument("--semihosting-cmdline", metavar="TEXT",
+                     help="what SYS_GET_CMDLINE returns (default: the image's path)")
+    run.add_argument("-semihosting-config", dest="semihosting_config",
+                     type=parse_semihosting_config, metavar="enable=on[,arg=TEXT...]",
+                     help="QEMU's spelling: enable=on|off, target=native|auto, arg=TEXT "
+                          "(repeatable, joined by spaces) for the command line")
+    run.add_argument("--semihosting-console", metavar="DEV", type=serial_type,
+                     help="the semihosting console's backend, as for -serial (default stdio, "
+                          "ringbuf with --daemonize)")
     shell = commands.add_parser("shell", help="interactive monitor shell (a QMP client)")
     shell.add_argument("--qmp", type=address_type, metavar="unix:PATH|tcp:HOST:PORT",
                        help=f"the daemon's QMP socket (default {default_socket_path()})")
@@ -328,24 +370,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.serial.count("stdio") > 1:
         print("emud: only one -serial can be stdio", file=sys.stderr)
         return 1
+    semihosting = None
+    if args.semihosting_config is not None:
+        enabled, cmdline = args.semihosting_config
+        args.semihosting = args.semihosting or enabled
+        args.semihosting_cmdline = args.semihosting_cmdline or cmdline
+    if args.semihosting or args.semihosting_dir:
+        if args.semihosting_dir and not os.path.isdir(args.semihosting_dir):
+            print(f"emud: --semihosting-dir {args.semihosting_dir}: not a directory",
+                  file=sys.stderr)
+            return 1
+        semihosting = SemihostingConfig(args.semihosting_dir, args.semihosting_cmdline)
+    console_spec = args.semihosting_console or ("ringbuf" if args.daemonize else "stdio")
+    if semihosting and args.daemonize and console_spec == "stdio":
+        print("emud: --daemonize cannot use --semihosting-console stdio", file=sys.stderr)
+        return 1
     pidfile = Pidfile(args.pidfile) if args.pidfile else None
     serials: list[CharBackend] = []
+    console = None
     try:
         if pidfile:
             pidfile.check()  # before anything is created
         for spec in args.serial:
             serials.append(open_backend(spec))
+        if semihosting:
+            # stdin belongs to a -serial stdio: the console then only writes to stdout.
+            console = StdioBackend(input_fd=-1) if console_spec == "stdio" and \
+                "stdio" in args.serial else open_backend(console_spec)
+            serials.append(console)  # closed with them (it is bound to no UART)
     except (ValueError, OSError) as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
+    uarts = serials[:len(args.serial)]
     try:
-        machine = Machine(serials, ram_size=args.memory, icount_shift=args.icount,
+        machine = Machine(uarts, ram_size=args.memory, icount_shift=args.icount,
                           accel=args.accel, device_props=device_props, board=board,
-                          devices=devices)
+                          devices=devices, semihosting=semihosting,
+                          semihosting_console=console)
         image = load_elf(args.image)
         machine.load(image)
-    except (ImageError, ValueError, DeviceError) as e:
+    except (ImageError, ValueError, DeviceError, OSError) as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
@@ -395,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             recorder.close()  # the JSON array's "]": after SIGTERM and guest poweroff too
         log.set_file(None)
         close_all(serials)
+        if machine.semihosting is not None:
+            machine.semihosting.close()
         if pidfile:
             pidfile.remove()
 

@@ -20,6 +20,7 @@ from emud.device import Device, DeviceContext, DeviceError
 from emud.irq import IRQ
 from emud.loader import ElfImage, ImageError
 from emud.memory import AddressSpace, BusError, Ram, Region
+from emud.semihosting import Semihosting, SemihostingConfig
 
 # The built-in board's map is emud/boards/emud-virt.toml; images/emud.h repeats it for
 # guests.  These name what tests and guests rely on.
@@ -73,14 +74,17 @@ class Machine:
                  ram_size: int = DEFAULT_RAM_SIZE, icount_shift: int = 0,
                  device_props: Mapping[str, Mapping[str, Any]] | None = None,
                  accel: str = DEFAULT_ACCEL, board: Board | None = None,
-                 devices: Sequence[Slot] = ()) -> None:
+                 devices: Sequence[Slot] = (),
+                 semihosting: SemihostingConfig | None = None,
+                 semihosting_console: CharBackend | None = None) -> None:
         """Build `board` (the built-in emud-virt by default) plus the -device `devices`.
 
         `serial` is one backend or the -serial list, bound in order to the devices
         that take one (serial0, serial1...; a device left over gets a null backend).
         `device_props` sets properties by device type, QEMU's -global style:
         {"hpet": {"timers": 8, "msi": True}}.  Anything that cannot be built raises
-        DeviceError (BoardError), one line naming the device.
+        DeviceError (BoardError), one line naming the device.  `semihosting` enables
+        the guest's semihosting calls, with `semihosting_console` as their console.
         """
         if accel not in ACCELERATORS:
             raise ValueError(f"unknown accelerator {accel!r} (use {' or '.join(ACCELERATORS)})")
@@ -107,6 +111,11 @@ class Machine:
         self.image: ElfImage | None = None
         self.exit_code: int | None = None
         self._reset_requested = False
+        self.semihosting: Semihosting | None = None
+        if semihosting is not None:
+            self.semihosting = Semihosting(semihosting, semihosting_console or CharBackend(),
+                                           self.poweroff)
+            self.hart.semihosting = self.semihosting
 
     # --- building from the board -----------------------------------------------------
 
@@ -244,6 +253,11 @@ class Machine:
                     f"RAM {self.ram.base:#010x}..{self.ram.base + self.ram.size - 1:#010x}"
                 )
         self.image = image
+        if self.semihosting is not None:
+            self.semihosting.heap_base = max((seg.addr + seg.memsz for seg in image.segments),
+                                             default=self.ram.base)
+            if self.semihosting.config.cmdline is None:
+                self.semihosting.cmdline = str(image.path)
         tohost = image.symbols.get("tohost")
         if tohost is not None and self.ram.contains(tohost, 8):
             self.bus.watch_stores(tohost, 4, self._htif_store)
@@ -313,6 +327,9 @@ class Machine:
         None when the hart may run again, IDLE when only outside input can wake it.
         """
         hart = self.hart
+        if self.semihosting is not None and self.semihosting.input_ready(hart):
+            hart.waiting = False  # a semihosting console read has its input now
+            return None
         if not hart.mip & hart.mie:
             if not self.clock.jump_to_next_deadline():
                 return RunState.IDLE

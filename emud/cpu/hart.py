@@ -26,8 +26,19 @@ from emud.cpu.csr import (
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
 from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
+from emud.cpu.semihosting import SemihostingHandler
+from emud.cpu.triggers import RESET_TDATA1, TRIGGER_COUNT, Triggers, mcontrol_write
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
-from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription
+from emud.vmstate import (
+    BOOL,
+    UINT32,
+    UINT64,
+    Field,
+    State,
+    Subsection,
+    VMStateDescription,
+    VMStateError,
+)
 
 M = 0xFFFF_FFFF
 M64 = (1 << 64) - 1  # the 64-bit counters wrap; their offsets are kept modulo 2**64
@@ -72,14 +83,18 @@ class Hart:
         self.breakpoints: set[int] = set()
         self.watchpoints = WatchpointIndex()
         self._debug_pages: Counter[int] = Counter()  # RAM page -> write watchpoints on it
-        self.watch_loads = False  # a read watchpoint exists: loads are built to take load_slow
+        self.watch_loads = False  # a read watchpoint or load trigger: loads take load_slow
         self.debug_stop: DebugStop | None = None  # why the last run stopped early
         self.debug_bypass = False  # running the instruction of the last debug stop unchecked
         self.irqs_masked = False  # set while a debugger single-steps
+        # Sdtrig triggers (emud/cpu/triggers.py): guest exceptions, not debugger stops
+        self.triggers = Triggers(self._triggers_changed)
+        self._trigger_pages: list[int] = []  # RAM pages flagged for store triggers
         # Predecoded instructions
         self.cache: dict[int, Op] = {}
         self._page_pcs: dict[int, list[int]] = {}
         self.accel: Accelerator | None = None  # None: always interpret
+        self.semihosting: SemihostingHandler | None = None  # None: ebreak always traps
         bus.on_code_write = self.invalidate_page
 
     def reset(self, entry: int) -> None:
@@ -93,6 +108,7 @@ class Hart:
         self.reservation = None
         self.waiting = False
         self.debug_stop = None
+        self.triggers.reset()
         self.flush_code()
 
     # --- interrupts ------------------------------------------------------------
@@ -176,7 +192,10 @@ class Hart:
                 return self.time_source() & M
             case Csr.TIMEH:
                 return (self.time_source() >> 32) & M
-        raise Trap(Cause.ILLEGAL_INSN, insn)
+        value = self.triggers.read(csr)
+        if value is None:
+            raise Trap(Cause.ILLEGAL_INSN, insn)
+        return value
 
     def csr_write(self, csr: int, value: int, insn: int) -> None:
         if is_read_only(csr):
@@ -214,11 +233,14 @@ class Hart:
                 instret = icount + self.instret_offset
                 self.instret_offset = (((value << 32) | (instret & M)) - icount - 1) & M64
             case _:
-                raise Trap(Cause.ILLEGAL_INSN, insn)
+                if not self.triggers.write(csr, value):
+                    raise Trap(Cause.ILLEGAL_INSN, insn)
 
     # --- memory slow paths (called from closures) ----------------------------------
 
     def load_slow(self, addr: int, size: int, signed: bool) -> int:
+        if self.triggers.loads:  # a trigger's breakpoint comes before a misaligned fault
+            self._check_access_trigger(addr, size, False)
         if addr & (size - 1):
             raise Trap(Cause.LOAD_MISALIGNED, addr)
         if self.watchpoints and not self.debug_bypass:
@@ -239,6 +261,8 @@ class Hart:
         return value & M
 
     def store_slow(self, addr: int, value: int, size: int) -> None:
+        if self.triggers.stores:
+            self._check_access_trigger(addr, size, True)
         if addr & (size - 1):
             raise Trap(Cause.STORE_MISALIGNED, addr)
         if self.watchpoints and not self.debug_bypass:
@@ -259,7 +283,9 @@ class Hart:
     def amo_load(self, addr: int) -> int:
         try:
             return self.load_slow(addr, 4, False)
-        except Trap as trap:  # an AMO reports its faults as store/AMO faults
+        except Trap as trap:  # an AMO reports its access faults as store/AMO faults
+            if trap.cause != Cause.LOAD_ACCESS:
+                raise  # a trigger's breakpoint stays one
             raise Trap(Cause.STORE_ACCESS, addr) from trap
 
     # --- predecoded code -------------------------------------------------------
@@ -281,6 +307,8 @@ class Hart:
         op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
         if log.in_asm:
             log.decoded(self, pc)
+        if pc in self.triggers.execute:
+            op = self._execute_trigger(op, pc)
         if pc in self.breakpoints:
             op = self._breakpoint(op, pc)
         self.cache[pc] = op
@@ -313,6 +341,35 @@ class Hart:
 
         return stop
 
+    def _execute_trigger(self, op: Op, pc: int) -> Op:
+        def check() -> int:
+            if self.triggers.fires_execute(pc, self.priv, bool(self.mstatus & MSTATUS_MIE)):
+                raise Trap(Cause.BREAKPOINT, pc)
+            return op()
+
+        return check
+
+    def _check_access_trigger(self, addr: int, size: int, store: bool) -> None:
+        tval = self.triggers.match_access(addr, size, store, self.priv,
+                                          bool(self.mstatus & MSTATUS_MIE))
+        if tval is not None:
+            raise Trap(Cause.BREAKPOINT, tval)
+
+    def _triggers_changed(self) -> None:
+        """Armed triggers are checked by the interpreter: execute ones in the op at their
+        pc, loads in load_slow (every load goes there), stores in store_slow (their
+        page is flagged PAGE_DEBUG so that the fast path leaves it)."""
+        ram = self.bus.ram
+        pages = sorted({(a - ram.base) >> PAGE_SHIFT for a in self.triggers.stores
+                        if ram.contains(a)})
+        for page in self._trigger_pages:
+            self._flag_debug_page(page, -1)
+        for page in pages:
+            self._flag_debug_page(page, +1)
+        self._trigger_pages = pages
+        self._slow_loads_changed()
+        self.flush_code()
+
     def set_breakpoint(self, pc: int, present: bool) -> None:
         """Breakpoints never touch guest memory: the op at pc is rebuilt with a stop."""
         (self.breakpoints.add if present else self.breakpoints.discard)(pc)
@@ -330,15 +387,21 @@ class Hart:
 
     def _watch_changed(self, w: Watchpoint, delta: int) -> None:
         if w.writes:
-            flags, counts = self.bus.ram.page_flags, self._debug_pages
             for page in self._ram_pages(w):
-                counts[page] += delta
-                if counts[page] > 0:
-                    flags[page] |= PAGE_DEBUG
-                else:
-                    del counts[page]
-                    flags[page] &= ~PAGE_DEBUG
-        loads = self.watchpoints.readers > 0
+                self._flag_debug_page(page, delta)
+        self._slow_loads_changed()
+
+    def _flag_debug_page(self, page: int, delta: int) -> None:
+        flags, counts = self.bus.ram.page_flags, self._debug_pages
+        counts[page] += delta
+        if counts[page] > 0:
+            flags[page] |= PAGE_DEBUG
+        else:
+            del counts[page]
+            flags[page] &= ~PAGE_DEBUG
+
+    def _slow_loads_changed(self) -> None:
+        loads = self.watchpoints.readers > 0 or self.triggers.loads
         if loads != self.watch_loads:
             self.watch_loads = loads
             self.flush_code()
@@ -374,7 +437,8 @@ class Hart:
         if log.per_block:  # -d exec / cpu need every block boundary: the interpreter, stepped
             return log.run_blocks(self, budget)
         accel = self.accel
-        if accel is None or self.breakpoints or self.watchpoints or self.debug_bypass:
+        if (accel is None or self.breakpoints or self.watchpoints or self.debug_bypass
+                or self.triggers.armed):
             return self.interpret(budget)
         return accel.run(budget)
 
@@ -446,6 +510,8 @@ class HartState:
             return hart.reservation is not None
         if name == "reservation_addr":
             return hart.reservation or 0
+        if name in TRIGGER_FIELDS:
+            return getattr(hart.triggers, TRIGGER_FIELDS[name])
         return getattr(hart, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -455,8 +521,37 @@ class HartState:
         elif name == "reservation_addr":
             if hart.reservation is not None:
                 hart.reservation = value
+        elif name in TRIGGER_FIELDS:
+            setattr(hart.triggers, TRIGGER_FIELDS[name], value)
         else:
             setattr(hart, name, value)
+
+
+TRIGGER_FIELDS = {"trigger_select": "tselect", "trigger_tdata1": "tdata1",
+                  "trigger_tdata2": "tdata2"}
+# Sent only when a trigger is configured, so the section of a hart that never used
+# one is the same bytes as before triggers existed, and such a snapshot loads here.
+VMSTATE_TRIGGERS = VMStateDescription(
+    "cpu/triggers", 1, 1,
+    [Field("trigger_select", UINT32), Field("trigger_tdata1", UINT32, num=TRIGGER_COUNT),
+     Field("trigger_tdata2", UINT32, num=TRIGGER_COUNT)],
+)
+
+
+def _hart_post_load(state: State, version_id: int) -> None:
+    if "cpu/triggers" not in state.loaded_subsections:  # an older or unconfigured hart
+        state.trigger_select = 0
+        state.trigger_tdata1 = [RESET_TDATA1] * TRIGGER_COUNT
+        state.trigger_tdata2 = [0] * TRIGGER_COUNT
+    if state.trigger_select >= TRIGGER_COUNT or any(
+            mcontrol_write(v) != v for v in state.trigger_tdata1):
+        raise VMStateError("cpu", "trigger state out of range (tselect or tdata1)")
+
+
+def _hart_loaded(view: HartState) -> None:
+    hart: Hart = object.__getattribute__(view, "hart")
+    hart.triggers.update()
+    hart.flush_code()
 
 
 VMSTATE_HART = VMStateDescription(
@@ -467,5 +562,7 @@ VMSTATE_HART = VMStateDescription(
      Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
      Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
      Field("waiting", BOOL)],
-    loaded=lambda view: view.hart.flush_code(),
+    subsections=[Subsection(VMSTATE_TRIGGERS, lambda view: view.triggers.configured)],
+    post_load=_hart_post_load,
+    loaded=_hart_loaded,
 )

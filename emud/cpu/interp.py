@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from emud.cpu import decode as d
 from emud.cpu.csr import Cause
+from emud.cpu.semihosting import is_call as is_semihosting_call
 
 if TYPE_CHECKING:
     from emud.cpu.hart import Hart
@@ -462,6 +463,11 @@ def _privileged(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         return op
     if insn == d.EBREAK:
         def op() -> int:
+            semihosting = hart.semihosting
+            if semihosting is not None and npc - pc == 4 and is_semihosting_call(hart, pc):
+                if not hart.synced:  # its clock calls read exact virtual time
+                    raise NeedsSync
+                return npc if semihosting.call(hart) else pc
             raise Trap(Cause.BREAKPOINT, pc)
         return op
     if insn == 0x3020_0073:  # MRET
