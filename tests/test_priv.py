@@ -1,0 +1,220 @@
+"""U-mode: mret to U, ecall from U, CSR privilege, mcounteren, TW, MPP/MPRV, interrupts in U."""
+
+from __future__ import annotations
+
+import pytest
+
+from emud.cpu.csr import MTI, PRV_M, PRV_U, Cause
+from tests.privrig import assemble, make_hart, run_to
+
+# M-mode prologue: the trap handler records mcause/mepc/mtval/mstatus in s2..s5 and
+# goes to `done`; PMP entry 15 gives U everything, so only the rules under test decide.
+PROLOGUE = """
+    la t0, trap
+    csrw mtvec, t0
+    li t0, -1
+    csrw pmpaddr15, t0
+    li t0, 0x1f000000        # entry 15: NAPOT, RWX
+    csrw pmpcfg3, t0
+"""
+HANDLER = """
+.balign 4
+trap:
+    csrr s2, mcause
+    csrr s3, mepc
+    csrr s4, mtval
+    csrr s5, mstatus
+done:
+    j done
+"""
+
+
+def to_user(body: str, mstatus_set: int = 0) -> str:
+    """A program that drops to U-mode at `user` and runs `body` there."""
+    return PROLOGUE + f"""
+    li t0, 0x1800
+    csrc mstatus, t0         # MPP=U
+    li t0, {mstatus_set}
+    csrs mstatus, t0
+    la t0, user
+    csrw mepc, t0
+    mret
+user:
+{body}
+""" + HANDLER
+
+
+def run_user(body: str, translate: bool = False, mstatus_set: int = 0,
+             regs: dict[int, int] | None = None) -> tuple[int, int, int, int]:
+    program = assemble(to_user(body, mstatus_set))
+    hart = make_hart(program, translate)
+    for reg, value in (regs or {}).items():
+        hart.x[reg] = value
+    run_to(hart, program)
+    assert hart.priv == PRV_M  # the trap brought it back
+    return hart.x[18], hart.x[19], hart.x[20], hart.x[21]
+
+
+@pytest.mark.parametrize("translate", [False, True])
+def test_ecall_from_user_is_cause_8_and_saves_u_in_mpp(translate: bool) -> None:
+    program = assemble(to_user("    li a0, 42\n    ecall", mstatus_set=0x80))
+    hart = make_hart(program, translate)
+    run_to(hart, program)
+    cause, mepc, _, mstatus = hart.x[18:22]
+    assert cause == Cause.ECALL_U and mepc == program.symbols["user"] + 4
+    assert hart.x[10] == 42
+    assert mstatus >> 11 & 3 == PRV_U  # MPP holds the privilege the trap came from
+    assert mstatus & 0x80  # MPIE: MIE was 1 in U (set by mret from MPIE)
+
+
+def test_mret_moves_mpie_to_mie_and_sets_mpp_to_u() -> None:
+    program = assemble(PROLOGUE + """
+    li t0, 0x1880            # MPP=M, MPIE=1
+    csrs mstatus, t0
+    la t0, after
+    csrw mepc, t0
+    mret
+after:
+    csrr s6, mstatus
+    j done
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.priv == PRV_M
+    assert hart.x[22] == 0x88  # MIE=1 from MPIE, MPIE=1, MPP=U
+
+
+@pytest.mark.parametrize("csr", ["mstatus", "mscratch", "misa", "mcounteren", "pmpcfg0",
+                                 "pmpaddr0", "mcycle", "mhartid"])
+def test_user_access_to_a_machine_csr_is_illegal(csr: str) -> None:
+    program = assemble(to_user(f"    csrr a0, {csr}\n    ecall"))
+    hart = make_hart(program)
+    run_to(hart, program)
+    cause, mepc, mtval, _ = hart.x[18:22]
+    word = int.from_bytes(program.image[mepc - 0x8000_0000:][:4], "little")
+    assert (cause, mepc, mtval) == (Cause.ILLEGAL_INSN, program.symbols["user"], word)
+
+
+@pytest.mark.parametrize(("csr", "bit"), [("cycle", 0), ("time", 1), ("instret", 2),
+                                           ("cycleh", 0), ("timeh", 1), ("instreth", 2)])
+@pytest.mark.parametrize("enabled", [False, True])
+def test_mcounteren_gates_user_counter_reads(csr: str, bit: int, enabled: bool) -> None:
+    program = assemble(PROLOGUE + f"""
+    li t0, {(1 << bit) if enabled else (7 & ~(1 << bit))}
+    csrw mcounteren, t0
+    li t0, 0x1800
+    csrc mstatus, t0
+    la t0, user
+    csrw mepc, t0
+    mret
+user:
+    csrr a0, {csr}
+    ecall
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.x[18] == (Cause.ECALL_U if enabled else Cause.ILLEGAL_INSN)
+
+
+def test_user_cannot_write_a_user_counter() -> None:
+    program = assemble(PROLOGUE + """
+    li t0, 7
+    csrw mcounteren, t0
+    li t0, 0x1800
+    csrc mstatus, t0
+    la t0, user
+    csrw mepc, t0
+    mret
+user:
+    csrw cycle, zero
+    ecall
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.x[18] == Cause.ILLEGAL_INSN  # read-only CSR
+
+
+def test_mret_in_user_mode_is_illegal() -> None:
+    cause, mepc, mtval, mstatus = run_user("    mret")
+    assert (cause, mtval) == (Cause.ILLEGAL_INSN, 0x3020_0073)
+    assert mstatus >> 11 & 3 == PRV_U
+
+
+def test_wfi_in_user_mode_with_tw_is_illegal() -> None:
+    cause, _, mtval, _ = run_user("    wfi\n    ecall", mstatus_set=1 << 21)
+    assert (cause, mtval) == (Cause.ILLEGAL_INSN, 0x1050_0073)
+
+
+def test_wfi_in_user_mode_without_tw_waits() -> None:
+    program = assemble(to_user("    wfi\n    ecall"))
+    hart = make_hart(program)
+    hart.run(200)
+    assert hart.waiting and hart.priv == PRV_U  # no S-mode: U may wait unless TW is set
+    assert hart.pc == program.symbols["user"] + 4
+
+
+@pytest.mark.parametrize("translate", [False, True])
+def test_machine_interrupts_are_taken_in_user_mode_whatever_mie(translate: bool) -> None:
+    program = assemble(PROLOGUE + """
+    li t0, 0x80
+    csrw mie, t0             # MTIE
+    li t0, 0x1888
+    csrc mstatus, t0         # MIE=0, MPIE=0, MPP=U: U runs with MIE=0
+    la t0, user
+    csrw mepc, t0
+    mret
+user:
+    addi a0, a0, 1
+    j user
+""" + HANDLER)
+    hart = make_hart(program, translate)
+    hart.run(500)
+    assert hart.priv == PRV_U and hart.x[10] > 0
+    hart.set_irq(MTI, True)
+    run_to(hart, program)
+    cause, _, _, mstatus = hart.x[18:22]
+    assert cause == (1 << 31) | MTI
+    assert mstatus >> 11 & 3 == PRV_U and not mstatus & 0x8
+
+
+def test_mpp_keeps_its_value_when_written_with_an_unimplemented_mode() -> None:
+    program = assemble(PROLOGUE + """
+    li t0, 0x1800
+    csrc mstatus, t0         # MPP=U
+    li t0, 0x0800
+    csrs mstatus, t0         # MPP=1 (S): not implemented
+    csrr s6, mstatus
+    li t0, 0x1800
+    csrw mstatus, t0         # MPP=M
+    li t0, 0x1000
+    csrw mstatus, t0         # MPP=2: reserved
+    csrr s7, mstatus
+    j done
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.x[22] >> 11 & 3 == PRV_U and hart.x[23] >> 11 & 3 == PRV_M
+
+
+def test_mret_to_user_clears_mprv_and_to_machine_keeps_it() -> None:
+    program = assemble(PROLOGUE + """
+    li t0, 0x21800           # MPRV, MPP=M
+    csrs mstatus, t0
+    la t0, m_again
+    csrw mepc, t0
+    mret
+m_again:
+    csrr s6, mstatus
+    li t0, 0x20000
+    csrs mstatus, t0         # MPRV again, MPP is U now
+    la t0, user
+    csrw mepc, t0
+    mret
+user:
+    ecall
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.x[22] & 0x20000  # mret to M keeps MPRV
+    assert hart.x[18] == Cause.ECALL_U and not hart.x[21] & 0x20000
+
