@@ -250,7 +250,8 @@ def test_code_hot_in_machine_mode_is_refetched_under_user_rules(translate: bool)
     csrw mtvec, t0
     li s1, 0
 loop:
-    jal shared
+    la t1, shared
+    jalr t1                  # an indirect call: `shared` gets a region of its own
     addi s1, s1, 1
     li t0, 40
     blt s1, t0, loop
