@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from emud.clock import VirtualClock
 from emud.cpu.csr import MTI, PRV_M, PRV_U, Cause
-from tests.privrig import assemble, make_hart, run_to
+from emud.cpu.hart import VMSTATE_HART, Hart, HartState
+from emud.memory import AddressSpace, Ram
+from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription, VMStateError
+from tests.privrig import Program, assemble, make_hart, run_to
 
 # M-mode prologue: the trap handler records mcause/mepc/mtval/mstatus in s2..s5 and
 # goes to `done`; PMP entry 15 gives U everything, so only the rules under test decide.
@@ -218,3 +222,78 @@ user:
     assert hart.x[22] & 0x20000  # mret to M keeps MPRV
     assert hart.x[18] == Cause.ECALL_U and not hart.x[21] & 0x20000
 
+
+
+# --- snapshots -----------------------------------------------------------------------
+
+# The cpu section as the M-only hart (version 1) wrote it, field for field.
+CPU_V1 = VMStateDescription(
+    "cpu", 1, 1,
+    [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
+     Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
+     Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
+     Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
+     Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
+     Field("waiting", BOOL)],
+)
+
+USER_LOOP = to_user("""
+    la a1, guarded
+loop:
+    addi a0, a0, 1
+    j loop
+.balign 8
+guarded:
+    .word 0
+""")
+
+
+def user_hart_with_pmp() -> tuple[Hart, Program]:
+    """A hart spinning in U-mode, with entry 0 denying it the word `guarded`."""
+    program = assemble(USER_LOOP)
+    hart = make_hart(program)
+    hart.run(300)
+    assert hart.priv == PRV_U
+    hart.pmpaddr[0] = program.symbols["guarded"] >> 2
+    hart.pmpcfg[0] = NA4_NO_ACCESS
+    hart.mcounteren = 5
+    hart.pmp_changed()
+    return hart, program
+
+
+NA4_NO_ACCESS = 2 << 3
+
+
+def test_a_version_1_snapshot_loads_as_an_m_mode_hart_without_pmp() -> None:
+    old = Hart(AddressSpace(Ram(0x8000_0000, 64 * 1024)), VirtualClock())
+    old.x[5], old.pc, old.mstatus, old.mscratch = 55, 0x8000_0010, 0x1888, 0xABCD
+    stream = CPU_V1.save(HartState(old))
+    hart, _ = user_hart_with_pmp()
+    VMSTATE_HART.load(HartState(hart), stream, 1)
+    assert (hart.x[5], hart.pc, hart.mstatus, hart.mscratch) == (55, 0x8000_0010, 0x1888, 0xABCD)
+    assert hart.priv == PRV_M and hart.mcounteren == 0
+    assert hart.pmpcfg == [0] * 16 and hart.pmpaddr == [0] * 16
+    assert not hart.checked and hart.pmp_rules == ()
+
+
+def test_a_snapshot_carries_priv_mcounteren_and_pmp() -> None:
+    hart, program = user_hart_with_pmp()
+    stream = VMSTATE_HART.save(HartState(hart))
+    fresh = make_hart(program)
+    VMSTATE_HART.load(HartState(fresh), stream, 2)
+    assert fresh.priv == PRV_U and fresh.mcounteren == 5 and fresh.checked
+    assert fresh.pmpcfg == hart.pmpcfg and fresh.pmpaddr == hart.pmpaddr
+    fresh.x[11] = program.symbols["guarded"]
+    fresh.bus.write_bytes(fresh.pc, bytes.fromhex("8c41"))  # c.lw a1, 0(a1): denied
+    fresh.run(1)
+    assert (fresh.mcause, fresh.mtval) == (Cause.LOAD_ACCESS, program.symbols["guarded"])
+
+
+def test_a_snapshot_with_an_unimplemented_privilege_is_refused() -> None:
+    hart, _ = user_hart_with_pmp()
+    hart.priv = 1
+    stream = VMSTATE_HART.save(HartState(hart))
+    fresh, _ = user_hart_with_pmp()
+    with pytest.raises(VMStateError, match="privilege level 1"):
+        VMSTATE_HART.load(HartState(fresh), stream, 2)
+    assert fresh.priv == PRV_U  # nothing applied
