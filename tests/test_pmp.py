@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import IMAGES, boot, serial_text
 from emud.cpu import pmp
 from emud.cpu.csr import PRV_M, Cause
 from emud.cpu.pmp import L, R, Region, W, X
+from emud.loader import load_elf
 from tests.privrig import assemble, make_hart, run_to
 
 NA4, NAPOT, TOR = pmp.NA4 << 3, pmp.NAPOT << 3, pmp.TOR << 3
@@ -354,3 +356,22 @@ done:
     run_to(hart, program)
     assert hart.x[18:22] == [0x9F9F_899F, 0, 0x2000, 0x1111]
     assert hart.priv == PRV_M and hart.checked  # a locked entry makes M checked
+
+
+# --- the pmp guest -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accel", ["interp", "translate"])
+def test_pmp_guest_kills_the_task_that_writes_the_kernels_secret(accel: str) -> None:
+    machine = boot(IMAGES / "pmp.elf", accel=accel)  # type: ignore[arg-type]
+    assert machine.run_until_poweroff(max_insns=2_000_000) == 0
+    secret = load_elf(IMAGES / "pmp.elf").symbols["secret"]
+    assert serial_text(machine).splitlines() == [
+        "kernel: running a task with the secret protected by PMP",
+        "task: reading the public word",
+        "task: writing the kernel's secret",
+        f"kernel: task 'intruder' killed: store access fault at 0x{secret + 12:08x}"
+        " (the kernel's secret)",
+        "kernel: the secret is intact",
+        "pmp: all ok",
+    ]

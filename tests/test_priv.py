@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import IMAGES, boot, serial_text
 from emud.clock import VirtualClock
 from emud.cpu.csr import MTI, PRV_M, PRV_U, Cause
 from emud.cpu.hart import VMSTATE_HART, Hart, HartState
@@ -297,3 +298,25 @@ def test_a_snapshot_with_an_unimplemented_privilege_is_refused() -> None:
     with pytest.raises(VMStateError, match="privilege level 1"):
         VMSTATE_HART.load(HartState(fresh), stream, 2)
     assert fresh.priv == PRV_U  # nothing applied
+
+
+# --- the utasks guest ----------------------------------------------------------------
+
+UTASKS_OUTPUT = """\
+kernel: starting 2 tasks in U-mode
+spinner: waiting for the worker, without yielding
+worker: hello from U-mode
+worker: cycle counts in U-mode
+worker: reading mstatus trapped
+spinner: the worker ran meanwhile
+kernel: all tasks exited; preempted by the timer: yes
+utasks: all ok
+"""
+
+
+@pytest.mark.parametrize("accel", ["interp", "translate"])
+def test_utasks_guest_runs_tasks_in_user_mode_with_timer_preemption(accel: str) -> None:
+    """The spinner never yields, so the worker only runs because the timer preempts."""
+    machine = boot(IMAGES / "utasks.elf", accel=accel)  # type: ignore[arg-type]
+    assert machine.run_until_poweroff(max_insns=5_000_000) == 0
+    assert serial_text(machine) == UTASKS_OUTPUT
