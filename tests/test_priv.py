@@ -320,3 +320,30 @@ def test_utasks_guest_runs_tasks_in_user_mode_with_timer_preemption(accel: str) 
     machine = boot(IMAGES / "utasks.elf", accel=accel)  # type: ignore[arg-type]
     assert machine.run_until_poweroff(max_insns=5_000_000) == 0
     assert serial_text(machine) == UTASKS_OUTPUT
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_hpm_counters_read_zero_and_are_gated_for_user(enabled: bool) -> None:
+    program = assemble(PROLOGUE + f"""
+    li t0, -1
+    csrw mhpmcounter31, t0   # hardwired to zero: ignored
+    csrr s6, mhpmcounter31
+    csrw mhpmevent3, t0
+    csrr s7, mhpmevent3
+    li t0, {1 << 3 if enabled else ~(1 << 3) & 0xFFFF_FFFF}
+    csrw mcounteren, t0
+    li t0, 0x1800
+    csrc mstatus, t0
+    la t0, user
+    csrw mepc, t0
+    li a0, 77
+    mret
+user:
+    csrr a0, hpmcounter3
+    ecall
+""" + HANDLER)
+    hart = make_hart(program)
+    run_to(hart, program)
+    assert hart.x[22] == 0 and hart.x[23] == 0
+    assert hart.x[18] == (Cause.ECALL_U if enabled else Cause.ILLEGAL_INSN)
+    assert hart.x[10] == (0 if enabled else 77)

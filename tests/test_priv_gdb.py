@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import IMAGES
 from e2e.test_gdb_e2e import Emud, Gdb
+
+from conftest import IMAGES
 
 UTASKS = IMAGES / "utasks.elf"
 

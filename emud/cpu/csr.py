@@ -100,6 +100,12 @@ def lowest_privilege(csr: int) -> int:
     return csr >> 8 & 3
 
 
+def is_hpm(csr: int) -> bool:
+    """The hardware performance monitor CSRs (counters 3..31 and their events), which
+    exist and read as zero: no event is counted."""
+    return (csr & 0x1F) >= 3 and (csr & ~0x1F) in (0xB00, 0xB80, 0x320, 0xC00, 0xC80)
+
+
 def counter_bit(csr: int) -> int | None:
     """The mcounteren bit that lets U-mode read a user counter CSR, None for others."""
     if 0xC00 <= csr <= 0xC1F or 0xC80 <= csr <= 0xC9F:

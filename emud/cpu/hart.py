@@ -25,6 +25,7 @@ from emud.cpu.csr import (
     Cause,
     Csr,
     counter_bit,
+    is_hpm,
     is_read_only,
     lowest_privilege,
 )
@@ -253,6 +254,8 @@ class Hart:
                 return self.time_source() & M
             case Csr.TIMEH:
                 return (self.time_source() >> 32) & M
+            case _ if is_hpm(csr):
+                return 0
         raise Trap(Cause.ILLEGAL_INSN, insn)
 
     def csr_write(self, csr: int, value: int, insn: int) -> None:
@@ -289,6 +292,8 @@ class Hart:
                 self.mtval = value
             case Csr.MISA | Csr.MIP | Csr.MSTATUSH | Csr.MCOUNTINHIBIT:
                 pass  # WARL fields we keep fixed; mip bits are driven by devices
+            case _ if is_hpm(csr):
+                pass  # hardwired to zero
             case Csr.MCYCLE:
                 cycle = icount + self.cycle_offset
                 self.cycle_offset = (((cycle & ~M) | value) - icount) & M64
