@@ -8,7 +8,10 @@ from conftest import IMAGES, boot, serial_text
 from emud.clock import VirtualClock
 from emud.cpu.csr import MTI, PRV_M, PRV_U, Cause
 from emud.cpu.hart import VMSTATE_HART, Hart, HartState
+from emud.daemon import Daemon
+from emud.loader import load_elf
 from emud.memory import AddressSpace, Ram
+from emud.monitor import Monitor
 from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription, VMStateError
 from tests.privrig import Program, assemble, make_hart, run_to
 
@@ -347,3 +350,13 @@ user:
     assert hart.x[22] == 0 and hart.x[23] == 0
     assert hart.x[18] == (Cause.ECALL_U if enabled else Cause.ILLEGAL_INSN)
     assert hart.x[10] == (0 if enabled else 77)
+
+
+def test_info_registers_shows_the_privilege_level() -> None:
+    machine = boot(IMAGES / "utasks.elf")
+    monitor = Monitor(Daemon(machine, start_paused=True))
+    assert " priv     M" in monitor.execute_hmp_now("info registers").splitlines()
+    symbols = load_elf(IMAGES / "utasks.elf").symbols
+    while machine.hart.pc != symbols["worker"]:  # the worker task, in U-mode
+        machine.hart.run(1)
+    assert " priv     U" in monitor.execute_hmp_now("info registers").splitlines()
