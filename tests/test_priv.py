@@ -360,3 +360,11 @@ def test_info_registers_shows_the_privilege_level() -> None:
     while machine.hart.pc != symbols["worker"]:  # the worker task, in U-mode
         machine.hart.run(1)
     assert " priv     U" in monitor.execute_hmp_now("info registers").splitlines()
+
+
+def test_reset_returns_to_machine_mode_without_pmp_and_drops_decoded_code() -> None:
+    hart, program = user_hart_with_pmp()
+    hart.reset(0x8000_0000)
+    assert hart.priv == PRV_M and hart.mcounteren == 0 and not hart.checked
+    assert hart.pmpcfg == [0] * 16 and hart.pmpaddr == [0] * 16 and hart.pmp_rules == ()
+    assert not any(hart.decoded(pc) for pc in range(0x8000_0000, 0x8000_0100, 2))

@@ -114,6 +114,7 @@ class Hart:
         self.reservation = None
         self.waiting = False
         self.debug_stop = None
+        self.flush_code()
         self.pmp_changed()
 
     # --- privilege and PMP -------------------------------------------------------
