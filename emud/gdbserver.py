@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from emud import trace
-from emud.cpu.csr import Csr
+from emud.cpu.csr import PRV_M, PRV_U, Csr
 from emud.cpu.debug import BREAK, Watchpoint
 from emud.cpu.disasm import ABI_NAMES
 from emud.cpu.interp import Trap
@@ -177,7 +177,7 @@ class EmudTarget:
         if regnum == PC_REGNUM:
             return hart.pc
         if regnum == PRIV_REGNUM:
-            return 3  # machine mode, always
+            return hart.priv
         csr = regnum - CSR_REGBASE
         if csr in CSRS:
             try:
@@ -193,8 +193,12 @@ class EmudTarget:
             hart.x[regnum] = value
         elif regnum == PC_REGNUM:
             hart.pc = value & ~1
-        elif regnum == 0 or regnum == PRIV_REGNUM:
-            pass  # x0 is zero and priv is M: writes are ignored, as on hardware
+        elif regnum == 0:
+            pass  # x0 is zero: writes are ignored, as on hardware
+        elif regnum == PRIV_REGNUM:
+            if value not in (PRV_U, PRV_M):
+                return False  # S-mode (1) and 2 are not implemented
+            hart.set_priv(value)
         elif regnum - CSR_REGBASE in CSRS:
             try:
                 hart.csr_write(regnum - CSR_REGBASE, value, 0)

@@ -298,7 +298,7 @@ async def test_registers_and_csrs(rig_for: Callable[[Path], Rig]) -> None:
     assert len(g) == 33 * 8 and int.from_bytes(bytes.fromhex(g[-8:].decode()), "little") == hart.pc
     assert ask(session, b"P5=78563412") == [b"OK"] and hart.x[5] == 0x12345678
     assert ask(session, b"P0=ffffffff") == [b"OK"] and hart.x[0] == 0
-    assert reg(session, CSR_REGBASE + 0x301) == 0x40001105  # misa
+    assert reg(session, CSR_REGBASE + 0x301) == 0x40101105  # misa
     assert ask(session, b"P%x=00010000" % (CSR_REGBASE + 0x305)) == [b"OK"]
     assert hart.mtvec == 0x100
     assert ask(session, b"P%x=00000000" % (CSR_REGBASE + 0xC00)) == [b"E01"]  # read-only cycle

@@ -1118,7 +1118,7 @@ def test_trap_saves_mie_in_mpie_and_mret_restores_it(mie: int) -> None:
     code = [csrop("csrrsi", 0, MSTATUS, 8) if mie else NOP, ECALL, csrr(22, MSTATUS)]
     r = run_ok(code, handler=SKIP_HANDLER)
     assert r[20] == 0x1800 | (0x80 if mie else 0)  # in the handler: MIE=0, MPIE=old MIE, MPP=M
-    assert r[22] == 0x1800 | 0x80 | (0x08 if mie else 0)  # after mret: MIE=MPIE, MPIE=1
+    assert r[22] == 0x80 | (0x08 if mie else 0)  # after mret: MIE=MPIE, MPIE=1, MPP=U
     assert (r.hart.mcause, r.hart.mepc) == (11, CODE + 8)
 
 
@@ -1194,7 +1194,7 @@ def test_wfi_waits_unless_an_enabled_interrupt_is_pending() -> None:
 
 def test_misa() -> None:
     r = run_ok([csrr(T2, MISA)])
-    assert r[T2] == 0x4000_1105  # MXL=32, A, C, I, M
+    assert r[T2] == 0x4010_1105  # MXL=32, A, C, I, M, U
 
 
 @pytest.mark.parametrize(("csr", "value"), [
@@ -1259,11 +1259,11 @@ def test_writing_read_only_csr_is_illegal(csr: int, name: str) -> None:
 
 
 @pytest.mark.parametrize(("csr", "written", "read"), [
-    (MSTATUS, 0xFFFF_FFFF, 0x1888),  # MIE, MPIE; MPP is always M
-    (MSTATUS, 0, 0x1800),
+    (MSTATUS, 0xFFFF_FFFF, 0x22_1888),  # MIE, MPIE, MPP, MPRV, TW
+    (MSTATUS, 0, 0),  # MPP=U
     (MIE, 0xFFFF_FFFF, 0x888),  # MSIE, MTIE, MEIE
     (MIP, 0xFFFF_FFFF, 0),  # driven by devices only
-    (MISA, 0, 0x4000_1105),
+    (MISA, 0, 0x4010_1105),
     (MEPC, 0x8000_0003, 0x8000_0002),  # IALIGN=16: only bit 0 is clear
     (MTVEC, TVEC | 1, TVEC | 1),
     (MCAUSE, 0x8000_0007, 0x8000_0007),

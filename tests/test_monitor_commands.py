@@ -228,7 +228,7 @@ def test_registers_verbose_decodes_by_the_privileged_spec() -> None:
     hart = machine.hart
     hart.mstatus, hart.mtvec, hart.mcause, hart.mie = 0x1888, 0x80000101, 0x8000000B, 0x880
     text = monitor.execute_hmp_now("info registers -v").splitlines()
-    assert " mstatus  MIE=1 MPIE=1 MPP=3" in text
+    assert " mstatus  MIE=1 MPIE=1 MPP=3 MPRV=0 TW=0" in text
     assert " mie      MTIE MEIE" in text
     assert " mtvec    base=0x80000100 mode=vectored" in text
     assert " mcause   interrupt 11: machine external interrupt" in text

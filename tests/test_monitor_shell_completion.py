@@ -51,7 +51,8 @@ def test_info_subcommands_mark_devices(completer: MonitorCompleter) -> None:
 
 def test_registers_tags_events_chardevs(completer: MonitorCompleter) -> None:
     assert set(complete(completer, "p/x $a")) == {f"$a{i}" for i in range(8)}
-    assert set(complete(completer, "x/4i $p")) == {"$pc"}
+    assert set(complete(completer, "x/4i $pc")) == {"$pc"}
+    assert set(complete(completer, "p $pmpcfg")) == {f"$pmpcfg{i}" for i in range(4)}
     assert set(complete(completer, "loadvm b")) == {"boot", "before-irq"}
     assert complete(completer, "delvm bo") == {"boot": "snapshot"}
     events = complete(completer, "trace-event pl011_")

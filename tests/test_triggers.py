@@ -180,13 +180,13 @@ def test_snapshot_carries_triggers_only_when_configured(build_asm: Build) -> Non
 
     other = Machine(RingBackend())
     other.load(load_elf(TRIGGERS_ELF))
-    VMSTATE_HART.load(HartState(other.hart), configured, 1)
+    VMSTATE_HART.load(HartState(other.hart), configured, VMSTATE_HART.version_id)
     triggers = other.hart.triggers
     assert (triggers.tselect, triggers.tdata1[1], triggers.tdata2[1]) == (
         1, MCONTROL | M_BIT | EXECUTE, 0x8000_0010)
     assert triggers.execute == {0x8000_0010}
     # An old snapshot (no subsection) leaves no trigger armed.
-    VMSTATE_HART.load(HartState(other.hart), plain, 1)
+    VMSTATE_HART.load(HartState(other.hart), plain, VMSTATE_HART.version_id)
     assert not other.hart.triggers.configured and not other.hart.triggers.armed
 
 
@@ -197,7 +197,7 @@ def test_snapshot_with_a_bad_trigger_state_is_refused() -> None:
     data = bytearray(VMSTATE_HART.save(HartState(machine.hart)))
     data[-20:-16] = (7).to_bytes(4, "big")  # tselect = 7
     with pytest.raises(VMStateError, match="trigger"):
-        VMSTATE_HART.load(HartState(machine.hart), bytes(data), 1)
+        VMSTATE_HART.load(HartState(machine.hart), bytes(data), VMSTATE_HART.version_id)
     assert machine.hart.triggers.tselect == 0 and machine.hart.triggers.tdata2[0] == 4
 
 

@@ -1,4 +1,4 @@
-"""Machine-mode CSR numbers, status bits and trap causes (privileged spec names)."""
+"""CSR numbers, status bits and trap causes for M + U (privileged spec names)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ class Csr(IntEnum):
     MISA = 0x301
     MIE = 0x304
     MTVEC = 0x305
+    MCOUNTEREN = 0x306
     MSTATUSH = 0x310
     MCOUNTINHIBIT = 0x320
     MSCRATCH = 0x340
@@ -17,6 +18,26 @@ class Csr(IntEnum):
     MCAUSE = 0x342
     MTVAL = 0x343
     MIP = 0x344
+    PMPCFG0 = 0x3A0
+    PMPCFG1 = 0x3A1
+    PMPCFG2 = 0x3A2
+    PMPCFG3 = 0x3A3
+    PMPADDR0 = 0x3B0
+    PMPADDR1 = 0x3B1
+    PMPADDR2 = 0x3B2
+    PMPADDR3 = 0x3B3
+    PMPADDR4 = 0x3B4
+    PMPADDR5 = 0x3B5
+    PMPADDR6 = 0x3B6
+    PMPADDR7 = 0x3B7
+    PMPADDR8 = 0x3B8
+    PMPADDR9 = 0x3B9
+    PMPADDR10 = 0x3BA
+    PMPADDR11 = 0x3BB
+    PMPADDR12 = 0x3BC
+    PMPADDR13 = 0x3BD
+    PMPADDR14 = 0x3BE
+    PMPADDR15 = 0x3BF
     MCYCLE = 0xB00
     MINSTRET = 0xB02
     MCYCLEH = 0xB80
@@ -36,11 +57,14 @@ class Csr(IntEnum):
 # Privilege levels (the encoding of mstatus.MPP and of gdb's $priv)
 PRV_U, PRV_M = 0, 3
 
-# mstatus
+# mstatus (with no S-mode, its S fields are read-only zero)
 MSTATUS_MIE = 1 << 3
 MSTATUS_MPIE = 1 << 7
-MSTATUS_MPP = 3 << 11  # always M: the only privilege level we have
-MSTATUS_WRITABLE = MSTATUS_MIE | MSTATUS_MPIE
+MPP_SHIFT = 11
+MSTATUS_MPP = 3 << MPP_SHIFT
+MSTATUS_MPRV = 1 << 17
+MSTATUS_TW = 1 << 21
+MSTATUS_WRITABLE = MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP | MSTATUS_MPRV | MSTATUS_TW
 
 # mie / mip
 MSI, MTI, MEI = 3, 7, 11
@@ -48,8 +72,8 @@ MIP_MSIP, MIP_MTIP, MIP_MEIP = 1 << MSI, 1 << MTI, 1 << MEI
 MIE_WRITABLE = MIP_MSIP | MIP_MTIP | MIP_MEIP
 IRQ_PRIORITY = (MEI, MSI, MTI)  # the privileged spec's order for M-level interrupts
 
-# misa: MXL=1 (32-bit), extensions A, C, I, M
-MISA_VALUE = (1 << 30) | (1 << 0) | (1 << 2) | (1 << 8) | (1 << 12)
+# misa: MXL=1 (32-bit), extensions A, C, I, M and U (user mode)
+MISA_VALUE = (1 << 30) | (1 << 0) | (1 << 2) | (1 << 8) | (1 << 12) | (1 << 20)
 
 INTERRUPT_BIT = 1 << 31
 
@@ -63,8 +87,27 @@ class Cause(IntEnum):
     LOAD_ACCESS = 5
     STORE_MISALIGNED = 6
     STORE_ACCESS = 7
+    ECALL_U = 8
     ECALL_M = 11
 
 
 def is_read_only(csr: int) -> bool:
     return (csr >> 10) == 3
+
+
+def lowest_privilege(csr: int) -> int:
+    """The least privileged level that may access a CSR (its bits 9..8)."""
+    return csr >> 8 & 3
+
+
+def is_hpm(csr: int) -> bool:
+    """The hardware performance monitor CSRs (counters 3..31 and their events), which
+    exist and read as zero: no event is counted."""
+    return (csr & 0x1F) >= 3 and (csr & ~0x1F) in (0xB00, 0xB80, 0x320, 0xC00, 0xC80)
+
+
+def counter_bit(csr: int) -> int | None:
+    """The mcounteren bit that lets U-mode read a user counter CSR, None for others."""
+    if 0xC00 <= csr <= 0xC1F or 0xC80 <= csr <= 0xC9F:
+        return csr & 0x1F
+    return None

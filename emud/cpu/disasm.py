@@ -44,8 +44,10 @@ ABI_NAMES = (
 )  # fmt: skip
 
 CSR_NAMES: dict[int, str] = {
-    0x300: "mstatus", 0x301: "misa", 0x304: "mie", 0x305: "mtvec",
+    0x300: "mstatus", 0x301: "misa", 0x304: "mie", 0x305: "mtvec", 0x306: "mcounteren",
     0x320: "mcountinhibit",
+    **{0x3A0 + i: f"pmpcfg{i}" for i in range(4)},
+    **{0x3B0 + i: f"pmpaddr{i}" for i in range(16)},
     0x340: "mscratch", 0x341: "mepc", 0x342: "mcause", 0x343: "mtval", 0x344: "mip",
     0xB00: "mcycle", 0xB02: "minstret", 0xB80: "mcycleh", 0xB82: "minstreth",
     0xC00: "cycle", 0xC01: "time", 0xC02: "instret",

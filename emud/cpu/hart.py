@@ -1,4 +1,4 @@
-"""One RV32IMAC hart in machine mode: architectural state, CSRs, traps, run loop."""
+"""One RV32IMAC hart with M and U modes and PMP: architectural state, CSRs, traps, run loop."""
 
 from __future__ import annotations
 
@@ -8,20 +8,27 @@ from typing import Any, Protocol
 
 from emud import log
 from emud.clock import VirtualClock
-from emud.cpu import interp
+from emud.cpu import interp, pmp
 from emud.cpu.csr import (
     INTERRUPT_BIT,
     IRQ_PRIORITY,
     MIE_WRITABLE,
     MISA_VALUE,
+    MPP_SHIFT,
     MSTATUS_MIE,
     MSTATUS_MPIE,
     MSTATUS_MPP,
+    MSTATUS_MPRV,
+    MSTATUS_TW,
     MSTATUS_WRITABLE,
     PRV_M,
+    PRV_U,
     Cause,
     Csr,
+    counter_bit,
+    is_hpm,
     is_read_only,
+    lowest_privilege,
 )
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
 from emud.cpu.decode import ILLEGAL, expand_compressed
@@ -31,6 +38,7 @@ from emud.cpu.triggers import RESET_TDATA1, TRIGGER_COUNT, Triggers, mcontrol_wr
 from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
 from emud.vmstate import (
     BOOL,
+    UINT8,
     UINT32,
     UINT64,
     Field,
@@ -61,6 +69,7 @@ class Hart:
         self.pc = 0
         self.priv = PRV_M  # the current privilege level (PRV_U or PRV_M)
         self.mstatus = MSTATUS_MPP
+        self.mcounteren = 0
         self.mie = 0
         self.mip = 0  # driven by interrupt lines, read-only to software
         self.mtvec = 0
@@ -74,6 +83,11 @@ class Hart:
         self.cycle_offset = 0
         self.instret_offset = 0
         self.reservation: int | None = None
+        # PMP: the CSRs as written, and the decoded rules they give.
+        self.pmpcfg = [0] * pmp.ENTRIES
+        self.pmpaddr = [0] * pmp.ENTRIES
+        self.pmp_rules: tuple[pmp.Region, ...] = ()
+        self.pmp_locked = False  # a locked entry: PMP applies to M-mode too
         self.time_source: Callable[[], int] = lambda: clock.now_ns // 100  # 10 MHz mtime
         # Run-loop flags
         self.synced = False  # the clock is exact: a NeedsSync instruction may run
@@ -90,8 +104,14 @@ class Hart:
         # Sdtrig triggers (emud/cpu/triggers.py): guest exceptions, not debugger stops
         self.triggers = Triggers(self._triggers_changed)
         self._trigger_pages: list[int] = []  # RAM pages flagged for store triggers
-        # Predecoded instructions
-        self.cache: dict[int, Op] = {}
+        # Predecoded instructions, one cache per (privilege, checked) context: a U-mode
+        # op was fetched under U's PMP rules, and a checked op takes the slow memory paths.
+        # `checked`: PMP may deny an access or fetch now (U-mode, a locked entry, or MPRV
+        # with MPP=U).  Unchecked code, the common case, runs at full speed.
+        self.checked = False
+        self.data_priv = PRV_M  # the privilege loads and stores are checked with
+        self._caches: dict[tuple[int, bool], dict[int, Op]] = {(PRV_M, False): {}}
+        self.cache: dict[int, Op] = self._caches[PRV_M, False]
         self._page_pcs: dict[int, list[int]] = {}
         self.accel: Accelerator | None = None  # None: always interpret
         self.semihosting: SemihostingHandler | None = None  # None: ebreak always traps
@@ -103,6 +123,9 @@ class Hart:
         self.pc = entry
         self.priv = PRV_M
         self.mstatus = MSTATUS_MPP
+        self.mcounteren = 0
+        self.pmpcfg[:] = [0] * pmp.ENTRIES
+        self.pmpaddr[:] = [0] * pmp.ENTRIES
         self.mie = self.mtvec = self.mscratch = self.mepc = self.mcause = self.mtval = 0
         self.cycle_offset = self.instret_offset = 0
         self.reservation = None
@@ -110,6 +133,43 @@ class Hart:
         self.debug_stop = None
         self.triggers.reset()
         self.flush_code()
+        self.pmp_changed()
+
+    # --- privilege and PMP -------------------------------------------------------
+
+    def set_priv(self, priv: int) -> None:
+        self.priv = priv
+        self.update_context()
+
+    def update_context(self) -> None:
+        """Recompute what PMP may deny after priv, mstatus or the PMP CSRs change, and
+        switch to the predecoded code built for it."""
+        mprv = self.priv == PRV_M and self.mstatus & MSTATUS_MPRV
+        self.data_priv = self.mstatus >> MPP_SHIFT & 3 if mprv else self.priv
+        self.checked = self.pmp_locked or self.priv != PRV_M or self.data_priv != PRV_M
+        self.cache = self._caches.setdefault((self.priv, self.checked), {})
+
+    def pmp_changed(self) -> None:
+        """The PMP CSRs changed: decode them again and drop the code fetched under the
+        old rules.  Unchecked code never asked PMP, so it stays."""
+        self.pmp_rules = pmp.regions(self.pmpcfg, self.pmpaddr)
+        self.pmp_locked = pmp.any_locked(self.pmpcfg)
+        for (_, checked), cache in self._caches.items():
+            if checked:
+                cache.clear()
+        self.update_context()
+
+    def pmp_check(self, addr: int, size: int, access: int, priv: int, cause: int) -> None:
+        if not pmp.allowed(self.pmp_rules, addr, size, access, priv == PRV_M):
+            raise Trap(cause, addr)
+
+    def user_csr_allowed(self, csr: int) -> bool:
+        """Whether U-mode may access a CSR: a user CSR, and for a counter, enabled in
+        mcounteren."""
+        if lowest_privilege(csr) > PRV_U:
+            return False
+        bit = counter_bit(csr)
+        return bit is None or bool(self.mcounteren >> bit & 1)
 
     # --- interrupts ------------------------------------------------------------
 
@@ -121,7 +181,10 @@ class Hart:
 
     def _deliverable_irq(self) -> int | None:
         pending = self.mip & self.mie
-        if not pending or not self.mstatus & MSTATUS_MIE or self.irqs_masked:
+        if not pending or self.irqs_masked:
+            return None
+        # Below M, M-level interrupts are always enabled: mstatus.MIE gates M-mode only.
+        if self.priv == PRV_M and not self.mstatus & MSTATUS_MIE:
             return None
         return next(bit for bit in IRQ_PRIORITY if pending >> bit & 1)
 
@@ -133,8 +196,10 @@ class Hart:
         self.mcause = cause
         self.mtval = tval
         mie = self.mstatus & MSTATUS_MIE
-        self.mstatus = (self.mstatus & ~(MSTATUS_MIE | MSTATUS_MPIE)) | (MSTATUS_MPIE if mie else 0)
-        self.mstatus |= MSTATUS_MPP
+        self.mstatus = (self.mstatus & ~(MSTATUS_MIE | MSTATUS_MPIE | MSTATUS_MPP)
+                        | (MSTATUS_MPIE if mie else 0) | self.priv << MPP_SHIFT)
+        if self.priv != PRV_M:
+            self.set_priv(PRV_M)
         self.reservation = None
         if not cause & INTERRUPT_BIT:
             # The faulting instruction takes a clock step but does not retire.
@@ -144,12 +209,24 @@ class Hart:
             return (base + 4 * (cause & ~INTERRUPT_BIT)) & M
         return base
 
-    def mret(self) -> int:
-        mpie = self.mstatus & MSTATUS_MPIE
-        self.mstatus = (self.mstatus & ~MSTATUS_MIE) | (MSTATUS_MIE if mpie else 0) | MSTATUS_MPIE
+    def mret(self, insn: int) -> int:
+        if self.priv != PRV_M:
+            raise Trap(Cause.ILLEGAL_INSN, insn)
+        mstatus = self.mstatus
+        priv = mstatus >> MPP_SHIFT & 3
+        # MIE from MPIE, MPIE set, MPP to U (the least privileged mode); leaving M clears MPRV.
+        mstatus = (mstatus & ~(MSTATUS_MIE | MSTATUS_MPP)
+                   | (MSTATUS_MIE if mstatus & MSTATUS_MPIE else 0) | MSTATUS_MPIE)
+        if priv != PRV_M:
+            mstatus &= ~MSTATUS_MPRV
+        self.mstatus = mstatus
+        self.set_priv(priv)
         return self.mepc
 
-    def wait_for_interrupt(self) -> None:
+    def wait_for_interrupt(self, insn: int) -> None:
+        # With no S-mode, U-mode may wait unless mstatus.TW traps it (as QEMU does).
+        if self.priv != PRV_M and self.mstatus & MSTATUS_TW:
+            raise Trap(Cause.ILLEGAL_INSN, insn)
         # WFI is a no-op when an enabled interrupt is pending, even with MIE clear.
         self.waiting = not self.mip & self.mie
 
@@ -168,6 +245,12 @@ class Hart:
                 return self.mip
             case Csr.MTVEC:
                 return self.mtvec
+            case Csr.MCOUNTEREN:
+                return self.mcounteren
+            case _ if Csr.PMPCFG0 <= csr <= Csr.PMPCFG3:
+                return pmp.cfg_word(self.pmpcfg, csr - Csr.PMPCFG0)
+            case _ if Csr.PMPADDR0 <= csr <= Csr.PMPADDR15:
+                return self.pmpaddr[csr - Csr.PMPADDR0]
             case Csr.MSTATUSH | Csr.MCOUNTINHIBIT | Csr.MVENDORID | Csr.MARCHID | Csr.MIMPID:
                 return 0
             case Csr.MHARTID:
@@ -192,6 +275,8 @@ class Hart:
                 return self.time_source() & M
             case Csr.TIMEH:
                 return (self.time_source() >> 32) & M
+            case _ if is_hpm(csr):
+                return 0
         value = self.triggers.read(csr)
         if value is None:
             raise Trap(Cause.ILLEGAL_INSN, insn)
@@ -203,7 +288,19 @@ class Hart:
         icount = self.clock.icount
         match csr:
             case Csr.MSTATUS:
-                self.mstatus = (value & MSTATUS_WRITABLE) | MSTATUS_MPP
+                if (value >> MPP_SHIFT & 3) not in (PRV_U, PRV_M):  # WARL: keep the old MPP
+                    value = value & ~MSTATUS_MPP | self.mstatus & MSTATUS_MPP
+                self.mstatus = value & MSTATUS_WRITABLE
+                self.update_context()
+            case Csr.MCOUNTEREN:
+                self.mcounteren = value
+            case _ if Csr.PMPCFG0 <= csr <= Csr.PMPCFG3:
+                self.pmpcfg[:] = pmp.cfg_write(self.pmpcfg, csr - Csr.PMPCFG0, value)
+                self.pmp_changed()
+            case _ if Csr.PMPADDR0 <= csr <= Csr.PMPADDR15:
+                if pmp.addr_writable(self.pmpcfg, csr - Csr.PMPADDR0):
+                    self.pmpaddr[csr - Csr.PMPADDR0] = value
+                    self.pmp_changed()
             case Csr.MIE:
                 self.mie = value & MIE_WRITABLE
             case Csr.MTVEC:
@@ -219,6 +316,8 @@ class Hart:
                 self.mtval = value
             case Csr.MISA | Csr.MIP | Csr.MSTATUSH | Csr.MCOUNTINHIBIT:
                 pass  # WARL fields we keep fixed; mip bits are driven by devices
+            case _ if is_hpm(csr):
+                pass  # hardwired to zero
             case Csr.MCYCLE:
                 cycle = icount + self.cycle_offset
                 self.cycle_offset = (((cycle & ~M) | value) - icount) & M64
@@ -243,6 +342,8 @@ class Hart:
             self._check_access_trigger(addr, size, False)
         if addr & (size - 1):
             raise Trap(Cause.LOAD_MISALIGNED, addr)
+        if self.checked:
+            self.pmp_check(addr, size, pmp.R, self.data_priv, Cause.LOAD_ACCESS)
         if self.watchpoints and not self.debug_bypass:
             self.watchpoints.check(addr, size, False)
         ram = self.bus.ram
@@ -265,6 +366,8 @@ class Hart:
             self._check_access_trigger(addr, size, True)
         if addr & (size - 1):
             raise Trap(Cause.STORE_MISALIGNED, addr)
+        if self.checked:
+            self.pmp_check(addr, size, pmp.W, self.data_priv, Cause.STORE_ACCESS)
         if self.watchpoints and not self.debug_bypass:
             self.watchpoints.check(addr, size, True)
         ram = self.bus.ram
@@ -291,9 +394,12 @@ class Hart:
     # --- predecoded code -------------------------------------------------------
 
     def raw_halfword(self, pc: int) -> int:
+        """A fetch of 16 bits; a 32-bit instruction is two, each checked by PMP."""
         ram = self.bus.ram
         if not ram.contains(pc, 2):
             raise Trap(Cause.INSN_ACCESS, pc)
+        if self.checked:
+            self.pmp_check(pc, 2, pmp.X, self.priv, Cause.INSN_ACCESS)
         return ram.u16[(pc - ram.base) >> 1]
 
     def decode(self, pc: int) -> Op:
@@ -318,8 +424,10 @@ class Hart:
         return op
 
     def invalidate_page(self, page: int) -> None:
+        caches = self._caches.values()
         for pc in self._page_pcs.pop(page, ()):
-            self.cache.pop(pc, None)
+            for cache in caches:
+                cache.pop(pc, None)
         self.bus.ram.page_flags[page] &= ~PAGE_CODE
         if self.accel is not None:
             self.accel.invalidate_page(page)
@@ -327,7 +435,8 @@ class Hart:
     def flush_code(self) -> None:
         for page in list(self._page_pcs):
             self.invalidate_page(page)
-        self.cache.clear()
+        for cache in self._caches.values():
+            cache.clear()
         if self.accel is not None:
             self.accel.flush()
 
@@ -373,7 +482,12 @@ class Hart:
     def set_breakpoint(self, pc: int, present: bool) -> None:
         """Breakpoints never touch guest memory: the op at pc is rebuilt with a stop."""
         (self.breakpoints.add if present else self.breakpoints.discard)(pc)
-        self.cache.pop(pc, None)
+        for cache in self._caches.values():
+            cache.pop(pc, None)
+
+    def decoded(self, pc: int) -> bool:
+        """Whether an instruction at pc is predecoded in any context."""
+        return any(pc in cache for cache in self._caches.values())
 
     def add_watchpoint(self, w: Watchpoint) -> None:
         """Stores to watched RAM pages take the slow path (PAGE_DEBUG); while any
@@ -437,8 +551,9 @@ class Hart:
         if log.per_block:  # -d exec / cpu need every block boundary: the interpreter, stepped
             return log.run_blocks(self, budget)
         accel = self.accel
+        # Translated code never asks PMP: it runs only while PMP cannot deny anything.
         if (accel is None or self.breakpoints or self.watchpoints or self.debug_bypass
-                or self.triggers.armed):
+                or self.checked or self.triggers.armed):
             return self.interpret(budget)
         return accel.run(budget)
 
@@ -451,6 +566,7 @@ class Hart:
             irq = self._deliverable_irq()
             if irq is not None:
                 pc = self.enter_trap(INTERRUPT_BIT | irq, 0, pc)
+                cache = self.cache
             i = 0
             try:
                 # Ops raise only Trap and NeedsSync; a KeyError can only be a cache miss.
@@ -465,6 +581,7 @@ class Hart:
                     done += i
                     i = 1
                     pc = self.enter_trap(trap.cause, trap.tval, pc)
+                    cache = self.cache
             except NeedsSync:
                 clock.advance_insns(i)
                 done += i
@@ -476,11 +593,13 @@ class Hart:
                     pc = self.enter_trap(trap.cause, trap.tval, pc)
                 finally:
                     self.synced = False
+                cache = self.cache  # mret and CSR writes may change the context
             except Trap as trap:
                 clock.advance_insns(i)
                 done += i
                 i = 1
                 pc = self.enter_trap(trap.cause, trap.tval, pc)
+                cache = self.cache
             except DebugStop as stop:
                 clock.advance_insns(i)
                 done += i
@@ -500,6 +619,8 @@ class Hart:
 
 class HartState:
     """The hart as vmstate sees it: the LR reservation travels as a flag and an address."""
+
+    hart: Hart
 
     def __init__(self, hart: Hart) -> None:
         object.__setattr__(self, "hart", hart)
@@ -539,6 +660,11 @@ VMSTATE_TRIGGERS = VMStateDescription(
 
 
 def _hart_post_load(state: State, version_id: int) -> None:
+    if version_id < 2:  # an M-only hart: M-mode, no counter enabled for U, no PMP entry
+        state.priv, state.mcounteren = PRV_M, 0
+        state.pmpcfg, state.pmpaddr = [0] * pmp.ENTRIES, [0] * pmp.ENTRIES
+    elif state.priv not in (PRV_U, PRV_M):
+        raise VMStateError("cpu", f"privilege level {state.priv} is not implemented")
     if "cpu/triggers" not in state.loaded_subsections:  # an older or unconfigured hart
         state.trigger_select = 0
         state.trigger_tdata1 = [RESET_TDATA1] * TRIGGER_COUNT
@@ -552,16 +678,23 @@ def _hart_loaded(view: HartState) -> None:
     hart: Hart = object.__getattribute__(view, "hart")
     hart.triggers.update()
     hart.flush_code()
+    hart.pmp_changed()  # decodes the PMP CSRs and sets the context for priv and mstatus
 
 
+# Version 2 adds U-mode and PMP (priv, mcounteren, the PMP CSRs; mstatus only gains
+# bits).  A version 1 stream is from an M-only hart: the fields it lacks keep the
+# values of a reset hart, which are what that hart had (M-mode, no PMP entry).
 VMSTATE_HART = VMStateDescription(
-    "cpu", 1, 1,
+    "cpu", 2, 1,
     [Field("x", UINT32, num=32), Field("pc", UINT32), Field("mstatus", UINT32),
      Field("mie", UINT32), Field("mip", UINT32), Field("mtvec", UINT32),
      Field("mscratch", UINT32), Field("mepc", UINT32), Field("mcause", UINT32),
      Field("mtval", UINT32), Field("cycle_offset", UINT64), Field("instret_offset", UINT64),
      Field("reservation_valid", BOOL), Field("reservation_addr", UINT32),
-     Field("waiting", BOOL)],
+     Field("waiting", BOOL),
+     Field("priv", UINT8, version=2), Field("mcounteren", UINT32, version=2),
+     Field("pmpcfg", UINT8, num=pmp.ENTRIES, version=2),
+     Field("pmpaddr", UINT32, num=pmp.ENTRIES, version=2)],
     subsections=[Subsection(VMSTATE_TRIGGERS, lambda view: view.triggers.configured)],
     post_load=_hart_post_load,
     loaded=_hart_loaded,

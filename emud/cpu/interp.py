@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emud.cpu import decode as d
-from emud.cpu.csr import Cause
+from emud.cpu.csr import PRV_M, Cause, lowest_privilege
 from emud.cpu.semihosting import is_call as is_semihosting_call
 
 if TYPE_CHECKING:
@@ -319,7 +319,8 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             (2, False): ram.u16, (4, False): ram.u32}[kind]
     shift = size >> 1  # log2(size) for 1, 2, 4
 
-    if rd == 0 or hart.watch_loads:  # the access may fault, touch a device or be watched
+    # The access may fault, touch a device, be watched, or need a PMP check.
+    if rd == 0 or hart.watch_loads or hart.checked:
         def op() -> int:
             value = slow((x[rs1] + imm) & M, size, signed)
             if rd:
@@ -355,6 +356,12 @@ def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     base, limit, flags, align = ram.base, ram.size, ram.page_flags, size - 1
     view = {1: ram.u8, 2: ram.u16, 4: ram.u32}[size]
     shift, vmask = size >> 1, (1 << (8 * size)) - 1
+
+    if hart.checked:  # PMP may deny it
+        def checked() -> int:
+            slow((x[rs1] + imm) & M, x[rs2], size)
+            return npc
+        return checked
 
     def op() -> int:
         a = (x[rs1] + imm) & M
@@ -440,10 +447,13 @@ def _system(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     # csrrs/csrrc with x0 (or uimm 0) do not write; csrrw with rd=x0 does not read.
     writes = kind == 1 or rs1 != 0
     reads = kind != 1 or rd != 0
+    machine_only = lowest_privilege(csr) == PRV_M
 
     def op() -> int:
         if not hart.synced:
             raise NeedsSync
+        if hart.priv != PRV_M and (machine_only or not hart.user_csr_allowed(csr)):
+            raise Trap(Cause.ILLEGAL_INSN, insn)
         src = rs1 if immediate else x[rs1]
         old = hart.csr_read(csr, insn) if reads else 0
         if writes:
@@ -457,9 +467,9 @@ def _system(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
 
 
 def _privileged(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
-    if insn == 0x0000_0073:  # ECALL
+    if insn == 0x0000_0073:  # ECALL: cause 8 from U, 11 from M
         def op() -> int:
-            raise Trap(Cause.ECALL_M)
+            raise Trap(Cause.ECALL_U + hart.priv)
         return op
     if insn == d.EBREAK:
         def op() -> int:
@@ -474,13 +484,13 @@ def _privileged(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         def op() -> int:
             if not hart.synced:
                 raise NeedsSync
-            return hart.mret()
+            return hart.mret(insn)
         return op
     if insn == 0x1050_0073:  # WFI
         def op() -> int:
             if not hart.synced:
                 raise NeedsSync
-            hart.wait_for_interrupt()
+            hart.wait_for_interrupt(insn)
             return npc
         return op
     return None

@@ -154,8 +154,9 @@ class Translator:
         # Heat is counted only where a block starts, not where a slice or a step left pc.
         at_block = False
         while done < budget and not hart.stop_requested and not hart.waiting:
-            region = None if irq else regions.get(pc)
-            if region is None and at_block and not irq:
+            # Translated code does not ask PMP: while it may deny, the interpreter runs.
+            region = None if irq or hart.checked else regions.get(pc)
+            if region is None and at_block and not irq and not hart.checked:
                 region = self._hot(pc)
             if region is not None:
                 pc, left = region(x, budget - done)
@@ -167,6 +168,8 @@ class Translator:
                 # At the end of the budget, let the interpreter finish (no regions mid-loop).
                 steps = 1 if budget - done > MAX_BLOCK_INSNS else budget - done
                 at_block = False
+            elif hart.checked:
+                steps, at_block = budget - done, False
             else:
                 steps = 1 if irq else self._block_length(pc)
                 at_block = not irq
@@ -235,9 +238,9 @@ class Translator:
         Pages hold data next to code; a store to a code page leaves the region
         (and invalidates the whole page) only when it really touches code.
         """
-        cache, code = self.hart.cache, self.code
+        decoded, code = self.hart.decoded, self.code
         addr = self.ram.base + offset
-        return any(pc in cache or pc in code for pc in range((addr & ~1) - 2, addr + size, 2))
+        return any(pc in code or decoded(pc) for pc in range((addr & ~1) - 2, addr + size, 2))
 
     def flush(self) -> None:
         self.code.clear()

@@ -288,17 +288,20 @@ def info_registers(m: Monitor, all: bool = False,  # noqa: A002 - QEMU's -a (one
                    verbose: bool = False) -> dict[str, Any]:
     hart = m.machine.hart
     csrs = {name: m.register_value(name) for name in DUMP_CSRS}
-    result: dict[str, Any] = {"pc": hart.pc, "csrs": csrs, "gpr": list(hart.x)}
+    result: dict[str, Any] = {"pc": hart.pc, "priv": hart.priv, "csrs": csrs,
+                              "gpr": list(hart.x)}
     if verbose:
         result["decoded"] = decode_csrs(csrs)
     return result
 
 
 IRQ_NAMES = {3: "MSI", 7: "MTI", 11: "MEI"}
+PRIV_NAMES = {0: "U", 3: "M"}  # the privilege levels the hart has
 EXCEPTIONS = {0: "instruction address misaligned", 1: "instruction access fault",
               2: "illegal instruction", 3: "breakpoint", 4: "load address misaligned",
               5: "load access fault", 6: "store/AMO address misaligned",
-              7: "store/AMO access fault", 11: "environment call from M-mode"}
+              7: "store/AMO access fault", 8: "environment call from U-mode",
+              11: "environment call from M-mode"}
 INTERRUPTS = {3: "machine software interrupt", 7: "machine timer interrupt",
               11: "machine external interrupt"}
 
@@ -309,7 +312,8 @@ def decode_csrs(csrs: dict[str, int]) -> dict[str, str]:
     code = mcause & 0x7FFF_FFFF
     interrupt = bool(mcause >> 31)
     return {
-        "mstatus": f"MIE={mstatus >> 3 & 1} MPIE={mstatus >> 7 & 1} MPP={mstatus >> 11 & 3}",
+        "mstatus": f"MIE={mstatus >> 3 & 1} MPIE={mstatus >> 7 & 1} MPP={mstatus >> 11 & 3}"
+                   f" MPRV={mstatus >> 17 & 1} TW={mstatus >> 21 & 1}",
         "mie": " ".join(f"{n}E" for b, n in IRQ_NAMES.items() if csrs["mie"] >> b & 1) or "-",
         "mip": " ".join(f"{n}P" for b, n in IRQ_NAMES.items() if csrs["mip"] >> b & 1) or "-",
         "mtvec": f"base=0x{mtvec & ~3:08x} mode={('direct', 'vectored')[mtvec & 1]}",
@@ -319,7 +323,7 @@ def decode_csrs(csrs: dict[str, int]) -> dict[str, str]:
 
 
 def _register_lines(r: dict[str, Any]) -> list[str]:
-    lines = [f" {'pc':<8} {r['pc']:08x}"]
+    lines = [f" {'pc':<8} {r['pc']:08x}", f" {'priv':<8} {PRIV_NAMES[r['priv']]}"]
     lines += [f" {name:<8} {value:08x}" for name, value in r["csrs"].items()]
     cells = [f" {f'x{i}/{ABI_NAMES[i]}':<8} {v:08x}" for i, v in enumerate(r["gpr"])]
     lines += ["".join(cells[i : i + 4]) for i in range(0, 32, 4)]

@@ -142,11 +142,11 @@ def test_interactive_session(daemon: Daemon, terminals: list[Terminal]) -> None:
     term.wait_for(r"\[event\] STOP")
     term.wait_for(r"paused \| vtime")
 
-    term.type("p/x $p")  # register names complete after `$`
+    term.type("p/x $mis")  # register names complete after `$` ($p is no longer unique)
     term.keys("Tab")
-    term.wait_for(r"\(emud\) p/x \$pc")
+    term.wait_for(r"\(emud\) p/x \$misa")
     term.keys("Enter")
-    term.wait_for(r"\n0x8[0-9a-f]{7}\s*\n")
+    term.wait_for(r"\n0x40101105\s*\n")
 
     term.type("p marc")  # a bare name in an expression completes to the register, with `$`
     term.keys("Tab")
