@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from emud import trace
+from emud import api, trace
 from emud.board import (
     Board,
     BoardError,
@@ -41,9 +41,8 @@ from emud.listen import (
     parse_address,
     runtime_dirs,
 )
-from emud.loader import ImageError, load_elf
-from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
-from emud.monitor import Monitor, SnapshotService
+from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE
+from emud.monitor import Monitor
 from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
@@ -130,7 +129,7 @@ class DeviceAction(argparse.Action):
 
 
 async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
-                ready: Callable[[str], None] | None = None) -> int:
+                ready: Callable[[str], None] | None = None, *, signals: bool = True) -> int:
     """Start the control planes, then run the machine until quit.
 
     `ready` gets the banner (where everything listens) once all sockets are up.
@@ -158,7 +157,9 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
             if isinstance(serial, SocketServerBackend):
                 banner.append(f"emud: serial{n} ({device.id}) listening on "
                               f"{serial.describe()}")
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
+        if signals:  # only the main thread may; Machine.serving runs in another
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit,
+                                                          "host-signal")
         text = "".join(line + "\n" for line in banner)
         if ready:
             ready(text)
@@ -305,11 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emud: {e}", file=sys.stderr)
         return 1
     try:
-        machine = Machine(serials, ram_size=args.memory, icount_shift=args.icount,
-                          accel=args.accel, device_props=device_props, board=board,
-                          devices=devices)
-        machine.load(load_elf(args.image))
-    except (ImageError, ValueError, DeviceError) as e:
+        machine = api.Machine(args.image, ram=args.memory, icount=args.icount,
+                              accel=args.accel, globals=device_props, board=board,
+                              devices=devices, serial=serials, snapshots=args.snapshots)
+    except api.ConfigError as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
@@ -324,14 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             print(banner, end="", file=sys.stderr, flush=True)
 
     # With a control plane attached, guest power-off is reported there, not the end.
-    daemon = Daemon(machine, start_paused=args.paused,
-                    exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
-    daemon.snapshots = SnapshotService(daemon, args.snapshots, export_dir=args.export_dir,
-                                       tcp_host_files=args.tcp_host_files)  # opens on first use
+    daemon = machine.daemon(paused=args.paused,
+                            exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize),
+                            export_dir=args.export_dir, tcp_host_files=args.tcp_host_files)
     try:
         stdio = any(isinstance(serial, StdioBackend) for serial in serials)
         with terminal_cbreak() if stdio else contextlib.nullcontext():
-            return asyncio.run(serve(daemon, args.gdb, args.qmp, ready))
+            return machine.serve(gdb=args.gdb, qmp=args.qmp, ready=ready, daemon=daemon)
     except OSError as e:  # ListenError and PidfileError name their option
         message = f"emud: {e}\n" if isinstance(e, ListenError | PidfileError) else \
             f"emud: cannot start: {e}\n"
