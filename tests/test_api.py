@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, ROOT
 
 import emud
+from conftest import IMAGES, ROOT
 
 
 def test_import_emud_is_cheap_and_exports_the_api() -> None:
@@ -158,7 +158,7 @@ def test_serving_lets_a_qmp_client_attach(tmp_path: Path) -> None:
     with m.serving(qmp=f"unix:{sock}") as server:
         assert str(sock) in server.address("QMP")
         with emud.connect(f"unix:{sock}") as client:
-            assert client.status() == "paused"
+            assert client.status() == "prelaunch"  # QEMU's name for -S
             client.run(ns=100_000)
             assert client.read_u32(m.symbols["counter"]) > 0
             assert client.regs["pc"] == client.pc
