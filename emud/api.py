@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["EmudError", "ConfigError", "SnapshotError", "TimeoutError", "Machine", "Stop",
            "Snapshot", "Change", "Uart", "Registers", "Csrs", "Server"]
 
+TAIL = 4096  # bytes of recent output a Uart keeps for `tail`
 DEFAULT_MAX_INSTRUCTIONS = 1_000_000_000  # the bound of a run given no limit (README: API)
 _SIZE = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 
@@ -241,6 +242,7 @@ class Uart:
         self._m = machine
         self.index = index
         self.output = bytearray()  # what the guest wrote and `read` has not returned yet
+        self._recent = bytearray()  # the last TAIL bytes written, read or not (reports)
 
     @property
     def backend(self) -> CharBackend:
@@ -249,7 +251,14 @@ class Uart:
     def _collect(self) -> None:
         backend = self.backend
         if isinstance(backend, RingBackend):
-            self.output += backend.read()
+            data = backend.read()
+            self.output += data
+            self._recent = (self._recent + data)[-TAIL:]
+
+    def tail(self) -> bytes:
+        """The last bytes the guest wrote (up to 4 KiB), whether `read` returned them or not."""
+        self._collect()
+        return bytes(self._recent)
 
     def read(self) -> bytes:
         """What the guest wrote since the last read (only for the default ringbuf serial)."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,7 @@ def describe(machine: Machine) -> str:
     """The failure section of one machine: UART tail, pc and symbol, last trap."""
     lines = []
     for port in machine.uarts:
-        port._collect()
-        tail = bytes(port.output[-TAIL:]).decode(errors="replace")
+        tail = port.tail()[-TAIL:].decode(errors="replace")
         lines.append(f"serial{port.index} output tail: {tail!r}")
     pc = machine.pc
     lines.append(f"pc: {pc:#010x} <{machine.symbol_at(pc) or '?'}>  icount: {machine.icount}")
@@ -51,11 +52,15 @@ def describe_remote(client: Client) -> str:
 
 
 @contextlib.contextmanager
-def start_daemon(directory: Path, image: str | Path, *args: str,
-                 timeout: float = 30.0) -> Iterator[Client]:
+def start_daemon(image: str | Path, *args: str, timeout: float = 30.0) -> Iterator[Client]:
     """`emud run IMAGE --qmp unix:DIR/qmp.sock -serial ringbuf ARGS…` as a process, with
-    a connected client; the process is ended (and waited for) on the way out."""
-    sock = directory / "emud-qmp.sock"
+    a connected client; the process is ended (and waited for) on the way out.
+
+    DIR is a new private (0700) directory in the system's temp directory, not the
+    test's tmp_path: a unix socket path holds at most 107 bytes, and pytest's (more
+    so under xdist) can be longer.  It is removed again at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="emud-"))
+    sock = directory / "qmp.sock"
     cmd = [sys.executable, "-m", "emud", "run", str(image), "--qmp", f"unix:{sock}",
            "-serial", "ringbuf", *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -77,6 +82,7 @@ def start_daemon(directory: Path, image: str | Path, *args: str,
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -96,15 +102,12 @@ def emud_machine(request: pytest.FixtureRequest) -> Generator[Callable[..., Mach
 
 
 @pytest.fixture
-def emud_daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                ) -> Generator[Callable[..., Client]]:
+def emud_daemon(request: pytest.FixtureRequest) -> Generator[Callable[..., Client]]:
     """A factory: ``emud_daemon(image, *emud_run_args)`` starts the daemon and returns a
     connected emud.Client; every daemon is ended on teardown."""
     with contextlib.ExitStack() as stack:
         def start(image: str | Path, *args: str) -> Client:
-            # A short private directory: unix socket paths are limited to ~100 bytes.
-            directory = tmp_path_factory.mktemp("emud", numbered=True)
-            client = stack.enter_context(start_daemon(directory, image, *args))
+            client = stack.enter_context(start_daemon(image, *args))
             request.node.stash.setdefault(_MACHINES, []).append((str(image), client))
             return client
 

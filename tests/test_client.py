@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES
 
 import emud
+from conftest import IMAGES
 from emud.loader import load_elf
 from emud.pytest_plugin import start_daemon
 
@@ -15,7 +15,7 @@ COUNTER = load_elf(IMAGES / "counter.elf").symbols["counter"]
 
 
 def test_client_drives_a_daemon_process(tmp_path: Path) -> None:
-    with start_daemon(tmp_path, IMAGES / "counter.elf", "-S", "--icount", "shift=1",
+    with start_daemon(IMAGES / "counter.elf", "-S", "--icount", "shift=1",
                       "--snapshots", str(tmp_path / "s.sqlite")) as client:
         assert client.status() == "prelaunch"
         assert client.run(ns=200_000)
