@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import subprocess
+import sys
+from pathlib import Path
 
-from conftest import IMAGES
+import pytest
+from conftest import IMAGES, ROOT
 
 pytest_plugins = ["pytester"]
 
@@ -40,3 +43,21 @@ def test_plugin_fixtures_and_failure_report(pytester: pytest.Pytester, args: lis
     result.stdout.re_match_lines([r".*serial0 output tail: '.*ecall: mcause=11.*",
                                   r"pc: 0x[0-9a-f]{8} <uart_\w+\+0x[0-9a-f]+>  icount: \d+",
                                   r"last trap: mcause=0xb mepc=0x[0-9a-f]+ mtval=0x0"])
+
+
+def test_the_example_firmware_suite_passes(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:xdist", str(ROOT / "examples" /
+                                                                  "firmware-tests"))
+    result.assert_outcomes(passed=5)
+
+
+def test_api_reference_builds_with_pdoc(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pdoc", "-o", str(tmp_path), "emud.api",
+                    "emud.client", "emud.pytest_plugin"], check=True, cwd=ROOT,
+                   capture_output=True)
+    page = (tmp_path / "emud" / "api.html").read_text()
+    for name in ("Machine", "Machine.run", "Uart.expect", "Machine.save", "Machine.serving",
+                 "EmudError", "Stop.reason"):
+        assert f'id="{name}"' in page, name
+    assert "Run until a limit, a target" in page  # the docstrings are the text
+    assert "connect" in (tmp_path / "emud" / "client.html").read_text()
