@@ -21,7 +21,7 @@ def test_import_emud_is_cheap_and_exports_the_api() -> None:
     assert out.split() == ["[]", "emud.api"]
     assert {"Machine", "EmudError", "connect", "Stop"} <= set(dir(emud))
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        _ = emud.nothing  # type: ignore[attr-defined]
+        _ = emud.nothing
 
 
 def test_run_until_uart_text_then_to_poweroff() -> None:
@@ -163,3 +163,32 @@ def test_serving_lets_a_qmp_client_attach(tmp_path: Path) -> None:
             assert client.read_u32(m.symbols["counter"]) > 0
             assert client.regs["pc"] == client.pc
     assert m.icount == 100_000  # the machine is the test's again, where QMP left it
+
+
+def test_serving_lets_real_gdb_attach_and_the_machine_keeps_its_state() -> None:
+    from pygdbmi.gdbcontroller import GdbController
+
+    m = emud.Machine(IMAGES / "counter.elf")
+    with m.serving(gdb="tcp:127.0.0.1:0") as server:
+        gdb = GdbController(["gdb-multiarch", "--nx", "--quiet", "--interpreter=mi3",
+                             str(IMAGES / "counter.elf")])
+        try:
+            gdb.write(f"-target-select remote {server.address('gdb server')}",
+                      timeout_sec=30)
+            gdb.write("-break-insert bump", timeout_sec=30)
+            responses = gdb.write("-exec-continue", timeout_sec=1, raise_error_on_timeout=False)
+            stopped = [r for r in responses if r.get("message") == "stopped"]
+            for _ in range(300):  # a safety net: ends on the *stopped record
+                if stopped:
+                    break
+                stopped = [r for r in gdb.get_gdb_response(timeout_sec=0.1,
+                                                           raise_error_on_timeout=False)
+                           if r.get("message") == "stopped"]
+            assert stopped and "bump" in str(stopped[0]["payload"])
+            gdb.write("-break-delete", timeout_sec=30)
+            gdb.write("-target-detach", timeout_sec=30)
+        finally:
+            gdb.exit()
+    # gdb's detach resumed the guest until the block ended; the machine is the test's again
+    assert m.run(until="bump").reason == "until" and m.pc == m.symbols["bump"]
+    assert not m.core.hart.breakpoints  # gdb's breakpoint went with it
