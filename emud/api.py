@@ -423,17 +423,39 @@ class Machine:
         except BusError as e:
             raise EmudError(f"cannot write memory at {e.addr:#x}") from None
 
+    # The sized accessors are one bus access of that width, as the guest's lw/sw: MMIO
+    # registers that take only word accesses work through them (read/write are bytes).
+
+    def _access(self, addr: int | str, size: int, value: int | None = None) -> int:
+        from emud.memory import BusError
+
+        where = self.address(addr)
+        try:
+            if value is None:
+                return self._core.bus.read(where, size)
+            self._core.bus.write(where, value & ((1 << 8 * size) - 1), size)
+            return value
+        except BusError as e:
+            raise EmudError(f"cannot {'read' if value is None else 'write'} memory at "
+                            f"{e.addr:#x}") from None
+
     def read_u8(self, addr: int | str) -> int:
-        return self.read(addr, 1)[0]
+        return self._access(addr, 1)
 
     def read_u16(self, addr: int | str) -> int:
-        return int.from_bytes(self.read(addr, 2), "little")
+        return self._access(addr, 2)
 
     def read_u32(self, addr: int | str) -> int:
-        return int.from_bytes(self.read(addr, 4), "little")
+        return self._access(addr, 4)
+
+    def write_u8(self, addr: int | str, value: int) -> None:
+        self._access(addr, 1, value)
+
+    def write_u16(self, addr: int | str, value: int) -> None:
+        self._access(addr, 2, value)
 
     def write_u32(self, addr: int | str, value: int) -> None:
-        self.write(addr, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+        self._access(addr, 4, value)
 
     def reset(self) -> None:
         """System reset: devices, RAM from the image, the hart at the entry point."""

@@ -192,3 +192,15 @@ def test_serving_lets_real_gdb_attach_and_the_machine_keeps_its_state() -> None:
     # gdb's detach resumed the guest until the block ended; the machine is the test's again
     assert m.run(until="bump").reason == "until" and m.pc == m.symbols["bump"]
     assert not m.core.hart.breakpoints  # gdb's breakpoint went with it
+
+
+def test_sized_accessors_are_one_bus_access_so_mmio_registers_work() -> None:
+    m = emud.Machine(IMAGES / "uart_echo.elf")
+    m.uart.expect("ready")
+    cr = 0x1000_0030  # PL011 CR: word accesses only
+    assert m.read_u32(cr) & 0x301 == 0x301
+    m.write_u32(cr, 0)
+    assert m.read_u32(cr) == 0
+    ram = 0x8000_0000 + (1 << 20)  # RAM the image does not use
+    m.write_u16(ram, 0x1_2345)  # truncated to the access width
+    assert (m.read_u16(ram), m.read_u8(ram + 1), m.read(ram, 2)) == (0x2345, 0x23, b"\x45\x23")
