@@ -171,7 +171,9 @@ class FileBackend(CharBackend):
         os.write(self.fd, data)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:  # closing twice is harmless (error paths close what they opened)
+            os.close(self.fd)
+            self.fd = -1
 
     def describe(self) -> str:
         return f"file:{self.path}"

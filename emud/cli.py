@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from emud import log, timeline_render, trace
+from emud import api, log, timeline_render, trace
 from emud.board import (
     Board,
     BoardError,
@@ -42,9 +42,8 @@ from emud.listen import (
     parse_address,
     runtime_dirs,
 )
-from emud.loader import ImageError, load_elf
-from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
-from emud.monitor import Monitor, SnapshotService
+from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE
+from emud.monitor import Monitor
 from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
@@ -166,7 +165,7 @@ class DeviceAction(argparse.Action):
 
 
 async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
-                ready: Callable[[str], None] | None = None) -> int:
+                ready: Callable[[str], None] | None = None, *, signals: bool = True) -> int:
     """Start the control planes, then run the machine until quit.
 
     `ready` gets the banner (where everything listens) once all sockets are up.
@@ -200,7 +199,9 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
             if isinstance(semihosting.console, SocketServerBackend):
                 banner.append(f"emud: semihosting console listening on "
                               f"{semihosting.console.describe()}")
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit, "host-signal")
+        if signals:  # only the main thread may; Machine.serving runs in another
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, daemon.quit,
+                                                          "host-signal")
         text = "".join(line + "\n" for line in banner)
         if ready:
             ready(text)
@@ -404,21 +405,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     uarts = serials[:len(args.serial)]
     try:
-        machine = Machine(uarts, ram_size=args.memory, icount_shift=args.icount,
-                          accel=args.accel, device_props=device_props, board=board,
-                          devices=devices, semihosting=semihosting,
-                          semihosting_console=console)
-        image = load_elf(args.image)
-        machine.load(image)
-    except (ImageError, ValueError, DeviceError, OSError) as e:
+        machine = api.Machine(args.image, ram=args.memory, icount=args.icount,
+                              accel=args.accel, globals=device_props, board=board,
+                              devices=devices, serial=uarts, snapshots=args.snapshots,
+                              semihosting=semihosting or False,
+                              semihosting_console=console or "ringbuf")
+    except api.ConfigError as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
     try:
-        log.symbolize = image.symbolize
+        if machine.core.image is not None:
+            log.symbolize = machine.core.image.symbolize
         log.set_file(args.logfile)
         log.set_items(args.log_items)
-        recorder = Recorder(machine, args.trace_file, args.vcd) \
+        recorder = Recorder(machine.core, args.trace_file, args.vcd) \
             if args.trace_file or args.vcd else None
     except OSError as e:
         close_all(serials)
@@ -435,16 +436,15 @@ def main(argv: list[str] | None = None) -> int:
             print(banner, end="", file=sys.stderr, flush=True)
 
     # With a control plane attached, guest power-off is reported there, not the end.
-    daemon = Daemon(machine, start_paused=args.paused,
-                    exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize))
-    daemon.snapshots = SnapshotService(daemon, args.snapshots, export_dir=args.export_dir,
-                                       tcp_host_files=args.tcp_host_files)  # opens on first use
+    daemon = machine.daemon(paused=args.paused,
+                            exit_on_poweroff=not (args.gdb or args.qmp or args.daemonize),
+                            export_dir=args.export_dir, tcp_host_files=args.tcp_host_files)
     if recorder:
         recorder.attach_daemon(daemon)
     try:
         stdio = any(isinstance(serial, StdioBackend) for serial in serials)
         with terminal_cbreak() if stdio else contextlib.nullcontext():
-            return asyncio.run(serve(daemon, args.gdb, args.qmp, ready))
+            return machine.serve(gdb=args.gdb, qmp=args.qmp, ready=ready, daemon=daemon)
     except OSError as e:  # ListenError and PidfileError name their option
         message = f"emud: {e}\n" if isinstance(e, ListenError | PidfileError) else \
             f"emud: cannot start: {e}\n"
@@ -459,9 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if recorder:
             recorder.close()  # the JSON array's "]": after SIGTERM and guest poweroff too
         log.set_file(None)
-        close_all(serials)
-        if machine.semihosting is not None:
-            machine.semihosting.close()
+        machine.close()  # the serials, the semihosting console and its host files
         if pidfile:
             pidfile.remove()
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import IMAGES, boot, serial_text
-from emud.machine import RunState
+import emud
+from conftest import IMAGES
 
 HPET_LINES = [
     "hpet: period 10000000 fs, 3 timers",
@@ -23,34 +23,34 @@ HPET_LINES = [
 
 @pytest.mark.parametrize("shift", [0, 4])
 def test_hpet_timers_guest(shift: int) -> None:
-    machine = boot(IMAGES / "hpet_timers.elf", icount_shift=shift)
-    assert machine.run_until_poweroff(max_insns=5_000_000) == 0, serial_text(machine)
-    assert serial_text(machine).splitlines() == HPET_LINES
+    m = emud.Machine(IMAGES / "hpet_timers.elf", icount=shift)
+    stop = m.run(max_instructions=5_000_000)
+    assert (stop.reason, stop.exit_code) == ("poweroff", 0), m.uart.tail()
+    assert m.uart.read().decode().splitlines() == HPET_LINES
 
 
 def test_hpet_timers_guest_sleeps_through_the_waits() -> None:
-    machine = boot(IMAGES / "hpet_timers.elf")
-    assert machine.run_until_poweroff(max_insns=5_000_000) == 0
+    m = emud.Machine(IMAGES / "hpet_timers.elf")
+    assert m.run(max_instructions=5_000_000).exit_code == 0
     # The periodic case alone spans 10 x 100 us of virtual time; WFI skips it.
-    assert machine.clock.now_ns >= 10 * 100_000
-    assert machine.clock.icount < machine.clock.now_ns
+    assert m.now_ns >= 10 * 100_000
+    assert m.icount < m.now_ns
 
 
 def test_uart_echo_is_interrupt_driven() -> None:
-    machine = boot(IMAGES / "uart_echo.elf")
-    assert machine.run_until_poweroff(max_insns=200_000) is None
-    assert machine.run_slice() is RunState.IDLE  # asleep in WFI, waiting for input
-    assert serial_text(machine) == "echo: ready\n"
-    idle_icount = machine.clock.icount
+    m = emud.Machine(IMAGES / "uart_echo.elf")
+    assert m.run(max_instructions=200_000).reason == "idle"  # asleep in WFI, awaiting input
+    assert m.uart.read() == b"echo: ready\n"
+    idle_icount = m.icount
 
     first = b"hello, world\n"
-    machine.serial.feed(first)
-    assert machine.run_until_poweroff(max_insns=200_000) is None
-    assert serial_text(machine) == first.decode()
-    assert machine.clock.icount > idle_icount  # the handler ran
+    m.uart.write(first)
+    assert m.run(max_instructions=200_000).reason == "idle"
+    assert m.uart.read() == first
+    assert m.icount > idle_icount  # the handler ran
 
     second = b"a line longer than the sixteen-byte FIFO\n"
-    machine.serial.feed(second + b"q")
-    assert machine.run_until_poweroff(max_insns=1_000_000) == 0
+    m.uart.write(second + b"q")
+    assert m.run(max_instructions=1_000_000).exit_code == 0
     total = len(first) + len(second) + 1
-    assert serial_text(machine) == f"{second.decode()}\necho: {total} bytes\n"
+    assert m.uart.read().decode() == f"{second.decode()}\necho: {total} bytes\n"

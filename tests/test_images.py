@@ -7,19 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import IMAGES, ROOT, boot, serial_text
+import emud
+from conftest import IMAGES, ROOT
 
 
 def test_hello_prints_and_powers_off() -> None:
-    machine = boot(IMAGES / "hello.elf")
-    assert machine.run_until_poweroff() == 0
-    assert serial_text(machine) == "Hello from emud!\n"
+    m = emud.Machine(IMAGES / "hello.elf")
+    assert m.run().exit_code == 0
+    assert m.uart.read() == b"Hello from emud!\n"
 
 
 def test_traps_are_precise() -> None:
-    machine = boot(IMAGES / "traps.elf")
-    assert machine.run_until_poweroff() == 0
-    out = serial_text(machine)
+    m = emud.Machine(IMAGES / "traps.elf")
+    assert m.run().exit_code == 0
+    out = m.uart.read().decode()
     for line in ("ecall: mcause=11 mepc_ok=1", "illegal: mcause=2 mepc_ok=1",
                  "misaligned load: mcause=4 mepc_ok=1 mtval_ok=1",
                  "misaligned store: mcause=6 mepc_ok=1 mtval_ok=1",
@@ -46,19 +47,19 @@ def test_compute_output_matches_the_same_source_built_for_the_host(tmp_path: Pat
                    check=True)
     expected = subprocess.run([str(tmp_path / "compute")], capture_output=True, text=True,
                               check=True).stdout
-    machine = boot(IMAGES / "compute.elf")
-    assert machine.run_until_poweroff() == 0
-    assert serial_text(machine) == expected
+    m = emud.Machine(IMAGES / "compute.elf")
+    assert m.run().exit_code == 0
+    assert m.uart.read().decode() == expected
     assert "compute: checksum=" in expected
 
 
 def test_compute_is_deterministic_in_icount_mode() -> None:
     runs = []
     for _ in range(2):
-        machine = boot(IMAGES / "hello.elf", icount_shift=3)
-        machine.run_until_poweroff()
-        runs.append((machine.clock.icount, machine.clock.now_ns, list(machine.hart.x),
-                     bytes(machine.ram.data[:0x10000])))
+        m = emud.Machine(IMAGES / "hello.elf", icount=3)
+        m.run()
+        runs.append((m.icount, m.now_ns, m.regs.as_dict(), m.read(m.symbols["_start"],
+                                                                  0x10000)))
     assert runs[0] == runs[1]
     assert runs[0][1] == runs[0][0] << 3
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import boot, serial_text
+import emud
 from emud import migration
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
-from emud.machine import CLINT_BASE, PLIC_BASE, Machine, RunState
+from emud.machine import CLINT_BASE, PLIC_BASE, Machine
 
 Build = Callable[..., Path]
 
@@ -41,10 +41,10 @@ handler:
     li t0, 0x80000007
     bne a0, t0, fail
 """ + PASS + "fail: li t0, 0x100000\n li t1, 0x13333\n sw t1, 0(t0)\n")
-    machine = boot(image)
-    assert machine.run_until_poweroff() == 0
-    assert machine.clock.now_ns >= 100_000
-    assert machine.clock.icount < 100  # the clock jumped: no spinning until the deadline
+    m = emud.Machine(image)
+    assert m.run().exit_code == 0
+    assert m.now_ns >= 100_000
+    assert m.icount < 100  # the clock jumped: no spinning until the deadline
 
 
 def test_plic_uart_rx_interrupt_echoes(build_asm: Build) -> None:
@@ -81,12 +81,11 @@ handler:
     li t3, 'q' + 1
     bne a0, t3, 2f
 """ + PASS + "2: mret\n")
-    machine = boot(image)
-    assert machine.run_until_poweroff(max_insns=100_000) is None  # idle: waits for input
-    assert machine.run_slice() is RunState.IDLE
-    machine.serial.feed(b"HALq")
-    assert machine.run_until_poweroff(max_insns=100_000) == 0
-    assert serial_text(machine) == "IBMr"
+    m = emud.Machine(image)
+    assert m.run(max_instructions=100_000).reason == "idle"  # waits for input
+    m.uart.write(b"HALq")
+    assert m.run(max_instructions=100_000).exit_code == 0
+    assert m.uart.read() == b"IBMr"
 
 
 def test_htif_tohost_pass_and_fail(build_asm: Build) -> None:
@@ -101,10 +100,10 @@ _start:
 .align 3
 tohost: .word 0, 0
 """
-    assert boot(build_asm(template.format(value=1), "pass")).run_until_poweroff() == 0
-    machine = boot(build_asm(template.format(value=(5 << 1) | 1), "fail"))
-    assert machine.run_until_poweroff() == 5
-    assert machine.clock.icount <= 4  # stops right at the store
+    assert emud.Machine(build_asm(template.format(value=1), "pass")).run().exit_code == 0
+    m = emud.Machine(build_asm(template.format(value=(5 << 1) | 1), "fail"))
+    assert m.run().exit_code == 5
+    assert m.icount <= 4  # stops right at the store
 
 
 def test_syscon_reset_restarts_from_the_entry(build_asm: Build) -> None:
@@ -123,19 +122,19 @@ _start:
 .align 2
 counter: .word 0
 """)
-    machine = boot(image)
-    machine.run_until_poweroff(max_insns=40)
+    m = emud.Machine(image)
+    assert m.run(instructions=40).reason == "limit"
     # RAM is reloaded from the image on reset, so the counter never passes 1.
-    assert machine.bus.read(machine.image.symbols["counter"], 4) in (0, 1)  # type: ignore[union-attr]
-    assert machine.hart.pc >= machine.image.entry  # type: ignore[union-attr]
-    assert machine.exit_code is None
+    assert m.read_u32("counter") in (0, 1)
+    assert m.pc >= m.symbols["_start"]
+    assert m.exit_code is None
 
 
 def test_wfi_without_timers_is_idle(build_asm: Build) -> None:
-    machine = boot(build_asm(".globl _start\n_start: wfi\n j _start\n"))
-    assert machine.run_slice() is RunState.IDLE
-    assert machine.run_slice() is RunState.IDLE
-    assert machine.clock.icount == 1
+    m = emud.Machine(build_asm(".globl _start\n_start: wfi\n j _start\n"))
+    assert m.run().reason == "idle"
+    assert m.run().reason == "idle"
+    assert m.icount == 1
 
 
 def test_clock_timers_fire_in_deadline_order() -> None:

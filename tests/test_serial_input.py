@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp import EventListener, QMPClient
 
+import emud
 from conftest import IMAGES, ROOT, boot, serial_text
 from emud import migration
 from emud.chardev import INPUT_BACKLOG, StdioBackend
@@ -155,10 +156,10 @@ async def test_a_file_is_there_before_the_first_instruction(tmp_path: Path) -> N
 
 
 def test_input_given_before_boot_is_echoed_completely() -> None:
-    machine = boot(ECHO)
-    machine.serial.feed(LINE + b"q")
-    assert machine.run_until_poweroff(max_insns=2_000_000) == 0
-    assert serial_text(machine).encode() == echo_of(LINE + b"q")
+    m = emud.Machine(ECHO)
+    m.uart.write(LINE + b"q")
+    assert m.run(max_instructions=2_000_000).exit_code == 0
+    assert m.uart.read() == echo_of(LINE + b"q")
 
 
 def run_sliced(slices: list[int], data: bytes) -> tuple[str, migration.SnapshotData]:
@@ -184,25 +185,26 @@ def test_slicing_does_not_change_when_input_arrives() -> None:
 
 
 def test_ringbuf_input_reaches_a_guest_with_its_fifo_full() -> None:
-    machine = boot(ECHO)
-    assert machine.run_until_poweroff(max_insns=200_000) is None
-    machine.serial.feed(LINE)
-    machine.serial.feed(LINE + b"q")  # a second write while the first still waits
-    assert machine.run_until_poweroff(max_insns=2_000_000) == 0
-    assert serial_text(machine).encode() == echo_of(LINE * 2 + b"q")
+    m = emud.Machine(ECHO)
+    assert m.run(max_instructions=200_000).reason == "idle"
+    m.uart.write(LINE)
+    m.uart.write(LINE + b"q")  # a second write while the first still waits
+    assert m.run(max_instructions=2_000_000).exit_code == 0
+    assert m.uart.read() == echo_of(LINE * 2 + b"q")
 
 
 def test_input_held_across_a_load_enters_the_loaded_fifo_with_its_interrupt() -> None:
-    machine = boot(ECHO)
-    assert machine.run_until_poweroff(max_insns=200_000) is None  # ready, FIFO empty
-    snap = migration.capture(machine)
-    machine.bus.write(0x1000_0030, 0, 4)  # CR = 0: the receiver is off, input is held
-    machine.serial.feed(b"held\nq")
-    assert machine.serial.pending_input == 6
-    migration.restore(machine, snap)  # receiver on again: in it goes, interrupt and all
-    assert machine.serial.pending_input == 0 and machine.device("plic").inputs[10].level
-    assert machine.run_until_poweroff(max_insns=200_000) == 0
-    assert serial_text(machine).endswith("held\n\necho: 6 bytes\n")
+    m = emud.Machine(ECHO)
+    assert m.run(max_instructions=200_000).reason == "idle"  # ready, FIFO empty
+    snap = m.save()
+    m.write_u32(0x1000_0030, 0)  # CR = 0: the receiver is off, input is held
+    m.uart.write(b"held\nq")
+    assert m.uart.backend.pending_input == 6
+    m.load(snap)  # receiver on again: in it goes, interrupt and all
+    assert m.uart.backend.pending_input == 0
+    assert m.core.device("plic").inputs[10].level  # type: ignore[attr-defined]
+    assert m.run(max_instructions=200_000).exit_code == 0
+    assert m.uart.read().endswith(b"held\n\necho: 6 bytes\n")
 
 
 # --- the real CLI: a file, a pipe, a socket, QMP ---------------------------------
