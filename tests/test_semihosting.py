@@ -19,7 +19,7 @@ from emud.chardev import RingBackend
 from emud.loader import load_elf
 from emud.machine import Machine, RunState
 from emud.semihosting import TICK_HZ, TIME_EPOCH, SemihostingConfig
-from tests.conftest import IMAGES, ROOT
+from tests.conftest import IMAGES, RECORD_TRAP, ROOT
 
 HELLO = IMAGES / "semihost_hello.elf"
 HELLO_TEXT = "hello from semihosting, 2 + 3 = 5\nputs works too\nand stderr\n"
@@ -59,13 +59,7 @@ EPILOGUE = """
 1:  j 1b
 .balign 4
 trap:
-    csrr t0, mcause
-    sw t0, 0(s0)
-    csrr t0, mepc
-    sw t0, 4(s0)
-    csrr t0, mtval
-    sw t0, 8(s0)
-    li t0, 0x100000
+""" + RECORD_TRAP + """    li t0, 0x100000
     li t1, 0x3333 | (99 << 16)
     sw t1, 0(t0)
 2:  j 2b
