@@ -13,6 +13,15 @@ from emud.machine import Machine
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
 MARCH = ["-march=rv32imac_zicsr_zifencei", "-mabi=ilp32"]
+# Guest assembly for a trap handler: mcause, mepc and mtval into the three words at s0.
+RECORD_TRAP = """
+    csrr t0, mcause
+    sw t0, 0(s0)
+    csrr t0, mepc
+    sw t0, 4(s0)
+    csrr t0, mtval
+    sw t0, 8(s0)
+"""
 
 
 def boot(image: str | Path, **kwargs: int) -> Machine:

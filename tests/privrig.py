@@ -66,3 +66,48 @@ def run_to(hart: Hart, program: Program, label: str = "done", budget: int = 20_0
             return hart
     raise AssertionError(f"pc={hart.pc:#x} never reached {label} ({target:#x}); "
                          f"mcause={hart.mcause:#x} mepc={hart.mepc:#x} mtval={hart.mtval:#x}")
+
+
+# Assembly pieces of the M/U programs.  TRAP_VECTOR points mtvec at `trap`; USER_ALL gives
+# U everything through PMP entry 15, so only the entries under test decide; HANDLER is
+# `trap`: it records mcause/mepc/mtval/mstatus in s2..s5 and goes to `done`.
+TRAP_VECTOR = """
+    la t0, trap
+    csrw mtvec, t0
+"""
+USER_ALL = """
+    li t0, -1
+    csrw pmpaddr15, t0
+    li t0, 0x1f000000        # entry 15: NAPOT, RWX
+    csrw pmpcfg3, t0
+"""
+PROLOGUE = TRAP_VECTOR + USER_ALL
+HANDLER = """
+.balign 4
+trap:
+    csrr s2, mcause
+    csrr s3, mepc
+    csrr s4, mtval
+    csrr s5, mstatus
+done:
+    j done
+"""
+
+
+def enter_user(label: str = "user", mstatus_set: int = 0) -> str:
+    """M-mode code that mrets to U at `label`, with `mstatus_set` set in mstatus first."""
+    set_bits = f"    li t0, {mstatus_set}\n    csrs mstatus, t0\n" if mstatus_set else ""
+    return f"""
+    li t0, 0x1800
+    csrc mstatus, t0         # MPP=U
+{set_bits}    la t0, {label}
+    csrw mepc, t0
+    mret
+"""
+
+
+def to_user(body: str, mstatus_set: int = 0, *, setup: str = "", after: str = "") -> str:
+    """A program that runs `setup` in M, drops to U-mode at `user` and runs `body` there;
+    `after` follows the handler."""
+    return (PROLOGUE + setup + enter_user("user", mstatus_set) + "user:\n" + body + "\n"
+            + HANDLER + after)

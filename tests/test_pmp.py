@@ -10,7 +10,16 @@ from emud.cpu import pmp
 from emud.cpu.csr import PRV_M, Cause
 from emud.cpu.pmp import L, R, Region, W, X
 from emud.loader import load_elf
-from tests.privrig import assemble, make_hart, run_to
+from tests.privrig import (
+    HANDLER,
+    PROLOGUE,
+    TRAP_VECTOR,
+    assemble,
+    enter_user,
+    make_hart,
+    run_to,
+    to_user,
+)
 
 NA4, NAPOT, TOR = pmp.NA4 << 3, pmp.NAPOT << 3, pmp.TOR << 3
 
@@ -82,50 +91,33 @@ def test_addr_locks() -> None:
 
 # Entry 0 (set by each test through s0/s1 = pmpaddr0/pmpcfg0) guards `guarded`; entry 15
 # gives U the rest.  The handler records mcause/mepc/mtval in s2..s4.
-PROGRAM = """
-    la t0, trap
-    csrw mtvec, t0
-    li t0, -1
-    csrw pmpaddr15, t0
-    li t0, 0x1f000000
-    csrw pmpcfg3, t0
-    csrw pmpaddr0, s0
-    csrw pmpcfg0, s1
-    li t0, 0x1800
-    csrc mstatus, t0
-    csrs mstatus, s5         # MPP and MPRV for the test
-    la t0, {start}
-    csrw mepc, t0
-    la a1, guarded
-    mret
-user:
-    {access}
-    ecall
-.balign 4
-trap:
-    csrr s2, mcause
-    csrr s3, mepc
-    csrr s4, mtval
-done:
-    j done
+GUARDED = """
 .balign 64
 guarded:
     .word 0x12345678
     addi a0, a0, 7
     ecall
 .balign 64
-after:
+"""
+GUARD = """
+    csrw pmpaddr0, s0
+    csrw pmpcfg0, s1
+    la a1, guarded
 """
 
 
 def run_guarded(access: str, cfg: int, *, translate: bool = False, mstatus: int = 0,
-                start: str = "user", size: int = 8) -> tuple[int, int, int, dict[str, int]]:
-    program = assemble(PROGRAM.format(access=access, start=start))
+                size: int = 8) -> tuple[int, int, int, dict[str, int]]:
+    """Run `access` at `user` (mret there with MPP=U, then `mstatus` set: MPP/MPRV)."""
+    program = assemble(PROLOGUE + GUARD + enter_user("user", mstatus) + f"""
+user:
+    {access}
+    ecall
+""" + HANDLER + GUARDED)
     guarded = program.symbols["guarded"]
     hart = make_hart(program, translate)
     hart.x[8] = (guarded >> 2) | (size // 8 - 1)
     hart.x[9] = NAPOT | cfg
-    hart.x[21] = mstatus
     run_to(hart, program)
     return hart.x[18], hart.x[19], hart.x[20], program.symbols
 
@@ -161,9 +153,7 @@ def test_user_fetch_needs_x(translate: bool) -> None:
 
 def test_fetch_of_a_straddling_instruction_checks_its_second_half() -> None:
     """A 32-bit instruction whose second half lies past the X region faults at that half."""
-    program = assemble("""
-    la t0, trap
-    csrw mtvec, t0
+    program = assemble(TRAP_VECTOR + """
     la t0, region
     srli t0, t0, 2
     csrw pmpaddr0, t0
@@ -171,18 +161,7 @@ def test_fetch_of_a_straddling_instruction_checks_its_second_half() -> None:
     csrw pmpaddr1, t0
     li t0, 0x0d08            # entry 0 OFF (a TOR base), entry 1 TOR X: [region, region+8)
     csrw pmpcfg0, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, region
-    csrw mepc, t0
-    mret
-.balign 4
-trap:
-    csrr s2, mcause
-    csrr s3, mepc
-    csrr s4, mtval
-done:
-    j done
+""" + enter_user("region") + HANDLER + """
 .balign 64
 region:
     .option push
@@ -201,24 +180,9 @@ region:
 
 
 def test_no_matching_entry_denies_user_and_allows_machine() -> None:
-    program = assemble("""
-    la t0, trap
-    csrw mtvec, t0
+    program = assemble(TRAP_VECTOR + """
     lw a0, 0(sp)             # M: no entry, allowed
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-    nop
-.balign 4
-trap:
-    csrr s2, mcause
-    csrr s4, mtval
-done:
-    j done
-""")
+""" + enter_user() + "user:\n    nop\n" + HANDLER)
     hart = make_hart(program)
     hart.x[2] = 0x8000_1000
     run_to(hart, program)
@@ -247,9 +211,7 @@ def test_a_locked_entry_binds_machine_mode(translate: bool) -> None:
 def test_code_hot_in_machine_mode_is_refetched_under_user_rules(translate: bool) -> None:
     """`shared` is decoded (and translated) in M; U may not execute it: the M-mode
     code must not be reused for U."""
-    program = assemble("""
-    la t0, trap
-    csrw mtvec, t0
+    program = assemble(to_user("    jal shared\n    ecall", setup="""
     li s1, 0
 loop:
     la t1, shared
@@ -262,29 +224,12 @@ loop:
     csrw pmpaddr0, t0
     li t0, 0x13              # NA4, RW: not X
     csrw pmpcfg0, t0
-    li t0, -1
-    csrw pmpaddr15, t0
-    li t0, 0x1f000000
-    csrw pmpcfg3, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-    jal shared
-    ecall
-.balign 4
-trap:
-    csrr s2, mcause
-    csrr s4, mtval
-done:
-    j done
+""", after="""
 .balign 4
 shared:
     addi a0, a0, 1
     ret
-""")
+"""))
     hart = make_hart(program, translate)
     run_to(hart, program)
     assert hart.x[10] == 40
@@ -293,18 +238,7 @@ shared:
 
 def test_pmp_change_drops_code_fetched_under_the_old_rules() -> None:
     """U code runs, M takes X away from it with an ecall, U jumps back: fault."""
-    program = assemble("""
-    la t0, trap
-    csrw mtvec, t0
-    li t0, -1
-    csrw pmpaddr15, t0
-    li t0, 0x1f000000
-    csrw pmpcfg3, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
+    program = assemble(PROLOGUE + enter_user() + """
 user:
     addi a0, a0, 1
     ecall

@@ -13,43 +13,7 @@ from emud.loader import load_elf
 from emud.memory import AddressSpace, Ram
 from emud.monitor import Monitor
 from emud.vmstate import BOOL, UINT32, UINT64, Field, VMStateDescription, VMStateError
-from tests.privrig import Program, assemble, make_hart, run_to
-
-# M-mode prologue: the trap handler records mcause/mepc/mtval/mstatus in s2..s5 and
-# goes to `done`; PMP entry 15 gives U everything, so only the rules under test decide.
-PROLOGUE = """
-    la t0, trap
-    csrw mtvec, t0
-    li t0, -1
-    csrw pmpaddr15, t0
-    li t0, 0x1f000000        # entry 15: NAPOT, RWX
-    csrw pmpcfg3, t0
-"""
-HANDLER = """
-.balign 4
-trap:
-    csrr s2, mcause
-    csrr s3, mepc
-    csrr s4, mtval
-    csrr s5, mstatus
-done:
-    j done
-"""
-
-
-def to_user(body: str, mstatus_set: int = 0) -> str:
-    """A program that drops to U-mode at `user` and runs `body` there."""
-    return PROLOGUE + f"""
-    li t0, 0x1800
-    csrc mstatus, t0         # MPP=U
-    li t0, {mstatus_set}
-    csrs mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-{body}
-""" + HANDLER
+from tests.privrig import HANDLER, PROLOGUE, Program, assemble, make_hart, run_to, to_user
 
 
 def run_user(body: str, translate: bool = False, mstatus_set: int = 0,
@@ -107,36 +71,20 @@ def test_user_access_to_a_machine_csr_is_illegal(csr: str) -> None:
                                            ("cycleh", 0), ("timeh", 1), ("instreth", 2)])
 @pytest.mark.parametrize("enabled", [False, True])
 def test_mcounteren_gates_user_counter_reads(csr: str, bit: int, enabled: bool) -> None:
-    program = assemble(PROLOGUE + f"""
+    program = assemble(to_user(f"    csrr a0, {csr}\n    ecall", setup=f"""
     li t0, {(1 << bit) if enabled else (7 & ~(1 << bit))}
     csrw mcounteren, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-    csrr a0, {csr}
-    ecall
-""" + HANDLER)
+"""))
     hart = make_hart(program)
     run_to(hart, program)
     assert hart.x[18] == (Cause.ECALL_U if enabled else Cause.ILLEGAL_INSN)
 
 
 def test_user_cannot_write_a_user_counter() -> None:
-    program = assemble(PROLOGUE + """
+    program = assemble(to_user("    csrw cycle, zero\n    ecall", setup="""
     li t0, 7
     csrw mcounteren, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-    csrw cycle, zero
-    ecall
-""" + HANDLER)
+"""))
     hart = make_hart(program)
     run_to(hart, program)
     assert hart.x[18] == Cause.ILLEGAL_INSN  # read-only CSR
@@ -163,18 +111,12 @@ def test_wfi_in_user_mode_without_tw_waits() -> None:
 
 @pytest.mark.parametrize("translate", [False, True])
 def test_machine_interrupts_are_taken_in_user_mode_whatever_mie(translate: bool) -> None:
-    program = assemble(PROLOGUE + """
+    program = assemble(to_user("    addi a0, a0, 1\n    j user", setup="""
     li t0, 0x80
     csrw mie, t0             # MTIE
-    li t0, 0x1888
-    csrc mstatus, t0         # MIE=0, MPIE=0, MPP=U: U runs with MIE=0
-    la t0, user
-    csrw mepc, t0
-    mret
-user:
-    addi a0, a0, 1
-    j user
-""" + HANDLER)
+    li t0, 0x88
+    csrc mstatus, t0         # MIE=0, MPIE=0 (and MPP=U): U runs with MIE=0
+"""))
     hart = make_hart(program, translate)
     hart.run(500)
     assert hart.priv == PRV_U and hart.x[10] > 0
@@ -327,7 +269,7 @@ def test_utasks_guest_runs_tasks_in_user_mode_with_timer_preemption(accel: str) 
 
 @pytest.mark.parametrize("enabled", [False, True])
 def test_hpm_counters_read_zero_and_are_gated_for_user(enabled: bool) -> None:
-    program = assemble(PROLOGUE + f"""
+    program = assemble(to_user("    csrr a0, hpmcounter3\n    ecall", setup=f"""
     li t0, -1
     csrw mhpmcounter31, t0   # hardwired to zero: ignored
     csrr s6, mhpmcounter31
@@ -335,16 +277,8 @@ def test_hpm_counters_read_zero_and_are_gated_for_user(enabled: bool) -> None:
     csrr s7, mhpmevent3
     li t0, {1 << 3 if enabled else ~(1 << 3) & 0xFFFF_FFFF}
     csrw mcounteren, t0
-    li t0, 0x1800
-    csrc mstatus, t0
-    la t0, user
-    csrw mepc, t0
     li a0, 77
-    mret
-user:
-    csrr a0, hpmcounter3
-    ecall
-""" + HANDLER)
+"""))
     hart = make_hart(program)
     run_to(hart, program)
     assert hart.x[22] == 0 and hart.x[23] == 0

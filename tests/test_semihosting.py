@@ -19,18 +19,16 @@ from emud.chardev import RingBackend
 from emud.loader import load_elf
 from emud.machine import Machine, RunState
 from emud.semihosting import TICK_HZ, TIME_EPOCH, SemihostingConfig
-from tests.conftest import IMAGES, ROOT
+from tests.conftest import IMAGES, RECORD_TRAP, ROOT
 
 HELLO = IMAGES / "semihost_hello.elf"
 HELLO_TEXT = "hello from semihosting, 2 + 3 = 5\nputs works too\nand stderr\n"
 
-# `call OP, ARG`: a0 = OP, a1 = ARG (an address), the sequence, then a0 is stored in the
-# next word of `results`.  The sequence must stay uncompressed.
+# `sh_call OP, ARG`: a0 = OP, a1 = ARG (an address; `sh_value`: a number), then `sh_trap`:
+# the sequence, and a0 is stored in the next word of `results`.  It must stay uncompressed.
 PRELUDE = """
 .option norelax
-.macro sh_call op, arg
-    li a0, \\op
-    la a1, \\arg
+.macro sh_trap
     .option push
     .option norvc
     slli x0, x0, 0x1f
@@ -40,17 +38,15 @@ PRELUDE = """
     sw a0, 0(s0)
     addi s0, s0, 4
 .endm
+.macro sh_call op, arg
+    li a0, \\op
+    la a1, \\arg
+    sh_trap
+.endm
 .macro sh_value op, value
     li a0, \\op
     li a1, \\value
-    .option push
-    .option norvc
-    slli x0, x0, 0x1f
-    ebreak
-    srai x0, x0, 7
-    .option pop
-    sw a0, 0(s0)
-    addi s0, s0, 4
+    sh_trap
 .endm
 .globl _start
 _start:
@@ -63,13 +59,7 @@ EPILOGUE = """
 1:  j 1b
 .balign 4
 trap:
-    csrr t0, mcause
-    sw t0, 0(s0)
-    csrr t0, mepc
-    sw t0, 4(s0)
-    csrr t0, mtval
-    sw t0, 8(s0)
-    li t0, 0x100000
+""" + RECORD_TRAP + """    li t0, 0x100000
     li t1, 0x3333 | (99 << 16)
     sw t1, 0(t0)
 2:  j 2b

@@ -17,7 +17,7 @@ from emud.cpu.triggers import EXECUTE, LOAD, M_BIT, RESET_TDATA1, STORE, U_BIT, 
 from emud.loader import load_elf
 from emud.machine import Machine
 from emud.vmstate import VMStateDescription, VMStateError
-from tests.conftest import IMAGES, ROOT
+from tests.conftest import IMAGES, RECORD_TRAP, ROOT
 
 TRIGGERS_ELF = IMAGES / "triggers.elf"
 Build = Callable[[str], Path]
@@ -46,13 +46,7 @@ access:
 1:  j 1b
 .balign 4
 trap:
-    csrr t0, mcause
-    sw t0, 0(s0)
-    csrr t0, mepc
-    sw t0, 4(s0)
-    csrr t0, mtval
-    sw t0, 8(s0)
-    lw t0, 12(s0)
+{record_trap}    lw t0, 12(s0)
     addi t0, t0, 1
     sw t0, 12(s0)
     li t0, 0x20000000
@@ -75,7 +69,8 @@ out: .word 0, 0, 0, 0
 
 def run_guest(build_asm: Build, tdata1: int, where: str, access: str,
               accel: str = "translate") -> tuple[list[int], dict[str, int], Machine]:
-    elf = build_asm(GUEST.format(tdata1=tdata1, where=where, access=access))
+    elf = build_asm(GUEST.format(tdata1=tdata1, where=where, access=access,
+                                  record_trap=RECORD_TRAP))
     machine = Machine(RingBackend(), accel=accel)
     machine.load(load_elf(elf))
     assert machine.run_until_poweroff(100_000) == 0

@@ -114,10 +114,11 @@ class Emud:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, image: Path, serial: Path) -> Emud:
+    async def start(cls, image: Path, serial: Path, *extra: str) -> Emud:
+        """`extra`: more `emud run` options."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "emud", "run", str(image), "-S", "--gdb", "tcp:127.0.0.1:0",
-            "-serial", f"file:{serial}", cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+            "-serial", f"file:{serial}", *extra, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         assert proc.stderr is not None
         line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)

@@ -3,15 +3,11 @@ coexist (gdb's breakpoints never write ebreak into guest memory)."""
 
 from __future__ import annotations
 
-import asyncio
-import re
-import signal
-import sys
 from pathlib import Path
 
-from test_gdb_e2e import TIMEOUT, Gdb
+from test_gdb_e2e import Emud, Gdb
 
-from conftest import IMAGES, ROOT
+from conftest import IMAGES
 from emud.loader import load_elf
 
 HELLO = IMAGES / "semihost_hello.elf"
@@ -32,18 +28,11 @@ def semihosting_ebreak() -> int:
 
 async def test_gdb_breakpoints_on_semihosting_calls(tmp_path: Path) -> None:
     console = tmp_path / "console.txt"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emud", "run", str(HELLO), "-S", "--gdb", "tcp:127.0.0.1:0",
-        "--semihosting", "--semihosting-console", f"file:{console}", "-serial", "null",
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    emud = await Emud.start(HELLO, tmp_path / "uart.txt", "--semihosting",
+                            "--semihosting-console", f"file:{console}")
     gdb = await Gdb.start(HELLO)
     try:
-        assert proc.stderr is not None
-        line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)
-        match = re.search(rb"listening on tcp:127\.0\.0\.1:(\d+)", line)
-        assert match, line
-        await gdb.cmd(f"-target-select remote 127.0.0.1:{int(match.group(1))}")
-        await gdb.stopped()
+        await emud.attach(gdb)
         ebreak = semihosting_ebreak()
         await gdb.cmd("-break-insert sys_semihost")
         await gdb.cmd(f"-break-insert *{ebreak:#x}")
@@ -57,6 +46,4 @@ async def test_gdb_breakpoints_on_semihosting_calls(tmp_path: Path) -> None:
         assert console.read_text() == TEXT
     finally:
         await gdb.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), TIMEOUT)
+        await emud.stop()  # the guest's exit ended neither the daemon nor its gdb server
