@@ -306,6 +306,10 @@ class Machine:
             return self._wait() or RunState.RUNNING
         return RunState.RUNNING
 
+    def wait_step(self) -> RunState | None:
+        """One WFI step on its own (record/replay reproduces idle time jumps one by one)."""
+        return self._wait() if self.hart.waiting else None
+
     def _wait(self) -> RunState | None:
         """The hart is in WFI: jump the clock to the next deadline unless it can wake now.
 
