@@ -49,7 +49,9 @@ class Replay:
         self.playing_file = False  # the head is a recorded session's end, not live
         self.on_end: Callable[[], None] | None = None  # a played session reached its end
         self.on_event: Callable[[Event], None] | None = None  # a live event (session file)
-        self.on_branch: Callable[[], None] | None = None  # history restarted (session file)
+        # History restarts (loadvm): called with the old head (icount, events, now_ns)
+        self.on_branch: Callable[[tuple[int, int, int]], None] | None = None
+        self.on_checkpoint: Callable[[], None] | None = None  # live, after each one
         self.breaks: set[int] = set()  # replay-break icounts (QMP)
         self.on_break: Callable[[], None] | None = None
         for serial in machine.serials:
@@ -88,14 +90,14 @@ class Replay:
 
     def restart(self) -> None:
         """A new branch from the machine's present state (start, loadvm): old history goes."""
+        if self.ring.items and self.on_branch is not None:
+            self.on_branch(self.head)
         self.ring.clear()
         self.events = []
         self.delivered = 0
         self.head = self._position()
         self.emitted = self.icount
         self.ring.take(self.machine, 0)
-        if self.on_branch is not None:
-            self.on_branch()
 
     def load_events(self, events: list[Event], end: tuple[int, int]) -> None:
         """Play a recorded session: `events` after the present state, up to `end`
@@ -197,9 +199,11 @@ class Replay:
         last = self.ring.items[-1] if self.ring.items else None
         due = (last.icount if last else 0) + self.interval - self.icount
         state = machine.run_slice(max(1, min(limit, due)))
+        self.head = self._position()
         if last is None or self.icount >= last.icount + self.interval:
             self.ring.take(machine, self.delivered)
-        self.head = self._position()
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
         self.emitted = max(self.emitted, self.icount)
         return state
 
