@@ -178,11 +178,14 @@ class Replay:
 
     def run_slice(self, limit: int = SLICE) -> RunState:
         """One slice of the daemon's run: live, or following the log behind the head."""
+        ahead = [b - self.icount for b in self.breaks if b > self.icount]
+        limit = min([limit, *ahead])
         if not self.replaying:
-            return self._live_slice(limit)
-        state = self._history_slice(limit)
-        if not self.replaying:
-            self._reached_head()
+            state = self._live_slice(limit)
+        else:
+            state = self._history_slice(limit)
+            if not self.replaying:
+                self._reached_head()
         if self.breaks and self.icount in self.breaks and self.on_break is not None:
             self.breaks.discard(self.icount)
             self.on_break()
