@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from emud.chardev import CharBackend
+from emud.cpu.csr import INTERRUPT_BIT
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint
 from emud.machine import SLICE, Machine, RunState
 from emud.replay.checkpoints import Checkpoint, CheckpointRing
@@ -45,6 +46,7 @@ class Replay:
         self.events: list[Event] = []
         self.delivered = 0  # events of the log delivered so far (the position in it)
         self.head = (0, 0, 0)  # (icount, events, now_ns): the newest point of history
+        self.head_pc = machine.hart.pc
         self.emitted = 0  # icount up to which the host has had the output
         self.playing_file = False  # the head is a recorded session's end, not live
         self.on_end: Callable[[], None] | None = None  # a played session reached its end
@@ -67,6 +69,10 @@ class Replay:
     def _position(self) -> tuple[int, int, int]:
         clock = self.machine.clock
         return (clock.icount, self.delivered, clock.now_ns)
+
+    def _set_head(self) -> None:
+        self.head = self._position()
+        self.head_pc = self.machine.hart.pc
 
     @property
     def replaying(self) -> bool:
@@ -95,7 +101,7 @@ class Replay:
         self.ring.clear()
         self.events = []
         self.delivered = 0
-        self.head = self._position()
+        self._set_head()
         self.emitted = self.icount
         self.ring.take(self.machine, 0)
 
@@ -111,7 +117,7 @@ class Replay:
             self._truncate()
         self.events.append(event)
         self.delivered += 1
-        self.head = self._position()
+        self._set_head()
         if self.on_event is not None:
             self.on_event(event)
 
@@ -122,7 +128,7 @@ class Replay:
                 self.icount, self.delivered):
             ring._drop(len(ring.items) - 1)
         self.playing_file = False
-        self.head = self._position()
+        self._set_head()
 
     def _event(self, kind: Kind, a: int = 0, b: int = 0, data: bytes = b"") -> Event:
         clock = self.machine.clock
@@ -202,7 +208,7 @@ class Replay:
         last = self.ring.items[-1] if self.ring.items else None
         due = (last.icount if last else 0) + self.interval - self.icount
         state = machine.run_slice(max(1, min(limit, due)))
-        self.head = self._position()
+        self._set_head()
         if last is None or self.icount >= last.icount + self.interval:
             self.ring.take(machine, self.delivered)
             if self.on_checkpoint is not None:
@@ -267,6 +273,7 @@ class Replay:
             saved, hart.irqs_masked = hart.irqs_masked, False
             try:
                 state = self._history_slice(1)
+                self._enter_pending_irq()
             finally:
                 hart.irqs_masked = saved
             if not self.replaying:
@@ -279,10 +286,27 @@ class Replay:
         if masked and (pending or self._irq_waiting()):
             self.events.append(before)
             self.delivered += 1
-            self.head = self._position()
+            self._set_head()
             if self.on_event is not None:
                 self.on_event(before)
         return state
+
+    def _enter_pending_irq(self) -> None:
+        """A step in history lands where history went next: into the handler of an
+        interrupt taken at this boundary (a live stop there, at a breakpoint in the
+        handler, showed it entered), unless history stepped on with it masked, or
+        this is the head and the live hart had not entered it."""
+        hart = self.machine.hart
+        event = self._next_event()
+        if event is not None and event.icount == self.icount and \
+                event.kind is Kind.MASKED_STEP:
+            return
+        if self._position() >= self.head and hart.pc == self.head_pc:
+            return
+        irq = hart._deliverable_irq()
+        if irq is not None:
+            hart.waiting = False
+            hart.pc = hart.enter_trap(INTERRUPT_BIT | irq, 0, hart.pc)
 
     def _irq_waiting(self) -> bool:
         hart = self.machine.hart
@@ -380,7 +404,9 @@ class Replay:
         """One instruction back; False (and no move) at the start of history."""
         if self.at_start():
             return False
-        return self.seek(self.icount - 1)
+        moved = self.seek(self.icount - 1)
+        self._enter_pending_irq()  # where a forward step in history lands, too
+        return moved
 
     def reverse_continue(self) -> Hit | None:
         """Go back to the latest breakpoint hit or watchpoint trigger before here; None
@@ -405,6 +431,8 @@ class Replay:
                 target = icount + 1 if stop.kind != BREAK else icount
                 self.seek(target)
                 if stop.kind == BREAK:
+                    if self.machine.hart.pc != stop.addr:  # hit on an interrupt's entry
+                        self._enter_pending_irq()
                     stop.pc = self.machine.hart.pc
                     self.machine.hart.debug_stop = stop
                 return Hit(stop, target)

@@ -91,3 +91,32 @@ async def test_reverse_finish_next_and_step(emud: Emud, gdb: Gdb) -> None:
     assert stop["reason"] == "end-stepping-range" and stop["frame"]["func"] == "main"
     stop = await gdb.resume("-exec-step --reverse")
     assert stop["frame"]["func"] in ("main", "bump"), stop
+
+
+async def test_reverse_across_timer_interrupts(tmp_path: Path) -> None:
+    """hpet_timers.elf: back over the entry of a timer interrupt and forward again."""
+    image = COUNTER.parent / "hpet_timers.elf"
+    daemon = await Emud.start(image, tmp_path / "uart.txt")
+    gdb = await Gdb.start(image)
+    try:
+        await daemon.attach(gdb)
+        await gdb.cmd("-break-insert trap_handler")
+        await gdb.resume()
+        await gdb.resume()  # the second interrupt's handler
+        assert int(await gdb.value("$mcause")) < 0  # an interrupt, not an exception
+        await gdb.cmd("-break-delete")
+        states = [await registers(gdb)]
+        for _ in range(25):  # back out of the handler into the interrupted code
+            await gdb.resume("-exec-step-instruction --reverse")
+            states.append(await registers(gdb))
+        assert states[-1][32] != states[0][32]
+        for expected in reversed(states[:-1]):
+            await gdb.resume("-exec-step-instruction")
+            assert await registers(gdb) == expected
+        await gdb.cmd("-break-insert trap_handler")
+        stop = await gdb.resume("-exec-continue --reverse")  # the first interrupt's entry
+        assert stop["reason"] == "breakpoint-hit" and stop["frame"]["func"] == "trap_handler"
+        assert int(await gdb.value("$mcause")) < 0
+    finally:
+        await gdb.close()
+        await daemon.stop()
