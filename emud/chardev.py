@@ -49,6 +49,11 @@ class CharBackend:
         # Set while sources may read more input (see INPUT_BACKLOG).
         self.input_room = asyncio.Event()
         self.input_room.set()
+        # Record/replay (emud/replay): host input goes through `input_hook` (which logs it,
+        # or refuses it while a recorded session replays: False); `muted` drops output the
+        # host already received, while history is re-executed.
+        self.input_hook: Callable[[CharBackend, bytes], bool] | None = None
+        self.muted = False
 
     def attach(self, frontend: CharFrontend) -> None:
         self._frontend = frontend
@@ -61,8 +66,28 @@ class CharBackend:
 
     def feed(self, data: bytes) -> None:
         """Input from the host side, in arrival order."""
+        if self.input_hook is not None and not self.input_hook(self, data):
+            return
+        self.deliver(data)
+
+    def deliver(self, data: bytes) -> None:
+        """Input handed to the machine's port (a live feed, or a recorded one replayed)."""
         self._held += data
         self.accept_input()
+
+    @property
+    def held(self) -> bytes:
+        return bytes(self._held)
+
+    @held.setter
+    def held(self, data: bytes) -> None:
+        """Restore the held input of a replay checkpoint (it is part of the machine's past)."""
+        self._held[:] = data
+
+    def transmit(self, data: bytes) -> None:
+        """Output from the device: to `write`, unless the host already had it (`muted`)."""
+        if not self.muted:
+            self.write(data)
 
     def accept_input(self) -> None:
         """The front end may take more: deliver what is held, as far as it goes."""

@@ -42,17 +42,33 @@ from emud.listen import (
     parse_address,
     runtime_dirs,
 )
-from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE
+from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
 from emud.monitor import Monitor
 from emud.monitor.commands import EMUD_VERSION
 from emud.monitor.qmp import QmpServer
 from emud.pidfile import Pidfile, PidfileError
+from emud.replay import DEFAULT_BUDGET, Replay, sessionfile
+from emud.replay.sessionfile import SessionError, SessionWriter
 from emud.semihosting import SemihostingConfig
 from emud.snapshots import ExportDir, StoreError
 from emud.timeline import Recorder
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
+
+
+def parse_budget(text: str) -> int:
+    """--replay-budget: bytes with an optional K/M/G suffix; 0 turns reverse execution off."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].lower()]) if text[-1:].lower() in units \
+        else (text, 1)
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256M, 1G, 0)")
+    size = int(number) * unit
+    if 0 < size < 32 << 20:
+        raise argparse.ArgumentTypeError(f"replay budget {text!r} is below 32M (two "
+                                         "checkpoints of RAM must fit), or 0 for off")
+    return size
 
 
 def parse_size(text: str) -> int:
@@ -287,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tcp-host-files", action="store_true",
                      help="allow snapshot export/import through gdb or QMP on TCP, which every "
                           "local user can reach (refused there by default)")
+    run.add_argument("--record", metavar="FILE",
+                     help="write the session (initial state and every input) to FILE "
+                          "(docs/replay.md)")
+    run.add_argument("--replay", metavar="FILE",
+                     help="replay a session recorded with --record (same image and -m); "
+                          "it pauses at the recording's end")
+    run.add_argument("--replay-budget", type=parse_budget, default=DEFAULT_BUDGET,
+                     metavar="SIZE",
+                     help="memory for reverse-execution checkpoints (default 256M; 0 turns "
+                          "recording and reverse execution off)")
     run.add_argument("--trace", "-trace", dest="trace", action=TraceAction, default=[],
                      metavar="PATTERN",
                      help="enable trace events matching the glob (QEMU's names, e.g. 'hpet_*'; "
@@ -422,8 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         recorder = Recorder(machine.core, args.trace_file, args.vcd) \
             if args.trace_file or args.vcd else None
     except OSError as e:
-        close_all(serials)
+        machine.close()
         print(f"emud: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        replay, writer = start_replay(machine.core, args.record, args.replay,
+                                      args.replay_budget)
+    except (SessionError, OSError) as e:
+        if recorder:
+            recorder.close()
+        machine.close()
+        print(f"emud: {e}", file=sys.stderr)
         return 1
     detached = Detached() if args.daemonize else None
 
@@ -441,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                             export_dir=args.export_dir, tcp_host_files=args.tcp_host_files)
     if recorder:
         recorder.attach_daemon(daemon)
+    if replay is not None:
+        daemon.attach_replay(replay)
     try:
         stdio = any(isinstance(serial, StdioBackend) for serial in serials)
         with terminal_cbreak() if stdio else contextlib.nullcontext():
@@ -456,12 +493,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if writer is not None:
+            writer.close(machine.core.clock.icount, machine.core.clock.now_ns)
         if recorder:
             recorder.close()  # the JSON array's "]": after SIGTERM and guest poweroff too
         log.set_file(None)
         machine.close()  # the serials, the semihosting console and its host files
         if pidfile:
             pidfile.remove()
+
+
+def start_replay(machine: Machine, record: str | None, play: str | None, budget: int
+                 ) -> tuple[Replay | None, SessionWriter | None]:
+    """Reverse execution (unless the budget is 0), a session to play, one to write."""
+    if record and play:
+        raise SessionError("--record and --replay cannot be combined")
+    if not budget:
+        if record or play:
+            raise SessionError("--record and --replay need a --replay-budget above 0")
+        return None, None
+    session = sessionfile.load(play, machine) if play else None
+    replay = Replay(machine, budget=budget)
+    if session is not None:
+        replay.load_events(session.events, session.end)
+        if not session.complete:
+            print(f"emud: {play}: the recording did not end cleanly; it replays up to "
+                  f"icount {session.end[0]}", file=sys.stderr)
+    writer = None
+    if record:
+        writer = SessionWriter(record, machine)
+        out = writer
+        replay.on_event = out.event
+        replay.on_checkpoint = lambda: out.mark(machine.clock.icount, machine.clock.now_ns)
+
+        def branch(head: tuple[int, int, int]) -> None:
+            out.close(head[0], head[2])
+            print(f"emud: {record}: loadvm started a new branch of history; the file ends "
+                  "before it", file=sys.stderr)
+
+        replay.on_branch = branch
+    return replay, writer
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from emud.machine import SLICE, Machine, RunState
 
 if TYPE_CHECKING:
     from emud.monitor import SnapshotHook
+    from emud.replay import Replay
 
 # A listener gets (event name, data), e.g. ("STOP", {}), ("SHUTDOWN", {"guest": True}).
 Listener = Callable[[str, dict[str, Any]], None]
@@ -45,6 +46,16 @@ class Daemon:
         self.run_for_targets: list[int] = []  # virtual ns each pending run-for stops at
         # savevm/loadvm/delvm for every monitor door (QMP, shell, gdb); None = not available
         self.snapshots: SnapshotHook | None = None
+        # Record/replay (emud/replay): every slice goes through it; None = not recording
+        self.replay: Replay | None = None
+
+    def attach_replay(self, replay: Replay) -> None:
+        self.replay = replay
+        replay.on_end = replay.on_break = self.stop  # a played session's end, replay-break
+
+    def _run_slice(self, limit: int = SLICE) -> RunState:
+        replay = self.replay
+        return replay.run_slice(limit) if replay is not None else self.machine.run_slice(limit)
 
     # --- events and run control ---------------------------------------------------
 
@@ -74,6 +85,8 @@ class Daemon:
 
     def system_reset(self) -> None:
         self.machine.reset()
+        if self.replay is not None:
+            self.replay.reset_done()
         if self.status == "shutdown":
             self.status = "paused"
         self.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
@@ -87,7 +100,7 @@ class Daemon:
 
     def step(self) -> RunState:
         """Execute one instruction while paused (gdb `s`); long steps are `step_async`."""
-        state = self.machine.run_slice(1)
+        state = self.replay.step() if self.replay is not None else self.machine.run_slice(1)
         self._after_slice(state)
         return state
 
@@ -107,7 +120,7 @@ class Daemon:
         try:
             while done < count and not (self._step_cancelled or self.quit_requested):
                 before = clock.icount
-                state = self.machine.run_slice(min(count - done, SLICE))
+                state = self._run_slice(min(count - done, SLICE))
                 done += max(1, clock.icount - before)
                 if state is not RunState.RUNNING:
                     break
@@ -171,7 +184,7 @@ class Daemon:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            state = machine.run_slice()
+            state = self._run_slice()
             self._after_slice(state)
             if state is RunState.IDLE:
                 self.wake.clear()

@@ -24,11 +24,13 @@ from emud.daemon import Daemon
 from emud.machine import RunState
 from emud.memory import BusError
 from emud.monitor import Monitor, MonitorError, hmp_error_text
+from emud.replay.events import CSR_REG
 from gdbstub.server import GdbServer
 from gdbstub.target import (
     BreakpointHit,
     Exited,
     Halted,
+    HistoryEnd,
     Interrupted,
     Stepped,
     StopReason,
@@ -206,7 +208,15 @@ class EmudTarget:
                 return False
         else:
             return False
+        self._written_register(regnum, value)
         return True
+
+    def _written_register(self, regnum: int, value: int) -> None:
+        replay = self.daemon.replay
+        if replay is not None and 0 < regnum <= PC_REGNUM:
+            replay.register_written(regnum, value)
+        elif replay is not None and regnum - CSR_REGBASE in CSRS:
+            replay.register_written(CSR_REG + regnum - CSR_REGBASE, value)
 
     # --- memory (side-effect free reads) -------------------------------------------------
 
@@ -232,6 +242,13 @@ class EmudTarget:
         return bytes(out)
 
     def write_memory(self, addr: int, data: bytes) -> bool:
+        if not self._write_memory(addr, data):
+            return False
+        if self.daemon.replay is not None:
+            self.daemon.replay.memory_written(addr, data)
+        return True
+
+    def _write_memory(self, addr: int, data: bytes) -> bool:
         bus = self.machine.bus
         try:
             if bus.ram.contains(addr, len(data)):
@@ -297,6 +314,29 @@ class EmudTarget:
             del self._watch[key]  # no zero counts left behind to grow with every address
             self.hart.remove_watchpoint(Watchpoint(addr, length, kind.value))
         return True
+
+    # --- reverse execution (emud/replay) ------------------------------------------------
+
+    def reverse(self) -> EmudTarget | None:
+        return self if self.daemon.replay is not None else None
+
+    def reverse_step(self) -> StopReason:
+        replay = self.daemon.replay
+        assert replay is not None
+        return Stepped() if replay.reverse_step() else HistoryEnd(begin=True)
+
+    def reverse_continue(self) -> StopReason:
+        """The latest breakpoint hit or watchpoint trigger before here.  A watchpoint
+        leaves the hart just after the writing instruction, with the data address."""
+        replay = self.daemon.replay
+        assert replay is not None
+        hit = replay.reverse_continue()
+        if hit is None:
+            return HistoryEnd(begin=True)
+        stop = hit.stop
+        if stop.kind == BREAK:
+            return BreakpointHit(hardware=stop.addr in self._hw and stop.addr not in self._sw)
+        return WatchpointHit(WatchKind(stop.kind), stop.addr)
 
     # --- monitor ----------------------------------------------------------------------
 

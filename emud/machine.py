@@ -217,6 +217,13 @@ class Machine:
             for n, (name, output) in enumerate(wired):
                 connect(f"{slot.id}.{name}", output, controller, str(slot.irq + n))
 
+    @property
+    def input_ports(self) -> list[CharBackend]:
+        """Every backend whose input the guest reads: the serial ports in order, then the
+        semihosting console (record/replay logs and checkpoints them by this index)."""
+        console = [self.semihosting.console] if self.semihosting is not None else []
+        return [*self.serials, *console]
+
     def device(self, ident: str) -> Device:
         """The board's device with this id."""
         node = self._node(ident)
@@ -320,6 +327,10 @@ class Machine:
         if hart.waiting:
             return self._wait() or RunState.RUNNING
         return RunState.RUNNING
+
+    def wait_step(self) -> RunState | None:
+        """One WFI step on its own (record/replay reproduces idle time jumps one by one)."""
+        return self._wait() if self.hart.waiting else None
 
     def _wait(self) -> RunState | None:
         """The hart is in WFI: jump the clock to the next deadline unless it can wake now.

@@ -85,7 +85,6 @@ MAX_PATH = 4096
 # One READ/WRITE moves at most this much per call (the guest sees a short count and
 # retries), so a call never stalls the event loop for long.
 MAX_TRANSFER = 1 << 20
-INPUT_BUFFER = 4096  # console input the handler takes ahead of the guest's reads
 
 # SYS_OPEN modes (r, rb, r+, r+b, w, wb, w+, w+b, a, ab, a+, a+b) -> host flags
 OPEN_FLAGS = (os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -130,7 +129,8 @@ class Semihosting:
         self.heap_base = 0  # first byte after the image (Machine.load sets it)
         self.cmdline = config.cmdline or ""  # Machine.load fills in the default
         self.handles: dict[int, Handle] = {}
-        self.input = bytearray()
+        self.input = bytearray()  # filled only inside _take_input (see can_receive)
+        self._wanted = 0
         self.dir_fd: int | None = None
         if config.files_dir is not None:
             self.dir_fd = os.open(config.files_dir,
@@ -149,7 +149,10 @@ class Semihosting:
     # --- console input (CharFrontend) ---------------------------------------------------
 
     def can_receive(self) -> int:
-        return INPUT_BUFFER - len(self.input)
+        # Console input waits in the backend until a READ/READC takes it: the handler
+        # holds none between instructions, so the machine's state (snapshots, replay
+        # checkpoints) never misses input taken ahead.
+        return self._wanted - len(self.input)
 
     def receive(self, data: bytes) -> int:
         self.input += data
@@ -161,14 +164,16 @@ class Semihosting:
         Judged from the hart's state alone (its pc is at a READC or READ call), so it
         holds after a snapshot of a waiting hart is loaded too.
         """
-        return bool(self.input) and hart.x[10] in (Sys.READC, Sys.READ) and \
+        return bool(self.console.pending_input) and hart.x[10] in (Sys.READC, Sys.READ) and \
             is_semihosting_call(hart, hart.pc)
 
-    def _take_input(self, count: int) -> bytes:
-        data = bytes(self.input[:count])
-        del self.input[:count]
-        self.console.accept_input()
-        return data
+    def _take_input(self, count: int) -> bytes | None:
+        self._wanted = count
+        self.console.accept_input()  # receive() takes up to `count` held bytes
+        self._wanted = 0
+        data = bytes(self.input)
+        self.input.clear()
+        return data or None
 
     # --- the call ------------------------------------------------------------------
 
@@ -192,13 +197,14 @@ class Semihosting:
         mem = Memory(hart.bus)
         match op:
             case Sys.WRITEC:
-                self.console.write(mem.read(arg, 1))
+                self.console.transmit(mem.read(arg, 1))
                 return 0
             case Sys.WRITE0:
-                self.console.write(mem.string(arg))
+                self.console.transmit(mem.string(arg))
                 return 0
             case Sys.READC:
-                return self._take_input(1)[0] if self.input else None
+                data = self._take_input(1)
+                return data[0] if data else None
             case Sys.OPEN:
                 path, mode, length = mem.words(arg, 3)
                 return self._open(mem.read(path, length) if length <= MAX_PATH else b"", mode)
@@ -381,7 +387,7 @@ class Semihosting:
         if isinstance(handle, str):
             if handle == STDIN:
                 raise GuestError(errno.EBADF)
-            self.console.write(data)
+            self.console.transmit(data)
             return len(data)
         if isinstance(handle, _Features):
             raise GuestError(errno.EBADF)
@@ -397,7 +403,7 @@ class Semihosting:
                 raise GuestError(errno.EBADF)
             if not count:
                 return b""
-            return self._take_input(count) if self.input else None
+            return self._take_input(min(count, MAX_TRANSFER))
         if isinstance(handle, _Features):
             data = FEATURES[handle.pos:handle.pos + count]
             handle.pos += len(data)

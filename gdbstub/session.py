@@ -34,7 +34,9 @@ from gdbstub.codec import (
 from gdbstub.target import (
     BreakpointHit,
     Exited,
+    HistoryEnd,
     Interrupted,
+    Reverse,
     StopReason,
     Target,
     WatchKind,
@@ -157,6 +159,8 @@ class Session:
                 why = kind + b":;" if kind + b"+" in self.gdb_features else b""
             case WatchpointHit(kind, addr):
                 why = b"%s:%x;" % (kind.value.encode(), addr)
+            case HistoryEnd(begin):
+                why = b"replaylog:%s;" % (b"begin" if begin else b"end")
         registers = b"".join(b"%02x:%s;" % (n, self._register_hex(n))
                              for n in self.target.expedited_registers)
         return b"T" + signal + why + registers + b"thread:" + THREAD + b";"
@@ -320,7 +324,27 @@ class Session:
             features.append(b"qXfer:memory-map:read+")
         if self.target.breakpoints() is not None:
             features += [b"swbreak+", b"hwbreak+"]
+        if self._reverse_capability() is not None:
+            features += [b"ReverseStep+", b"ReverseContinue+"]
         return b";".join(features)
+
+    def _reverse_capability(self) -> Reverse | None:
+        """Targets written before reverse execution existed need not have the accessor."""
+        accessor = getattr(self.target, "reverse", None)
+        return accessor() if accessor is not None else None
+
+    def _reverse(self, payload: bytes) -> bytes | None:
+        """`bs` / `bc`: answered with a stop reply, like the forward resume packets."""
+        reverse = self._reverse_capability()
+        if reverse is None or payload not in (b"bs", b"bc"):
+            return b""
+        self.running = True
+        if self.interrupt_pending:
+            self.interrupt_pending = False
+            self.stopped(Interrupted())
+            return None
+        self.stopped(reverse.reverse_step() if payload == b"bs" else reverse.reverse_continue())
+        return None
 
     def _no_ack(self, payload: bytes) -> None:
         self._send(b"OK")
@@ -400,6 +424,7 @@ _HANDLERS: dict[bytes, Handler] = {
     b"z": Session._z,
     b"D": Session._detach,
     b"k": Session._kill,
+    b"b": Session._reverse,
     b"H": Session._thread_ok,
     b"T": Session._thread_ok,
 }

@@ -59,7 +59,16 @@ class Exited:
     code: int
 
 
-StopReason = Halted | Stepped | BreakpointHit | WatchpointHit | Interrupted | Exited
+@dataclass(frozen=True)
+class HistoryEnd:
+    """Reverse execution reached the start of the recorded history (`replaylog:begin`),
+    or forward replay its end (`replaylog:end`)."""
+
+    begin: bool = True
+
+
+StopReason = (Halted | Stepped | BreakpointHit | WatchpointHit | Interrupted | Exited
+              | HistoryEnd)
 
 
 # --- the target ------------------------------------------------------------------
@@ -79,6 +88,13 @@ class Monitor(Protocol):
     def monitor_command(self, command: str) -> str:
         """Run one `monitor …` line; returns its text output (errors included)."""
         ...
+
+
+class Reverse(Protocol):
+    """Reverse execution (`bs`, `bc`): each returns how it stopped, at once."""
+
+    def reverse_step(self) -> StopReason: ...
+    def reverse_continue(self) -> StopReason: ...
 
 
 class Target(Protocol):
@@ -115,4 +131,6 @@ class Target(Protocol):
     def breakpoints(self) -> Breakpoints | None: ...
     def watchpoints(self) -> Watchpoints | None: ...
     def monitor(self) -> Monitor | None: ...
+    # Optional, and not part of this protocol so that older targets stay valid:
+    # `def reverse(self) -> Reverse | None` gives reverse execution (`bs`, `bc`).
     def memory_map(self) -> str | None: ...

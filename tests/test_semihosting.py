@@ -562,3 +562,42 @@ def test_qemu_spelling_of_the_option(build_asm: Build) -> None:
     assert "unsupported -semihosting-config item 'chardev=c0'" in done.stderr
     done = emud_run("-semihosting-config", "enable=off", "-serial", "null", str(elf))
     assert done.returncode == 99  # off: the first call's ebreak traps (cause 3)
+
+
+def test_console_input_is_recorded_and_replays_without_repeating_output(
+        build_asm: Build) -> None:
+    """Under record/replay the semihosting console is an input port like a UART: its
+    input is logged and lives in the checkpoints, so going back and forward again
+    reproduces the reads, and output the host already had is not written twice."""
+    from emud.replay import Replay
+
+    body = """
+    sh_value 0x07, 0
+    la a1, char
+    sb a0, 0(a1)
+    li a0, 0x03
+    sh_trap
+    sh_value 0x07, 0
+    """
+    machine = semihosted(guest(build_asm, body, "char: .byte 0\n"))
+    replay = Replay(machine, interval=5)
+    for _ in range(100):
+        if replay.run_slice() is RunState.IDLE:  # in the first READC
+            break
+    assert machine.hart.x[10] == 0x07 and machine.clock.icount < 20
+    assert machine.semihosting is not None
+    machine.semihosting.console.feed(b"xy")
+    while machine.exit_code is None:
+        replay.run_slice()
+    final = (machine.clock.icount, machine.hart.pc, tuple(machine.hart.x))
+    assert results(machine, 3)[::2] == [ord("x"), ord("y")]
+    assert console(machine) == b"x"
+    assert [e.data for e in replay.events] == [b"xy"]
+    for icount in range(final[0] - 1, 0, -1):  # back to the start, one instruction at a time
+        assert replay.seek(icount)
+    assert machine.semihosting.console.pending_input == 0  # before the input was given
+    while machine.clock.icount < final[0]:
+        replay.run_slice()
+    assert (machine.clock.icount, machine.hart.pc, tuple(machine.hart.x)) == final
+    assert results(machine, 3)[::2] == [ord("x"), ord("y")]
+    assert console(machine) == b""  # the host already had the "x"

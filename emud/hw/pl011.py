@@ -143,7 +143,7 @@ class PL011(Device):
         `accept_input` tells it the device may take more now."""
         if ctx.serial is not None:
             serial = ctx.serial
-            self.transmit = serial.write
+            self.transmit = serial.transmit
             self.accept_input = serial.accept_input
             serial.attach(self)
 

@@ -25,6 +25,7 @@ a renderer over that data.  The doors:
   "Snapshots are not available".
 """
 
+from emud.monitor import replay as _replay_commands  # noqa: F401 - registers them
 from emud.monitor.core import Monitor, SnapshotHook, hmp_error_text
 from emud.monitor.errors import MonitorError
 from emud.monitor.snapshots import SnapshotService

@@ -482,6 +482,8 @@ def _write_memory(m: Monitor, addr: int, data: bytes) -> None:
             raise BusError(addr)
     except BusError:
         raise MonitorError(f"Cannot access memory at 0x{addr:x}") from None
+    if m.daemon.replay is not None:  # an input of the recorded run
+        m.daemon.replay.memory_written(addr, data)
 
 
 @command(qmp="x-emud-memory-read", args="addr:l,size:l,physical:b?")

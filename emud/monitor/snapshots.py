@@ -119,6 +119,8 @@ class SnapshotService:
         if was_running:
             daemon.stop("restore-vm")
         apply()
+        if daemon.replay is not None:  # a new branch of history starts here
+            daemon.replay.restart()
         if daemon.status in ("shutdown", "restore-vm"):
             daemon.status = "paused"  # the guest lives again; `cont` runs it
         if was_running:

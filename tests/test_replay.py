@@ -1,0 +1,173 @@
+"""Record/replay and reverse execution in process: states, interrupts, inputs, files."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGES
+from emud.chardev import CharBackend
+from emud.loader import load_elf
+from emud.machine import Machine, RunState
+from emud.replay import Replay
+from emud.replay.sessionfile import SessionError, SessionWriter, load, parse
+
+SEED = 10
+
+
+class Capture(CharBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+
+def machine(image: str, serial: CharBackend | None = None) -> Machine:
+    m = Machine(serial or CharBackend())
+    m.load(load_elf(IMAGES / image))
+    return m
+
+
+def state(m: Machine) -> tuple[object, ...]:
+    hart = m.hart
+    return (m.clock.icount, m.clock.now_ns, hart.pc, tuple(hart.x), hart.mstatus, hart.mip,
+            hart.mcause, hart.mepc, hashlib.sha256(m.ram.data).hexdigest())
+
+
+def run_recording(replay: Replay, m: Machine, insns: int, feeds: dict[int, bytes],
+                  every: int = 997) -> dict[int, tuple[object, ...]]:
+    """Run live in small slices, feeding host input at chosen counts (or when the guest
+    sleeps with nothing to wake it); returns the state seen at each slice boundary."""
+    seen: dict[int, tuple[object, ...]] = {}
+    pending = sorted(feeds.items())
+    idle = False
+    while m.clock.icount < insns:
+        while pending and (pending[0][0] <= m.clock.icount or idle):
+            m.serial.feed(pending.pop(0)[1])
+            seen[m.clock.icount] = state(m)  # a position is after the inputs at its count
+            idle = False
+        run = replay.run_slice(every)
+        seen[m.clock.icount] = state(m)
+        if run is RunState.POWEROFF or (run is RunState.IDLE and not pending):
+            break
+        idle = run is RunState.IDLE
+    return seen
+
+
+def test_seeks_across_timer_interrupts_reproduce_every_state() -> None:
+    m = machine("hpet_timers.elf")
+    replay = Replay(m, interval=50_000)
+    seen = run_recording(replay, m, 400_000, {})
+    exit_code = m.exit_code
+    assert any(int(str(s[6])) >> 31 for s in seen.values()), "the guest took interrupts"
+    rng = random.Random(SEED)
+    for icount in rng.sample(sorted(seen), 25) + [max(seen)]:
+        assert replay.seek(icount)
+        assert state(m) == seen[icount], icount
+    replay.seek(replay.head[0])
+    assert replay.mode == "record" and m.exit_code == exit_code  # at the head again
+
+
+def test_reverse_steps_then_steps_across_uart_input_interrupts() -> None:
+    out = Capture()
+    m = machine("uart_echo.elf", out)
+    replay = Replay(m, interval=20_000)
+    seen = run_recording(replay, m, 150_000, {3_000: b"abc", 3_100: b"de", 9_000: b"fgh"})
+    live_output = bytes(out.out)
+    assert b"abcdefgh" in live_output
+    head = m.clock.icount
+    inputs = [e.icount for e in replay.events]
+    assert len(inputs) == 3
+    for icount in sorted(seen):
+        assert replay.seek(icount) and state(m) == seen[icount], icount
+    replay.seek(inputs[1] + 40)  # just after the second input's interrupt
+    back = [state(m)]
+    for _ in range(50):
+        assert replay.reverse_step()
+        back.append(state(m))
+    for expected in reversed(back[:-1]):
+        replay.step()
+        assert state(m) == expected
+    while m.clock.icount < head:  # on to the head: the output is not sent again
+        replay.run_slice()
+    assert state(m) == seen[head]
+    assert bytes(out.out) == live_output
+    m.serial.feed(b"q")  # live again: input is taken and logged
+    for _ in range(50):
+        replay.run_slice()
+    assert m.exit_code == 0 and b"echo: 9 bytes" in bytes(out.out)
+
+
+def test_reverse_continue_reports_the_last_watchpoint_trigger() -> None:
+    from emud.cpu.debug import WATCH, Watchpoint
+
+    m = machine("counter.elf")
+    replay = Replay(m, interval=30_000)
+    run_recording(replay, m, 200_000, {})
+    counter = load_elf(IMAGES / "counter.elf").symbols["counter"]
+    value = m.bus.read(counter, 4)
+    m.hart.add_watchpoint(Watchpoint(counter, 4, WATCH))
+    hit = replay.reverse_continue()
+    assert hit is not None and hit.stop.addr == counter
+    assert m.bus.read(counter, 4) == value  # just after the write of the last value
+    assert replay.reverse_step() and m.bus.read(counter, 4) == value - 1
+
+
+def record_session(tmp_path: Path) -> tuple[Path, tuple[object, ...], bytes]:
+    out = Capture()
+    m = machine("uart_echo.elf", out)
+    replay = Replay(m, interval=20_000)
+    path = tmp_path / "s.rr"
+    writer = SessionWriter(path, m)
+    replay.on_event = writer.event
+    run_recording(replay, m, 200_000, {2_000: b"hi", 6_000: b"there q"})
+    assert m.exit_code == 0
+    writer.close(m.clock.icount, m.clock.now_ns)
+    return path, state(m), bytes(out.out)
+
+
+def test_a_recorded_session_replays_byte_for_byte(tmp_path: Path) -> None:
+    path, final, output = record_session(tmp_path)
+    assert path.stat().st_mode & 0o077 == 0
+    out = Capture()
+    m = machine("uart_echo.elf", out)
+    session = load(path, m)
+    replay = Replay(m)
+    replay.load_events(session.events, session.end)
+    m.serial.feed(b"ignored")  # host input is refused while the session plays
+    while replay.mode == "play" and m.exit_code is None:
+        replay.run_slice()
+    assert bytes(out.out) == output and state(m) == final
+
+
+def test_bad_session_files_are_refused_naming_the_problem(tmp_path: Path) -> None:
+    path, _, _ = record_session(tmp_path)
+    data = path.read_bytes()
+    with pytest.raises(SessionError, match="truncated"):
+        parse(data[: len(data) - 3])
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2] ^= 0x40
+    with pytest.raises(SessionError, match="corrupt record"):
+        parse(bytes(corrupt))
+    with pytest.raises(SessionError, match="not an emud session file"):
+        parse(b"hello" + data)
+    with pytest.raises(SessionError, match="recorded with uart_echo.elf .* this run has "
+                                           "counter.elf"):
+        load(path, machine("counter.elf"))
+    small = Machine(CharBackend(), ram_size=8 << 20)
+    small.load(load_elf(IMAGES / "uart_echo.elf"))
+    with pytest.raises(SessionError, match="16777216 bytes of RAM, this run has 8388608"):
+        load(path, small)
+
+
+def test_checkpoints_stay_under_the_budget() -> None:
+    m = machine("compute.elf")
+    replay = Replay(m, budget=40 << 20, interval=5_000)
+    run_recording(replay, m, 400_000, {}, every=5_000)
+    assert replay.ring.memory <= 40 << 20
+    assert len(replay.ring.items) > 3
