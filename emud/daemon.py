@@ -15,7 +15,7 @@ import sys
 import termios
 import tty
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from emud.machine import SLICE, Machine, RunState
 
@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
 # A listener gets (event name, data), e.g. ("STOP", {}), ("SHUTDOWN", {"guest": True}).
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+class Job(Protocol):
+    """Long work on a paused machine (a reverse-continue), done by the run loop one
+    bounded slice at a time so the loop keeps serving every client."""
+
+    def advance(self) -> bool:
+        """One slice; True when the job has ended (it reported its own result)."""
+        ...
+
+    def cancel(self) -> None:
+        """End it now, leaving the machine in a consistent state (and report that)."""
+        ...
 
 
 class Daemon:
@@ -48,6 +61,7 @@ class Daemon:
         self.snapshots: SnapshotHook | None = None
         # Record/replay (emud/replay): every slice goes through it; None = not recording
         self.replay: Replay | None = None
+        self.job: Job | None = None  # runs before anything else the loop would do
 
     def attach_replay(self, replay: Replay) -> None:
         self.replay = replay
@@ -56,6 +70,24 @@ class Daemon:
     def _run_slice(self, limit: int = SLICE) -> RunState:
         replay = self.replay
         return replay.run_slice(limit) if replay is not None else self.machine.run_slice(limit)
+
+    # --- jobs ---------------------------------------------------------------------
+
+    def start_job(self, job: Job) -> None:
+        """Run `job` from the loop; one at a time (a new one cancels the old)."""
+        self.cancel_job()
+        self.job = job
+        self.wake.set()
+
+    def cancel_job(self) -> None:
+        """Any run control (stop, cont, reset) ends a job first: one driver at a time."""
+        job, self.job = self.job, None
+        if job is not None:
+            job.cancel()
+
+    def _advance_job(self, job: Job) -> None:
+        if job.advance() and self.job is job:
+            self.job = None
 
     # --- events and run control ---------------------------------------------------
 
@@ -66,6 +98,7 @@ class Daemon:
     def stop(self, status: str = "paused") -> None:
         """Pause the guest at the current slice boundary (QMP `stop`); ends a monitor step."""
         self._step_cancelled = self.stepping
+        self.cancel_job()
         if self.running:
             self.running = False
             self.status = status
@@ -77,6 +110,7 @@ class Daemon:
 
         A monitor step in progress ends first, so only the run loop drives the hart."""
         self._step_cancelled = self.stepping
+        self.cancel_job()
         if not self.running and self.machine.exit_code is None:
             self.running = True
             self.status = "running"
@@ -84,6 +118,7 @@ class Daemon:
         self.wake.set()
 
     def system_reset(self) -> None:
+        self.cancel_job()
         self.machine.reset()
         if self.replay is not None:
             self.replay.reset_done()
@@ -180,6 +215,10 @@ class Daemon:
         """Serve until quit; returns the guest's exit code (0 if it never powered off)."""
         machine = self.machine
         while not self.quit_requested:
+            if self.job is not None:
+                self._advance_job(self.job)
+                await asyncio.sleep(0)
+                continue
             if not self.running:
                 self.wake.clear()
                 await self.wake.wait()

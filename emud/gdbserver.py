@@ -24,6 +24,7 @@ from emud.daemon import Daemon
 from emud.machine import RunState
 from emud.memory import BusError
 from emud.monitor import Monitor, MonitorError, hmp_error_text
+from emud.replay.engine import Hit, ReverseSearch
 from emud.replay.events import CSR_REG
 from gdbstub.server import GdbServer
 from gdbstub.target import (
@@ -159,7 +160,9 @@ class EmudTarget:
         return self._debug_reason() or Stepped()
 
     def interrupt(self) -> None:
-        if self.daemon.running:
+        if self.daemon.job is not None:
+            self.daemon.cancel_job()  # a reverse-continue: it reports Interrupted
+        elif self.daemon.running:
             self.daemon.stop()  # the STOP event reports Interrupted
         else:
             self.server.report_stop(Interrupted())
@@ -325,12 +328,16 @@ class EmudTarget:
         assert replay is not None
         return Stepped() if replay.reverse_step() else HistoryEnd(begin=True)
 
-    def reverse_continue(self) -> StopReason:
-        """The latest breakpoint hit or watchpoint trigger before here.  A watchpoint
-        leaves the hart just after the writing instruction, with the data address."""
+    def reverse_continue(self) -> None:
+        """The latest breakpoint hit or watchpoint trigger before here, found by the
+        daemon's loop a slice at a time; the stop is reported when the search ends.  A
+        watchpoint leaves the hart just after the writing instruction, with the data
+        address.  Ctrl-C (or any run control) cancels it back to where it started."""
         replay = self.daemon.replay
         assert replay is not None
-        hit = replay.reverse_continue()
+        self.daemon.start_job(_ReverseContinue(self, replay.reverse_search()))
+
+    def _hit_reason(self, hit: Hit | None) -> StopReason:
         if hit is None:
             return HistoryEnd(begin=True)
         stop = hit.stop
@@ -351,6 +358,26 @@ class EmudTarget:
             return hmp_error_text(e)
         except Exception as e:  # a failing command must not cost the gdb session
             return f"Error: internal error in '{command}': {e!r}\n"
+
+
+class _ReverseContinue:
+    """A reverse-continue as a daemon job: the search, then its stop to gdb."""
+
+    def __init__(self, target: EmudTarget, search: ReverseSearch) -> None:
+        self.target = target
+        self.search = search
+        # Cancelled by run control or by input arriving (the engine): SIGINT to gdb.
+        search.on_cancel = lambda: target.server.report_stop(Interrupted())
+
+    def advance(self) -> bool:
+        if not self.search.advance():
+            return False
+        if not self.search.cancelled:
+            self.target.server.report_stop(self.target._hit_reason(self.search.result))
+        return True
+
+    def cancel(self) -> None:
+        self.search.cancel()
 
 
 async def start_gdb_server(daemon: Daemon, sock: socket.socket) -> GdbServer:

@@ -343,7 +343,9 @@ class Session:
             self.interrupt_pending = False
             self.stopped(Interrupted())
             return None
-        self.stopped(reverse.reverse_step() if payload == b"bs" else reverse.reverse_continue())
+        reason = reverse.reverse_step() if payload == b"bs" else reverse.reverse_continue()
+        if reason is not None:  # None: the target reports the stop later, as for `c`
+            self.stopped(reason)
         return None
 
     def _no_ack(self, payload: bytes) -> None:

@@ -91,10 +91,12 @@ class Monitor(Protocol):
 
 
 class Reverse(Protocol):
-    """Reverse execution (`bs`, `bc`): each returns how it stopped, at once."""
+    """Reverse execution (`bs`, `bc`).  Like `Target.resume`: return the stop if known
+    at once, or None while the target goes on and reports it later (`Session.stopped`);
+    Ctrl-C meanwhile reaches `Target.interrupt`."""
 
-    def reverse_step(self) -> StopReason: ...
-    def reverse_continue(self) -> StopReason: ...
+    def reverse_step(self) -> StopReason | None: ...
+    def reverse_continue(self) -> StopReason | None: ...
 
 
 class Target(Protocol):

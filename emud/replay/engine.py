@@ -13,8 +13,8 @@ logged at that count (the state a debugger sees there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
 
 from emud.chardev import CharBackend
 from emud.cpu.csr import INTERRUPT_BIT
@@ -37,6 +37,61 @@ class Hit:
     icount: int
 
 
+Steps = Generator[None, None, None]  # one bounded slice of work per `next`
+
+
+def _drain(steps: Generator[None, None, object]) -> None:
+    for _ in steps:
+        pass
+
+
+class ReverseSearch:
+    """A reverse-continue in progress, advanced one slice at a time by its driver (the
+    daemon's run loop), so the event loop is served between slices.
+
+    `cancel` ends it where it started: the exact position before it, from a checkpoint
+    taken there, with the debug stop the hart had."""
+
+    def __init__(self, replay: Replay) -> None:
+        self.replay = replay
+        self.result: Hit | None = None
+        self.done = False
+        self.cancelled = False
+        self.on_cancel: Callable[[], None] | None = None  # told when anything cancels it
+        self.slices = 0  # how many times `advance` ran: a measure that needs no clock
+        hart = replay.machine.hart
+        self._stop_before = hart.debug_stop
+        self._origin = replay.ring.take(replay.machine, replay.delivered, keep=True)
+        self._steps = replay._reverse_steps()
+        replay.search = self
+
+    def advance(self) -> bool:
+        """Do one bounded slice of the search; True when it has ended (see `result`)."""
+        if self.done:
+            return True
+        self.slices += 1
+        try:
+            next(self._steps)
+        except StopIteration as end:
+            self.result = end.value
+            self.done = True
+        return self.done
+
+    def cancel(self) -> None:
+        if self.done:
+            return
+        self.done = self.cancelled = True
+        self._steps.close()  # its `finally` re-arms the debug points a seek disarmed
+        replay = self.replay
+        if self._origin in replay.ring.items:
+            replay._restore(self._origin)
+        else:  # thinned away by checkpoints the search cached: replay to its count
+            replay.seek(self._origin.icount)
+        replay.machine.hart.debug_stop = self._stop_before
+        if self.on_cancel is not None:
+            self.on_cancel()
+
+
 class Replay:
     def __init__(self, machine: Machine, *, budget: int = DEFAULT_BUDGET,
                  interval: int = DEFAULT_INTERVAL) -> None:
@@ -56,6 +111,7 @@ class Replay:
         self.on_checkpoint: Callable[[], None] | None = None  # live, after each one
         self.breaks: set[int] = set()  # replay-break icounts (QMP)
         self.on_break: Callable[[], None] | None = None
+        self.search: ReverseSearch | None = None  # the latest reverse search
         for port in machine.input_ports:
             port.input_hook = self._serial_input
         self.restart()
@@ -113,6 +169,14 @@ class Replay:
         self.playing_file = self._position() < self.head
 
     def _log(self, event: Event) -> None:
+        search = self.search
+        if search is not None and not search.done:
+            # Input during a search lands where the search started, not on the transient
+            # state it is replaying: cancel it, then redo a write made on that state.
+            search.cancel()
+            event = replace(event, icount=self.icount, now_ns=self.machine.clock.now_ns)
+            if event.kind is not Kind.SERIAL:  # serial data reaches the device after this
+                apply(self.machine, event)
         if self.replaying:  # a live input in the past: the future is rewritten from here
             self._truncate()
         self.events.append(event)
@@ -330,24 +394,26 @@ class Replay:
         """Go to `icount` (clamped to history); False when that is before its start.
 
         Debug points are off on the way: only the destination counts."""
-        start = self.start
-        target = max(start, min(icount, self.head[0]))
+        _drain(self._seek_steps(icount))
+        return icount >= self.start
+
+    def _seek_steps(self, icount: int) -> Steps:
+        target = max(self.start, min(icount, self.head[0]))
         points = self._disarm()
         try:
-            self._go(target)
+            yield from self._go(target)
         finally:
             self._arm(points)
-        return icount >= start
 
-    def _go(self, target: int) -> None:
+    def _go(self, target: int) -> Steps:
         cp = self.ring.before(target)
         here = (self.icount, self.delivered)
         if cp is not None and not ((cp.icount, cp.events) <= here and here[0] <= target):
             self._restore(cp)  # forward from here would not pass the target
         if target - self.icount > CACHE_DISTANCE:  # the next step back starts near here
-            self._play_to(target - CACHE_NEAR)
+            yield from self._play_steps(target - CACHE_NEAR)
             self.ring.take(self.machine, self.delivered, keep=True)
-        self._play_to(target)
+        yield from self._play_steps(target)
 
     def _events_through(self, icount: int) -> int:
         """How many events are logged at or before `icount` (not counting its step)."""
@@ -359,9 +425,13 @@ class Replay:
             n += 1
         return n
 
-    def _play_to(self, target: int, on_stop: Callable[[DebugStop], None] | None = None
-                 ) -> None:
-        """Follow the log to the position at `target` (the head's exactly, if it is there)."""
+    def _play_to(self, target: int) -> None:
+        _drain(self._play_steps(target))
+
+    def _play_steps(self, target: int, on_stop: Callable[[DebugStop], None] | None = None
+                    ) -> Steps:
+        """Follow the log to the position at `target` (the head's exactly, if it is there),
+        yielding after each slice of at most SLICE instructions."""
         clock = self.machine.clock
         idle = 0
         while True:
@@ -375,7 +445,8 @@ class Replay:
                         or event.kind is Kind.MASKED_STEP) and not at_head_time:
                     return
             before = self._position()
-            state = self._history_slice(max(1, target - clock.icount))
+            state = self._history_slice(max(1, min(SLICE, target - clock.icount)))
+            yield
             if state is RunState.DEBUG and on_stop is not None:
                 stop = self.machine.hart.debug_stop
                 assert stop is not None
@@ -399,7 +470,19 @@ class Replay:
     def reverse_continue(self) -> Hit | None:
         """Go back to the latest breakpoint hit or watchpoint trigger before here; None
         (at the start of history) when there is none.  A watchpoint leaves the hart just
-        after the writing instruction, a breakpoint before the instruction at it."""
+        after the writing instruction, a breakpoint before the instruction at it.
+
+        All at once: the daemon runs a `reverse_search` a slice at a time instead."""
+        search = self.reverse_search()
+        while not search.advance():
+            pass
+        return search.result
+
+    def reverse_search(self) -> ReverseSearch:
+        """`reverse_continue` as a search to advance slice by slice (or cancel)."""
+        return ReverseSearch(self)
+
+    def _reverse_steps(self) -> Generator[None, None, Hit | None]:
         end = self.icount
         if self.at_start():
             return None
@@ -408,16 +491,17 @@ class Replay:
         for cp in reversed(starts):
             hits: list[tuple[int, DebugStop]] = []
             self._restore(cp)
+            yield  # a restore copies the whole RAM: worth a visit to the loop
 
             def found(stop: DebugStop) -> None:
                 hits.append((self.icount, stop))  # noqa: B023 - used before the loop moves
 
-            self._play_to(segment_end, on_stop=found)
+            yield from self._play_steps(segment_end, on_stop=found)
             hits = [h for h in hits if h[0] < segment_end]
             if hits:
                 icount, stop = hits[-1]
                 target = icount + 1 if stop.kind != BREAK else icount
-                self.seek(target)
+                yield from self._seek_steps(target)
                 if stop.kind == BREAK:
                     if self.machine.hart.pc != stop.addr:  # hit on an interrupt's entry
                         self._enter_pending_irq()
@@ -425,5 +509,5 @@ class Replay:
                     self.machine.hart.debug_stop = stop
                 return Hit(stop, target)
             segment_end = cp.icount
-        self.seek(self.start)
+        yield from self._seek_steps(self.start)
         return None
