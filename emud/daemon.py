@@ -62,6 +62,7 @@ class Daemon:
         # Record/replay (emud/replay): every slice goes through it; None = not recording
         self.replay: Replay | None = None
         self.job: Job | None = None  # runs before anything else the loop would do
+        self._job_ended = asyncio.Event()
 
     def attach_replay(self, replay: Replay) -> None:
         self.replay = replay
@@ -73,21 +74,31 @@ class Daemon:
 
     # --- jobs ---------------------------------------------------------------------
 
-    def start_job(self, job: Job) -> None:
-        """Run `job` from the loop; one at a time (a new one cancels the old)."""
+    def start_job(self, job: Job) -> asyncio.Event:
+        """Run `job` from the loop; one at a time (a new one cancels the old).  The
+        event returned is set when it has ended or was cancelled."""
         self.cancel_job()
         self.job = job
+        self._job_ended = ended = asyncio.Event()
         self.wake.set()
+        return ended
+
+    async def run_job(self, job: Job) -> None:
+        """Run `job` and wait until it has ended or was cancelled (a monitor command)."""
+        await self.start_job(job).wait()
 
     def cancel_job(self) -> None:
-        """Any run control (stop, cont, reset) ends a job first: one driver at a time."""
+        """Any run control (stop, cont, reset, quit) ends a job first: one driver at a
+        time."""
         job, self.job = self.job, None
         if job is not None:
             job.cancel()
+            self._job_ended.set()
 
     def _advance_job(self, job: Job) -> None:
         if job.advance() and self.job is job:
             self.job = None
+            self._job_ended.set()
 
     # --- events and run control ---------------------------------------------------
 
@@ -230,6 +241,7 @@ class Daemon:
                 await self.wake.wait()
             else:
                 await asyncio.sleep(0)
+        self.cancel_job()  # nobody waits for its end forever
         if self.quit_reason:
             self.emit("SHUTDOWN", {"guest": False, "reason": self.quit_reason})
         return machine.exit_code or 0

@@ -24,7 +24,7 @@ from emud.daemon import Daemon
 from emud.machine import RunState
 from emud.memory import BusError
 from emud.monitor import Monitor, MonitorError, hmp_error_text
-from emud.replay.engine import Hit, ReverseSearch
+from emud.replay.engine import Hit, Travel
 from emud.replay.events import CSR_REG
 from gdbstub.server import GdbServer
 from gdbstub.target import (
@@ -363,7 +363,7 @@ class EmudTarget:
 class _ReverseContinue:
     """A reverse-continue as a daemon job: the search, then its stop to gdb."""
 
-    def __init__(self, target: EmudTarget, search: ReverseSearch) -> None:
+    def __init__(self, target: EmudTarget, search: Travel[Hit | None]) -> None:
         self.target = target
         self.search = search
         # Cancelled by run control or by input arriving (the engine): SIGINT to gdb.

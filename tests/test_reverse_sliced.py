@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecuteError, QMPClient
 from test_replay import machine, state
 
 from emud.daemon import Daemon
@@ -30,6 +30,7 @@ class Setup:
     daemon: Daemon
     replay: Replay
     qmp: QMPClient
+    other: QMPClient  # a second QMP client
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
 
@@ -59,11 +60,12 @@ async def setup() -> AsyncIterator[Setup]:
     qmp_server = QmpServer(Monitor(daemon), parse_address("tcp:127.0.0.1:0"))
     await qmp_server.start()
     run = asyncio.create_task(daemon.run())
-    qmp = QMPClient("test")
+    qmp, other = QMPClient("test"), QMPClient("other")
     host, port = qmp_server.description.removeprefix("tcp:").rsplit(":", 1)
     await asyncio.wait_for(qmp.connect((host, int(port))), TIMEOUT)
+    await asyncio.wait_for(other.connect((host, int(port))), TIMEOUT)
     reader, writer = await asyncio.open_connection(*gdb_sock.getsockname())
-    s = Setup(daemon, replay, qmp, reader, writer)
+    s = Setup(daemon, replay, qmp, other, reader, writer)
     try:
         writer.write(frame(b"QStartNoAckMode"))
         await asyncio.wait_for(reader.readexactly(1), TIMEOUT)  # its ack
@@ -72,6 +74,7 @@ async def setup() -> AsyncIterator[Setup]:
     finally:
         writer.close()
         await qmp.disconnect()
+        await other.disconnect()
         daemon.quit()
         await asyncio.wait_for(run, TIMEOUT)
         await server.close()
@@ -83,7 +86,7 @@ async def test_qmp_answers_while_reverse_continue_searches(setup: Setup) -> None
     replay = setup.replay
     setup.send(b"bc")  # no breakpoint: the search replays all of history
     info = await asyncio.wait_for(setup.qmp.execute("query-replay"), TIMEOUT)
-    search = replay.search
+    search = replay.travel
     assert search is not None and not search.done, "QMP waited for the whole search"
     assert search.slices > 0 and isinstance(info, dict) and info["head"] == HISTORY
     status = await asyncio.wait_for(setup.qmp.execute("query-status"), TIMEOUT)
@@ -101,7 +104,7 @@ async def test_ctrl_c_cancels_the_search_back_to_where_it_started(setup: Setup) 
     before = state(m)
     setup.send(b"bc")
     await asyncio.wait_for(setup.qmp.execute("query-replay"), TIMEOUT)  # searching now
-    search = replay.search
+    search = replay.travel
     assert search is not None and not search.done
     setup.writer.write(b"\x03")
     assert (await setup.packet()).startswith(b"T02")
@@ -113,3 +116,61 @@ async def test_ctrl_c_cancels_the_search_back_to_where_it_started(setup: Setup) 
     setup.send(b"bs")  # history is intact: one step back, and forward again
     assert (await setup.packet()).startswith(b"T05")
     assert replay.icount == HISTORY - 1
+
+
+SEEK = 1_990_000  # far from the checkpoint before it (at 1M): a seek of many slices
+
+
+async def seeking(setup: Setup) -> dict[str, object]:
+    """Ask the other client until its answer shows the seek under way (the two
+    connections race, so the first answers may come before the seek began)."""
+    async def poll() -> dict[str, object]:
+        while True:
+            info = await setup.other.execute("query-replay")
+            assert isinstance(info, dict)
+            if setup.replay.travel is not None:
+                return info
+
+    return await asyncio.wait_for(poll(), TIMEOUT)
+
+
+async def test_qmp_answers_while_replay_seek_replays(setup: Setup) -> None:
+    replay = setup.replay
+    seek = asyncio.create_task(setup.qmp.execute("replay-seek", {"icount": SEEK}))
+    info = await seeking(setup)
+    travel = replay.travel
+    assert travel is not None and not travel.done, "the other client waited for the seek"
+    assert info["head"] == HISTORY
+    await asyncio.wait_for(seek, TIMEOUT)
+    assert travel.done and not travel.cancelled and travel.slices > 40
+    assert replay.icount == SEEK
+
+
+async def test_stop_cancels_a_replay_seek_where_it_started(setup: Setup) -> None:
+    replay, m = setup.replay, setup.daemon.machine
+    before = state(m)
+    seek = asyncio.create_task(setup.qmp.execute("replay-seek", {"icount": SEEK}))
+    await seeking(setup)
+    assert replay.travel is not None and not replay.travel.done
+    await asyncio.wait_for(setup.other.execute("stop"), TIMEOUT)
+    with pytest.raises(ExecuteError, match="replay-seek was cancelled"):
+        await asyncio.wait_for(seek, TIMEOUT)
+    assert state(m) == before and replay.travel is not None and replay.travel.cancelled
+
+
+def test_an_input_during_a_search_cancels_it_and_lands_where_it_started() -> None:
+    m = machine("counter.elf")
+    replay = Replay(m)
+    while m.clock.icount < 300_000:
+        replay.run_slice()
+    before = state(m)
+    travel = replay.reverse_search()
+    for _ in range(3):
+        assert not travel.advance()
+    assert m.clock.icount < 300_000  # replaying history, on the way back
+    m.bus.write_bytes(0x8010_0000, b"\x5a")  # a control plane writes on that state
+    replay.memory_written(0x8010_0000, b"\x5a")
+    assert travel.cancelled and travel.advance()
+    assert state(m)[:-1] == before[:-1] and m.bus.read_bytes(0x8010_0000, 1) == b"\x5a"
+    event = replay.events[-1]
+    assert (event.icount, event.data) == (300_000, b"\x5a") and not replay.replaying

@@ -57,7 +57,7 @@ def replay_delete_break(m: Monitor) -> None:
 
 @command("replay_seek", qmp="replay-seek", args="icount:l", params="icount",
          help="go to 'icount' of the recorded history, backwards or forwards; pauses")
-def replay_seek(m: Monitor, icount: int) -> None:
+async def replay_seek(m: Monitor, icount: int) -> None:
     replay = _replay(m)
     if icount < 0 or icount > replay.head[0]:
         raise MonitorError(f"icount {icount} is outside the history {replay.start}.."
@@ -66,4 +66,8 @@ def replay_seek(m: Monitor, icount: int) -> None:
         raise MonitorError(f"icount {icount} is before the start of history ({replay.start}; "
                            "older checkpoints were dropped under the budget)")
     m.daemon.stop()
-    replay.seek(icount)
+    travel = replay.seek_travel(icount)
+    await m.daemon.run_job(travel)  # slice by slice: the loop serves the others meanwhile
+    if travel.cancelled:
+        raise MonitorError("replay-seek was cancelled (by stop, cont, a reset or an input); "
+                           f"the machine stays at icount {replay.icount}")

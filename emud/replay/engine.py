@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 from emud.chardev import CharBackend
 from emud.cpu.csr import INTERRUPT_BIT
@@ -37,6 +38,7 @@ class Hit:
     icount: int
 
 
+T = TypeVar("T", covariant=True)  # a move that finds a Hit is a move that finds something
 Steps = Generator[None, None, None]  # one bounded slice of work per `next`
 
 
@@ -45,28 +47,28 @@ def _drain(steps: Generator[None, None, object]) -> None:
         pass
 
 
-class ReverseSearch:
-    """A reverse-continue in progress, advanced one slice at a time by its driver (the
-    daemon's run loop), so the event loop is served between slices.
+class Travel(Generic[T]):
+    """A move through history in progress (a reverse-continue, a seek), advanced one
+    slice at a time by its driver (the daemon's run loop), so the event loop is served
+    between slices.  `result` is the move's answer once `done`.
 
     `cancel` ends it where it started: the exact position before it, from a checkpoint
     taken there, with the debug stop the hart had."""
 
-    def __init__(self, replay: Replay) -> None:
+    def __init__(self, replay: Replay, steps: Generator[None, None, T]) -> None:
         self.replay = replay
-        self.result: Hit | None = None
+        self.result: T | None = None
         self.done = False
         self.cancelled = False
         self.on_cancel: Callable[[], None] | None = None  # told when anything cancels it
         self.slices = 0  # how many times `advance` ran: a measure that needs no clock
-        hart = replay.machine.hart
-        self._stop_before = hart.debug_stop
+        self._stop_before = replay.machine.hart.debug_stop
         self._origin = replay.ring.take(replay.machine, replay.delivered, keep=True)
-        self._steps = replay._reverse_steps()
-        replay.search = self
+        self._steps = steps
+        replay.travel = self
 
     def advance(self) -> bool:
-        """Do one bounded slice of the search; True when it has ended (see `result`)."""
+        """Do one bounded slice of the move; True when it has ended (see `result`)."""
         if self.done:
             return True
         self.slices += 1
@@ -85,7 +87,7 @@ class ReverseSearch:
         replay = self.replay
         if self._origin in replay.ring.items:
             replay._restore(self._origin)
-        else:  # thinned away by checkpoints the search cached: replay to its count
+        else:  # thinned away by checkpoints the move cached: replay to its count
             replay.seek(self._origin.icount)
         replay.machine.hart.debug_stop = self._stop_before
         if self.on_cancel is not None:
@@ -111,7 +113,7 @@ class Replay:
         self.on_checkpoint: Callable[[], None] | None = None  # live, after each one
         self.breaks: set[int] = set()  # replay-break icounts (QMP)
         self.on_break: Callable[[], None] | None = None
-        self.search: ReverseSearch | None = None  # the latest reverse search
+        self.travel: Travel[object] | None = None  # the latest sliced move (Travel)
         for port in machine.input_ports:
             port.input_hook = self._serial_input
         self.restart()
@@ -169,11 +171,11 @@ class Replay:
         self.playing_file = self._position() < self.head
 
     def _log(self, event: Event) -> None:
-        search = self.search
-        if search is not None and not search.done:
-            # Input during a search lands where the search started, not on the transient
+        travel = self.travel
+        if travel is not None and not travel.done:
+            # Input during a move lands where the move started, not on the transient
             # state it is replaying: cancel it, then redo a write made on that state.
-            search.cancel()
+            travel.cancel()
             event = replace(event, icount=self.icount, now_ns=self.machine.clock.now_ns)
             if event.kind is not Kind.SERIAL:  # serial data reaches the device after this
                 apply(self.machine, event)
@@ -397,6 +399,10 @@ class Replay:
         _drain(self._seek_steps(icount))
         return icount >= self.start
 
+    def seek_travel(self, icount: int) -> Travel[None]:
+        """`seek` as a move to advance slice by slice (or cancel)."""
+        return Travel(self, self._seek_steps(icount))
+
     def _seek_steps(self, icount: int) -> Steps:
         target = max(self.start, min(icount, self.head[0]))
         points = self._disarm()
@@ -478,9 +484,9 @@ class Replay:
             pass
         return search.result
 
-    def reverse_search(self) -> ReverseSearch:
-        """`reverse_continue` as a search to advance slice by slice (or cancel)."""
-        return ReverseSearch(self)
+    def reverse_search(self) -> Travel[Hit | None]:
+        """`reverse_continue` as a move to advance slice by slice (or cancel)."""
+        return Travel(self, self._reverse_steps())
 
     def _reverse_steps(self) -> Generator[None, None, Hit | None]:
         end = self.icount
