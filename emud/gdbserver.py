@@ -252,17 +252,8 @@ class EmudTarget:
         return True
 
     def _write_memory(self, addr: int, data: bytes) -> bool:
-        bus = self.machine.bus
         try:
-            if bus.ram.contains(addr, len(data)):
-                bus.write_bytes(addr, data)
-                return True
-            # Device registers: a real write, as the user asked for it (gdb `set *reg = v`).
-            i = 0
-            while i < len(data):
-                size = 4 if not (addr + i) & 3 and len(data) - i >= 4 else 1
-                bus.write(addr + i, int.from_bytes(data[i : i + size], "little"), size)
-                i += size
+            self.machine.bus.debug_write(addr, data)
         except BusError:
             return False
         return True

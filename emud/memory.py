@@ -200,6 +200,23 @@ class AddressSpace:
             if self.ram.page_flags[page] & PAGE_CODE:
                 self.on_code_write(page)
 
+    def debug_write(self, addr: int, data: bytes) -> None:
+        """A control plane's write (gdb, the monitor, a replayed input): RAM directly;
+        device registers as real stores, side effects and all (`set *reg = v`): one
+        access when `data` is 1, 2 or 4 bytes, else word stores where aligned and byte
+        stores elsewhere.  Raises BusError where nothing answers."""
+        if self.ram.contains(addr, len(data)):
+            self.write_bytes(addr, data)
+            return
+        if len(data) in (1, 2, 4):
+            self.write(addr, int.from_bytes(data, "little"), len(data))
+            return
+        i = 0
+        while i < len(data):
+            size = 4 if not (addr + i) & 3 and len(data) - i >= 4 else 1
+            self.write(addr + i, int.from_bytes(data[i : i + size], "little"), size)
+            i += size
+
     def mtree(self) -> str:
         """`info mtree`-style listing of the system address space."""
         lines = ["address-space: memory",

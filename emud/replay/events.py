@@ -64,17 +64,9 @@ def decode(payload: bytes) -> Event:
 
 
 def write_memory(machine: Machine, addr: int, data: bytes) -> bool:
-    """A control plane's memory write: RAM directly, device registers as real stores."""
-    bus = machine.bus
+    """A control plane's memory write, replayed as it was done (AddressSpace.debug_write)."""
     try:
-        if bus.ram.contains(addr, len(data)):
-            bus.write_bytes(addr, data)
-            return True
-        i = 0
-        while i < len(data):
-            size = 4 if not (addr + i) & 3 and len(data) - i >= 4 else 1
-            bus.write(addr + i, int.from_bytes(data[i : i + size], "little"), size)
-            i += size
+        machine.bus.debug_write(addr, data)
     except BusError:
         return False
     return True
