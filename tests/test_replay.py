@@ -171,3 +171,26 @@ def test_checkpoints_stay_under_the_budget() -> None:
     run_recording(replay, m, 400_000, {}, every=5_000)
     assert replay.ring.memory <= 40 << 20
     assert len(replay.ring.items) > 3
+
+
+def test_checkpoints_by_host_time_change_no_guest_byte(tmp_path: Path) -> None:
+    """seconds=0 takes a checkpoint after every live slice, as a slow host would; the
+    states seen, every seek, and the session file are the same as with none by time."""
+    runs = []
+    for seconds in (None, 0.0):
+        out = Capture()
+        m = machine("uart_echo.elf", out)
+        replay = Replay(m, interval=400, seconds=seconds)
+        path = tmp_path / f"{seconds}.rr"
+        writer = SessionWriter(path, m)
+        replay.on_event = writer.event
+        replay.on_checkpoint = lambda m=m, w=writer: w.mark(m.clock.icount, m.clock.now_ns)
+        seen = run_recording(replay, m, 120_000, {2_000: b"ab", 7_000: b"cd q"}, every=37)
+        writer.close(m.clock.icount, m.clock.now_ns)
+        assert m.exit_code == 0 and len(seen) > 5
+        sample = sorted(random.Random(SEED).sample(sorted(seen), min(15, len(seen))))
+        seeks = [(replay.seek(i), state(m)) for i in sample]
+        runs.append((seen, seeks, bytes(out.out), path.read_bytes(), len(replay.ring.items)))
+    (seen0, seeks0, out0, file0, n0), (seen1, seeks1, out1, file1, n1) = runs
+    assert n1 > n0  # the time trigger did take checkpoints
+    assert (seen0, seeks0, out0, file0) == (seen1, seeks1, out1, file1)

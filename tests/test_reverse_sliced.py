@@ -49,7 +49,7 @@ class Setup:
 async def setup() -> AsyncIterator[Setup]:
     m = machine("counter.elf")
     daemon = Daemon(m, start_paused=True, exit_on_poweroff=False)
-    replay = Replay(m)
+    replay = Replay(m, interval=1_000_000, seconds=None)  # a fixed layout of checkpoints
     daemon.attach_replay(replay)
     while m.clock.icount < HISTORY:  # the history, built before any client is served
         replay.run_slice()
@@ -160,7 +160,7 @@ async def test_stop_cancels_a_replay_seek_where_it_started(setup: Setup) -> None
 
 def test_an_input_during_a_search_cancels_it_and_lands_where_it_started() -> None:
     m = machine("counter.elf")
-    replay = Replay(m)
+    replay = Replay(m, interval=1_000_000, seconds=None)  # a fixed layout of checkpoints
     while m.clock.icount < 300_000:
         replay.run_slice()
     before = state(m)

@@ -13,6 +13,7 @@ logged at that count (the state a debugger sees there).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
@@ -25,7 +26,11 @@ from emud.replay.checkpoints import Checkpoint, CheckpointRing
 from emud.replay.events import CSR_REG, Event, Kind, apply
 
 DEFAULT_BUDGET = 256 << 20
-DEFAULT_INTERVAL = 1_000_000  # instructions between automatic checkpoints
+DEFAULT_INTERVAL = 4_000_000  # instructions between automatic checkpoints, at most
+# ...and at most this much host time while recording: the first step back replays from
+# the checkpoint before it, so its cost is bounded by this whatever the guest's speed.
+# Checkpoints are invisible to the guest: taking more of them changes no guest byte.
+DEFAULT_SECONDS = 0.15
 CACHE_DISTANCE = 50_000  # a seek that replays more than this leaves a checkpoint near its end
 CACHE_NEAR = 4_000
 
@@ -96,9 +101,13 @@ class Travel(Generic[T]):
 
 class Replay:
     def __init__(self, machine: Machine, *, budget: int = DEFAULT_BUDGET,
-                 interval: int = DEFAULT_INTERVAL) -> None:
+                 interval: int = DEFAULT_INTERVAL, seconds: float | None = DEFAULT_SECONDS
+                 ) -> None:
         self.machine = machine
         self.interval = interval
+        self.seconds = seconds  # None: checkpoints by instruction count only
+        self._taken_at = time.perf_counter()
+        self._grid = 0  # icount of the last checkpoint on the instruction grid
         self.ring = CheckpointRing(budget)
         self.events: list[Event] = []
         self.delivered = 0  # events of the log delivered so far (the position in it)
@@ -162,6 +171,7 @@ class Replay:
         self._set_head()
         self.emitted = self.icount
         self.ring.take(self.machine, 0)
+        self._grid = self.icount
 
     def load_events(self, events: list[Event], end: tuple[int, int]) -> None:
         """Play a recorded session: `events` after the present state, up to `end`
@@ -260,15 +270,26 @@ class Replay:
     def _live_slice(self, limit: int) -> RunState:
         machine = self.machine
         last = self.ring.items[-1] if self.ring.items else None
-        due = (last.icount if last else 0) + self.interval - self.icount
+        # The instruction grid (slice ends, session marks) ignores checkpoints taken by
+        # host time, so how fast the host ran changes nothing a session records.
+        self._grid = min(self._grid, self.icount)
+        due = self._grid + self.interval - self.icount
         state = machine.run_slice(max(1, min(limit, due)))
         self._set_head()
-        if last is None or self.icount >= last.icount + self.interval:
-            self.ring.take(machine, self.delivered)
+        if last is None or self.icount >= self._grid + self.interval:
+            self._take()
+            self._grid = self.icount
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
+        elif (self.seconds is not None and self.icount > last.icount
+              and time.perf_counter() - self._taken_at >= self.seconds):
+            self._take()
         self.emitted = max(self.emitted, self.icount)
         return state
+
+    def _take(self) -> None:
+        self.ring.take(self.machine, self.delivered)
+        self._taken_at = time.perf_counter()
 
     def _history_slice(self, limit: int, masked_as_logged: bool = True) -> RunState:
         machine = self.machine

@@ -120,3 +120,51 @@ async def test_reverse_across_timer_interrupts(tmp_path: Path) -> None:
     finally:
         await gdb.close()
         await daemon.stop()
+
+
+async def test_reverse_across_uart_input_interrupts(tmp_path: Path) -> None:
+    """uart_echo.elf on a ringbuf: input given through gdb's `monitor ringbuf_write` is
+    an input of the recording; back out of its RX interrupt handler and forward again."""
+    import asyncio
+    import re
+    import sys
+
+    from test_gdb_e2e import ROOT, TIMEOUT
+
+    image = COUNTER.parent / "uart_echo.elf"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "emud", "run", str(image), "-S", "--gdb", "tcp:127.0.0.1:0",
+        "-serial", "ringbuf", cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)
+    match = re.search(rb"listening on tcp:127\.0\.0\.1:(\d+)", line)
+    assert match, line
+    daemon = Emud(proc, int(match.group(1)), tmp_path / "unused")
+    gdb = await Gdb.start(image)
+    try:
+        await daemon.attach(gdb)
+        await gdb.cmd("-break-insert main")
+        await gdb.resume()
+        await gdb.console("monitor ringbuf_write serial0 xyz")
+        await gdb.cmd("-break-insert trap_handler")
+        await gdb.resume()  # the RX interrupt the input raised
+        assert int(await gdb.value("$mcause")) < 0
+        await gdb.cmd("-break-delete")
+        states = [await registers(gdb)]
+        for _ in range(20):  # back over the interrupt's entry
+            await gdb.resume("-exec-step-instruction --reverse")
+            states.append(await registers(gdb))
+        for expected in reversed(states[:-1]):
+            await gdb.resume("-exec-step-instruction")
+            assert await registers(gdb) == expected
+        await gdb.cmd("-break-insert trap_handler")
+        stop = await gdb.resume("-exec-continue --reverse")  # no earlier interrupt: the start
+        assert stop.get("reason", "no-history") == "no-history", stop
+        assert await gdb.value("$pc") == "0x80000000 <_start>"
+        stop = await gdb.resume()  # forward again: the logged input raises the same IRQ
+        assert stop["reason"] == "breakpoint-hit" and int(await gdb.value("$mcause")) < 0
+        assert await registers(gdb) == states[0]  # at the same instruction, same state
+    finally:
+        await gdb.close()
+        await daemon.stop()
