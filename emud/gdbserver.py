@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from emud import trace
-from emud.cpu.csr import PRV_M, PRV_U, Csr
+from emud.cpu.csr import Csr
 from emud.cpu.debug import BREAK, Watchpoint
 from emud.cpu.disasm import ABI_NAMES
 from emud.cpu.interp import Trap
@@ -25,7 +25,7 @@ from emud.machine import RunState
 from emud.memory import BusError
 from emud.monitor import Monitor, MonitorError, hmp_error_text
 from emud.replay.engine import Hit, Travel
-from emud.replay.events import CSR_REG
+from emud.replay.events import CSR_REG, PRIV_REG, write_register
 from gdbstub.server import GdbServer
 from gdbstub.target import (
     BreakpointHit,
@@ -192,34 +192,21 @@ class EmudTarget:
         return None
 
     def write_register(self, regnum: int, value: int) -> bool:
-        hart = self.hart
-        value &= M
-        if 0 < regnum < 32:
-            hart.x[regnum] = value
-        elif regnum == PC_REGNUM:
-            hart.pc = value & ~1
-        elif regnum == 0:
-            pass  # x0 is zero: writes are ignored, as on hardware
+        """gdb's numbering to the control-plane one (emud/replay/events.py), which
+        also logs the write as an input of the recorded run."""
+        if 0 <= regnum <= PC_REGNUM:
+            reg = regnum  # x0 is zero: its writes are taken and ignored, as on hardware
         elif regnum == PRIV_REGNUM:
-            if value not in (PRV_U, PRV_M):
-                return False  # S-mode (1) and 2 are not implemented
-            hart.set_priv(value)
+            reg = PRIV_REG
         elif regnum - CSR_REGBASE in CSRS:
-            try:
-                hart.csr_write(regnum - CSR_REGBASE, value, 0)
-            except Trap:
-                return False
+            reg = CSR_REG + regnum - CSR_REGBASE
         else:
             return False
-        self._written_register(regnum, value)
+        if not write_register(self.machine, reg, value):
+            return False
+        if reg and self.daemon.replay is not None:
+            self.daemon.replay.register_written(reg, value & M)
         return True
-
-    def _written_register(self, regnum: int, value: int) -> None:
-        replay = self.daemon.replay
-        if replay is not None and 0 < regnum <= PC_REGNUM:
-            replay.register_written(regnum, value)
-        elif replay is not None and regnum - CSR_REGBASE in CSRS:
-            replay.register_written(CSR_REG + regnum - CSR_REGBASE, value)
 
     # --- memory (side-effect free reads) -------------------------------------------------
 

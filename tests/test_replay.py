@@ -194,3 +194,29 @@ def test_checkpoints_by_host_time_change_no_guest_byte(tmp_path: Path) -> None:
     (seen0, seeks0, out0, file0, n0), (seen1, seeks1, out1, file1, n1) = runs
     assert n1 > n0  # the time trigger did take checkpoints
     assert (seen0, seeks0, out0, file0) == (seen1, seeks1, out1, file1)
+
+
+def test_gdb_register_writes_replay_including_the_privilege_level() -> None:
+    """What gdb writes (x, pc, a CSR, $priv) is logged with the gdb target's own write
+    and replays to the same state; refused writes log nothing."""
+    from emud.daemon import Daemon
+    from emud.gdbserver import CSR_REGBASE, PC_REGNUM, PRIV_REGNUM, EmudTarget
+
+    m = machine("counter.elf")
+    daemon = Daemon(m, exit_on_poweroff=False)
+    replay = Replay(m, interval=5_000, seconds=None)
+    daemon.attach_replay(replay)
+    target = EmudTarget(daemon)
+    run_recording(replay, m, 20_000, {})
+    pc = m.hart.pc
+    assert target.write_register(5, 0x1234)
+    assert target.write_register(CSR_REGBASE + 0x340, 0xCAFE)  # mscratch
+    assert target.write_register(PRIV_REGNUM, 0)
+    assert not target.write_register(PRIV_REGNUM, 1)  # S-mode: refused, not logged
+    assert not target.write_register(CSR_REGBASE + 0xC00, 7)  # read-only cycle
+    assert target.write_register(PC_REGNUM, pc)
+    assert len(replay.events) == 4
+    after = state(m), m.hart.priv, m.hart.mscratch
+    assert after[1:] == (0, 0xCAFE)
+    assert replay.seek(10_000) and m.hart.priv == 3  # before the writes
+    assert replay.seek(replay.head[0]) and (state(m), m.hart.priv, m.hart.mscratch) == after

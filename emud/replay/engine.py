@@ -23,7 +23,7 @@ from emud.cpu.csr import INTERRUPT_BIT
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint
 from emud.machine import SLICE, Machine, RunState
 from emud.replay.checkpoints import Checkpoint, CheckpointRing
-from emud.replay.events import CSR_REG, Event, Kind, apply
+from emud.replay.events import Event, Kind, apply
 
 DEFAULT_BUDGET = 256 << 20
 DEFAULT_INTERVAL = 4_000_000  # instructions between automatic checkpoints, at most
@@ -224,11 +224,8 @@ class Replay:
         self._log(self._event(Kind.MEMORY, addr, data=bytes(data)))
 
     def register_written(self, reg: int, value: int) -> None:
-        """A control plane wrote a register: x1..x31, 32 pc, CSR_REG + csr number."""
+        """A control plane wrote a register (events.write_register's numbering)."""
         self._log(self._event(Kind.REGISTER, reg, value))
-
-    def csr_written(self, csr: int, value: int) -> None:
-        self.register_written(CSR_REG + csr, value)
 
     def reset_done(self) -> None:
         """A control plane reset the machine (after machine.reset())."""

@@ -10,17 +10,19 @@ file, `apply` to deliver an event to a machine.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from emud.cpu.csr import PRV_M, PRV_U
+from emud.cpu.interp import Trap
 from emud.machine import Machine
 from emud.memory import BusError
 
 M = 0xFFFF_FFFF
-CSR_REG = 0x1000  # register numbers >= this are CSRs (CSR_REG + csr number)
+CSR_REG = 0x1000  # CSR_REG + csr number: a CSR (csr numbers are 12 bits)
 PC_REG = 32
+PRIV_REG = 0x2000  # the privilege level (gdb's $priv)
 
 
 class Kind(IntEnum):
@@ -72,18 +74,28 @@ def write_memory(machine: Machine, addr: int, data: bytes) -> bool:
     return True
 
 
-def write_register(machine: Machine, reg: int, value: int) -> None:
+def write_register(machine: Machine, reg: int, value: int) -> bool:
+    """A control plane's register write: x1..x31, PC_REG, PRIV_REG or CSR_REG + csr
+    (x0 takes nothing); False where the hart refuses it.  gdb's writes and their replay
+    are this one function."""
     hart = machine.hart
     value &= M
     if 0 < reg < 32:
         hart.x[reg] = value
     elif reg == PC_REG:
         hart.pc = value & ~1
-    elif reg >= CSR_REG:
-        from emud.cpu.interp import Trap
-
-        with contextlib.suppress(Trap):
+    elif reg == PRIV_REG:
+        if value not in (PRV_U, PRV_M):
+            return False  # S-mode (1) and 2 are not implemented
+        hart.set_priv(value)
+    elif CSR_REG <= reg < PRIV_REG:
+        try:
             hart.csr_write(reg - CSR_REG, value, 0)
+        except Trap:
+            return False
+    elif reg:
+        return False
+    return True
 
 
 def apply(machine: Machine, event: Event) -> None:
