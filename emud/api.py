@@ -133,14 +133,44 @@ def _pattern(pattern: str | bytes | re.Pattern[bytes] | re.Pattern[str]) -> re.P
 # --- registers ------------------------------------------------------------------------------
 
 
-class Registers:
+class ByName:
+    """Items as attributes: ``regs.a0`` is ``regs["a0"]``.  Subclasses give
+    __getitem__ (KeyError for an unknown name) and keep their own state in names
+    starting with "_"."""
+
+    def __getitem__(self, name: str) -> int:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):  # not an item (e.g. state looked up before it is set)
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+
+class WritableByName(ByName):
+    """ByName whose attributes are assigned too: ``regs.a0 = 5`` is ``regs["a0"] = 5``."""
+
+    def __setitem__(self, name: str, value: int) -> None:
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value: int) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
+
+
+class Registers(WritableByName):
     """The hart's integer registers by ABI name (`a0`, `sp`), `xN`, `fp` or `pc`:
     ``m.regs.a0``, ``m.regs["sp"] = 0x80001000``."""
 
     _m: Machine
 
     def __init__(self, machine: Machine) -> None:
-        object.__setattr__(self, "_m", machine)
+        self._m = machine
 
     @staticmethod
     def index(name: str) -> int | None:
@@ -169,28 +199,20 @@ class Registers:
         elif n:
             hart.x[n] = value & 0xFFFF_FFFF
 
-    def __getattr__(self, name: str) -> int:
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
-
-    def __setattr__(self, name: str, value: int) -> None:
-        self[name] = value
 
     def as_dict(self) -> dict[str, int]:
         """Every register by ABI name, and pc."""
         return {name: self[name] for name in ABI_NAMES} | {"pc": self["pc"]}
 
 
-class Csrs:
+class Csrs(WritableByName):
     """CSRs by name, as the guest's csrr would read them: ``m.csr.mstatus``,
     ``m.csr["mcause"]``; writing goes through the CSR's write rules (WARL bits)."""
 
     _m: Machine
 
     def __init__(self, machine: Machine) -> None:
-        object.__setattr__(self, "_m", machine)
+        self._m = machine
 
     @staticmethod
     def number(name: str) -> int:
@@ -206,15 +228,6 @@ class Csrs:
 
     def __setitem__(self, name: str, value: int) -> None:
         self._m._core.hart.csr_write(self.number(name), value & 0xFFFF_FFFF, 0)
-
-    def __getattr__(self, name: str) -> int:
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
-
-    def __setattr__(self, name: str, value: int) -> None:
-        self[name] = value
 
 
 # --- UART --------------------------------------------------------------------------------

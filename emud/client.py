@@ -16,7 +16,7 @@ from typing import Any
 from qemu.qmp import QMPClient, QMPError
 from qemu.qmp.error import QMPError as _BaseQMPError
 
-from emud.api import EmudError, Registers
+from emud.api import ByName, EmudError, Registers
 
 __all__ = ["Client", "connect", "ClientError"]
 
@@ -39,7 +39,7 @@ def qmp_address(address: str | tuple[str, int]) -> str | tuple[str, int]:
     return address
 
 
-class _Regs:
+class _Regs(ByName):
     """Registers of the daemon's hart by ABI name, xN or pc (read only)."""
 
     def __init__(self, client: Client) -> None:
@@ -50,16 +50,8 @@ class _Regs:
         r = self._client.command("x-emud-query-registers")
         return int(r["pc"] if n is None else r["gpr"][n])
 
-    def __getattr__(self, name: str) -> int:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
 
-
-class _Csrs:
+class _Csrs(ByName):
     def __init__(self, client: Client) -> None:
         self._client = client
 
@@ -70,14 +62,6 @@ class _Csrs:
         if not text.startswith("0x"):
             raise KeyError(f"unknown CSR {name!r}")
         return int(text, 16)
-
-    def __getattr__(self, name: str) -> int:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
 
 
 class _RemoteUart:
