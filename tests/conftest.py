@@ -22,6 +22,17 @@ RECORD_TRAP = """
     csrr t0, mtval
     sw t0, 8(s0)
 """
+# Guest assembly ending a self-checking guest through syscon: falling into it powers
+# off with exit code 0; a branch to `fail` powers off with exit code 1.
+PASS_OR_FAIL = """
+    li t0, 0x100000
+    li t1, 0x5555
+    sw t1, 0(t0)
+fail:
+    li t0, 0x100000
+    li t1, 0x13333
+    sw t1, 0(t0)
+"""
 
 
 def boot(image: str | Path, **kwargs: int) -> Machine:

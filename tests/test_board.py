@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGES
+from conftest import IMAGES, PASS_OR_FAIL
 from emud import migration as mg
 from emud.board import BoardError, Slot, default_board, parse_device
 from emud.chardev import RingBackend
@@ -345,14 +345,7 @@ handler:
     bne a0, t0, fail
     li t0, 0x1000200c
     bne a1, t0, fail
-    li t0, 0x100000
-    li t1, 0x5555
-    sw t1, 0(t0)
-fail:
-    li t0, 0x100000
-    li t1, 0x13333
-    sw t1, 0(t0)
-""")
+""" + PASS_OR_FAIL)
     machine = Machine(RingBackend(), devices=[Slot(SCRATCH, "pad", 0x1000_2000)])
     machine.load(load_elf(image))
     assert machine.run_until_poweroff() == 0

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qemu.qmp import QMPClient
 
-from conftest import IMAGES, ROOT, boot
+from conftest import IMAGES, PASS_OR_FAIL, ROOT, boot
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.device import DeviceContext, DeviceError
@@ -570,14 +570,7 @@ handler:
     lw t1, 0xf0(s0)         # the counter passed the comparator
     li t2, 100000
     bltu t1, t2, fail
-    li t0, 0x100000
-    li t1, 0x5555
-    sw t1, 0(t0)
-fail:
-    li t0, 0x100000
-    li t1, 0x13333
-    sw t1, 0(t0)
-""")
+""" + PASS_OR_FAIL)
     machine = boot(image)
     assert machine.run_until_poweroff(max_insns=100_000) == 0
     assert 1_000_000 <= machine.clock.now_ns < 1_100_000
