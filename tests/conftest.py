@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emud.chardev import RingBackend
+from emud.chardev import CharBackend, RingBackend
 from emud.loader import load_elf
 from emud.machine import Machine
 
@@ -34,6 +34,17 @@ fail:
     sw t1, 0(t0)
 """
 
+
+
+class Capture(CharBackend):
+    """A serial backend that keeps what the UART transmits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
 
 def boot(image: str | Path, **kwargs: int) -> Machine:
     """A machine with `image` loaded and a ring-buffer serial port."""

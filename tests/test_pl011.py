@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emud.chardev import CharBackend
+from conftest import Capture
 from emud.device import DeviceContext, DeviceError
 from emud.hw.pl011 import PL011, VMSTATE_PL011, PL011Luminary, Reg
 from emud.vmstate import VMStateError
@@ -17,17 +17,6 @@ FR_RXFE, FR_TXFF, FR_RXFF, FR_TXFE = 0x10, 0x20, 0x40, 0x80
 LCR_BRK, LCR_FEN = 0x01, 0x10
 CR_LBE, CR_DTR, CR_RTS, CR_OUT1, CR_OUT2 = 0x80, 0x400, 0x800, 0x1000, 0x2000
 INT_RX, INT_TX = 0x10, 0x20
-
-
-class Capture(CharBackend):
-    """A serial backend that keeps what the UART transmits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
 
 
 class Rig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGES
+from conftest import IMAGES, Capture
 from emud.chardev import CharBackend
 from emud.loader import load_elf
 from emud.machine import Machine, RunState
@@ -16,15 +16,6 @@ from emud.replay import Replay
 from emud.replay.sessionfile import SessionError, SessionWriter, load, parse
 
 SEED = 10
-
-
-class Capture(CharBackend):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
 
 
 def machine(image: str, serial: CharBackend | None = None) -> Machine:
@@ -78,7 +69,7 @@ def test_reverse_steps_then_steps_across_uart_input_interrupts() -> None:
     m = machine("uart_echo.elf", out)
     replay = Replay(m, interval=20_000)
     seen = run_recording(replay, m, 150_000, {3_000: b"abc", 3_100: b"de", 9_000: b"fgh"})
-    live_output = bytes(out.out)
+    live_output = bytes(out.sent)
     assert b"abcdefgh" in live_output
     head = m.clock.icount
     inputs = [e.icount for e in replay.events]
@@ -96,11 +87,11 @@ def test_reverse_steps_then_steps_across_uart_input_interrupts() -> None:
     while m.clock.icount < head:  # on to the head: the output is not sent again
         replay.run_slice()
     assert state(m) == seen[head]
-    assert bytes(out.out) == live_output
+    assert bytes(out.sent) == live_output
     m.serial.feed(b"q")  # live again: input is taken and logged
     for _ in range(50):
         replay.run_slice()
-    assert m.exit_code == 0 and b"echo: 9 bytes" in bytes(out.out)
+    assert m.exit_code == 0 and b"echo: 9 bytes" in bytes(out.sent)
 
 
 def test_reverse_continue_reports_the_last_watchpoint_trigger() -> None:
@@ -128,7 +119,7 @@ def record_session(tmp_path: Path) -> tuple[Path, tuple[object, ...], bytes]:
     run_recording(replay, m, 200_000, {2_000: b"hi", 6_000: b"there q"})
     assert m.exit_code == 0
     writer.close(m.clock.icount, m.clock.now_ns)
-    return path, state(m), bytes(out.out)
+    return path, state(m), bytes(out.sent)
 
 
 def test_a_recorded_session_replays_byte_for_byte(tmp_path: Path) -> None:
@@ -142,7 +133,7 @@ def test_a_recorded_session_replays_byte_for_byte(tmp_path: Path) -> None:
     m.serial.feed(b"ignored")  # host input is refused while the session plays
     while replay.mode == "play" and m.exit_code is None:
         replay.run_slice()
-    assert bytes(out.out) == output and state(m) == final
+    assert bytes(out.sent) == output and state(m) == final
 
 
 def test_bad_session_files_are_refused_naming_the_problem(tmp_path: Path) -> None:
@@ -190,7 +181,7 @@ def test_checkpoints_by_host_time_change_no_guest_byte(tmp_path: Path) -> None:
         assert m.exit_code == 0 and len(seen) > 5
         sample = sorted(random.Random(SEED).sample(sorted(seen), min(15, len(seen))))
         seeks = [(replay.seek(i), state(m)) for i in sample]
-        runs.append((seen, seeks, bytes(out.out), path.read_bytes(), len(replay.ring.items)))
+        runs.append((seen, seeks, bytes(out.sent), path.read_bytes(), len(replay.ring.items)))
     (seen0, seeks0, out0, file0, n0), (seen1, seeks1, out1, file1, n1) = runs
     assert n1 > n0  # the time trigger did take checkpoints
     assert (seen0, seeks0, out0, file0) == (seen1, seeks1, out1, file1)
