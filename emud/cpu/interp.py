@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 Op = Callable[[], int]
 M = d.MASK32
 SIGN = 0x8000_0000
+W = 1 << 32  # what a sum or difference that wrapped is corrected by
 
 
 class Trap(Exception):
@@ -123,6 +124,12 @@ def _nop(npc: int) -> Op:
 
 
 # --- integer computation ---------------------------------------------------------
+#
+# Specialised closures for the commonest forms: x0 as a source or destination, the
+# sign of an immediate.  CPython's int arithmetic is fast only on operands below
+# 2**30, so where it measured faster a wrap is a compare and a correction by W
+# instead of `& M`, and a signed compare picks the unsigned order by the sign bits
+# instead of xoring both sides with SIGN.
 
 
 def _constant(x: list[int], rd: int, value: int, npc: int) -> Op:
@@ -131,6 +138,17 @@ def _constant(x: list[int], rd: int, value: int, npc: int) -> Op:
 
     def op() -> int:
         x[rd] = value
+        return npc
+
+    return op
+
+
+def _move(x: list[int], rd: int, rs: int, npc: int) -> Op:
+    if rs == 0:
+        return _constant(x, rd, 0, npc)
+
+    def op() -> int:
+        x[rd] = x[rs]
         return npc
 
     return op
@@ -153,32 +171,37 @@ def _op_imm(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     if rd == 0:
         return _nop(npc)
     uimm = imm & M
+    if rs1 == 0:  # li and friends: the result is a constant
+        return _constant(x, rd, ALU_RR[f7 if f3 == 5 else 0, f3](0, uimm), npc)
     if f3 == 0:
-        if rs1 == 0:
+        if imm == 0:
+            return _move(x, rd, rs1, npc)
+        if imm > 0:
             def op() -> int:
-                x[rd] = uimm
-                return npc
-        elif uimm == 0:
-            def op() -> int:
-                x[rd] = x[rs1]
+                v = x[rs1] + imm
+                x[rd] = v if v <= M else v - W
                 return npc
         else:
             def op() -> int:
-                x[rd] = (x[rs1] + uimm) & M
+                v = x[rs1] + imm
+                x[rd] = v if v >= 0 else v + W
                 return npc
     elif f3 == 1:
         def op() -> int:
             x[rd] = (x[rs1] << shamt) & M
             return npc
     elif f3 == 2:
-        simm = uimm ^ SIGN
-
-        def op() -> int:
-            x[rd] = int((x[rs1] ^ SIGN) < simm)
-            return npc
+        if imm >= 0:  # not below a non-negative immediate: from it up to the negatives
+            def op() -> int:
+                x[rd] = 0 if imm <= x[rs1] < SIGN else 1
+                return npc
+        else:  # below a negative immediate: negative, and below it unsigned too
+            def op() -> int:
+                x[rd] = 1 if SIGN <= x[rs1] < uimm else 0
+                return npc
     elif f3 == 3:
         def op() -> int:
-            x[rd] = int(x[rs1] < uimm)
+            x[rd] = 1 if x[rs1] < uimm else 0
             return npc
     elif f3 == 4:
         def op() -> int:
@@ -189,9 +212,11 @@ def _op_imm(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             x[rd] = x[rs1] >> shamt
             return npc
     elif f3 == 5:
+        fill = M ^ (M >> shamt)  # the copies of the sign bit shifted in
+
         def op() -> int:
             v = x[rs1]
-            x[rd] = ((v ^ SIGN) - SIGN >> shamt) & M
+            x[rd] = v >> shamt | fill if v > 0x7FFF_FFFF else v >> shamt
             return npc
     elif f3 == 6:
         def op() -> int:
@@ -206,12 +231,16 @@ def _op_imm(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
 
 def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     x, rd, rs1, rs2 = hart.x, d.rd(insn), d.rs1(insn), d.rs2(insn)
-    fn = ALU_RR.get((d.funct7(insn), d.funct3(insn)))
+    key = (d.funct7(insn), d.funct3(insn))
+    fn = ALU_RR.get(key)
     if fn is None:
         return None
     if rd == 0:
         return _nop(npc)
-    key = (d.funct7(insn), d.funct3(insn))
+    if key == (0, 0) and 0 in (rs1, rs2):  # mv (c.mv is add rd, x0, rs2)
+        return _move(x, rd, rs1 | rs2, npc)
+    if key in ((0x20, 0), (0, 4), (0, 6)) and rs2 == 0:  # sub, xor, or with x0
+        return _move(x, rd, rs1, npc)
     # The commonest operations are inlined; the rest call their semantic function.
     if key == (0, 0):
         def op() -> int:
@@ -233,9 +262,33 @@ def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         def op() -> int:
             x[rd] = x[rs1] & x[rs2]
             return npc
+    elif key == (0, 2):
+        def op() -> int:
+            a, b = x[rs1], x[rs2]
+            if a < b:  # signed too, unless a is non-negative and b negative
+                x[rd] = 0 if a < SIGN <= b else 1
+            else:  # signed too, unless a is negative and b non-negative
+                x[rd] = 1 if b < SIGN <= a else 0
+            return npc
     elif key == (0, 3):
         def op() -> int:
-            x[rd] = int(x[rs1] < x[rs2])
+            x[rd] = 1 if x[rs1] < x[rs2] else 0
+            return npc
+    elif key == (0, 1):
+        def op() -> int:
+            x[rd] = (x[rs1] << (x[rs2] & 31)) & M
+            return npc
+    elif key == (0, 5):
+        def op() -> int:
+            x[rd] = x[rs1] >> (x[rs2] & 31)
+            return npc
+    elif key == (1, 0):
+        def op() -> int:
+            x[rd] = (x[rs1] * x[rs2]) & M
+            return npc
+    elif key == (1, 3):
+        def op() -> int:
+            x[rd] = (x[rs1] * x[rs2]) >> 32
             return npc
     else:
         def op() -> int:
@@ -277,18 +330,39 @@ def _jalr(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
 def _branch(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     x, rs1, rs2, f3 = hart.x, d.rs1(insn), d.rs2(insn), d.funct3(insn)
     t = (pc + d.imm_b(insn)) & M
-    if f3 == 0:
+    if f3 in (0, 1) and 0 in (rs1, rs2):  # beqz, bnez: a register against zero
+        rs = rs1 | rs2
+        if f3 == 0:
+            def op() -> int:
+                return npc if x[rs] else t
+        else:
+            def op() -> int:
+                return t if x[rs] else npc
+    elif f3 == 0:
         def op() -> int:
             return t if x[rs1] == x[rs2] else npc
     elif f3 == 1:
         def op() -> int:
             return t if x[rs1] != x[rs2] else npc
+    elif f3 in (4, 5) and rs2 == 0:  # bltz, bgez: the sign bit
+        if f3 == 4:
+            def op() -> int:
+                return t if x[rs1] > 0x7FFF_FFFF else npc
+        else:
+            def op() -> int:
+                return npc if x[rs1] > 0x7FFF_FFFF else t
     elif f3 == 4:
         def op() -> int:
-            return t if (x[rs1] ^ SIGN) < (x[rs2] ^ SIGN) else npc
+            a, b = x[rs1], x[rs2]
+            if a < b:  # signed too, unless a is non-negative and b negative
+                return npc if a < SIGN <= b else t
+            return t if b < SIGN <= a else npc  # a negative and b not: a is below
     elif f3 == 5:
         def op() -> int:
-            return t if (x[rs1] ^ SIGN) >= (x[rs2] ^ SIGN) else npc
+            a, b = x[rs1], x[rs2]
+            if a < b:
+                return t if a < SIGN <= b else npc
+            return npc if b < SIGN <= a else t
     elif f3 == 6:
         def op() -> int:
             return t if x[rs1] < x[rs2] else npc
