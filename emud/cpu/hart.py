@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from itertools import repeat
+from operator import length_hint
 from typing import Any, Protocol
 
 from emud import log
@@ -558,56 +560,72 @@ class Hart:
         return accel.run(budget)
 
     def interpret(self, budget: int) -> int:
-        """The reference interpreter loop; accelerators call it for what they cannot run."""
+        """The reference interpreter loop; accelerators call it for what they cannot run.
+
+        A batch runs ops back to back until the budget or the next deadline; only an op
+        that leaves by an exception ends it early.  The clock is advanced by the
+        instructions that retired when the batch ends (and before an instruction that
+        needs it exact), and interrupts are looked at between batches.  A batch counts
+        with `repeat`: how many steps it has left tells how many ran when an op
+        raised, which is cheaper than a counter (range makes an int per step)."""
         cache, decode, clock = self.cache, self.decode, self.clock
         pc = self.pc
         done = 0
         while done < budget and not self.stop_requested and not self.waiting:
-            irq = self._deliverable_irq()
-            if irq is not None:
+            if self.mip & self.mie and (irq := self._deliverable_irq()) is not None:
                 pc = self.enter_trap(INTERRUPT_BIT | irq, 0, pc)
                 cache = self.cache
-            i = 0
-            try:
-                # Ops raise only Trap and NeedsSync; a KeyError can only be a cache miss.
-                for i in range(budget - done):  # noqa: B007 - i is read on exceptions
-                    pc = cache[pc]()
-                i = budget - done
-            except KeyError:
+            n = budget - done
+            i = 0  # instructions of this batch that retired
+            step = 0  # 1: the batch ended with an instruction that trapped or ran synced
+            while True:
+                steps = repeat(None, n - i)
                 try:
-                    decode(pc)
-                except Trap as trap:  # fetch fault
+                    # Ops raise only Trap, NeedsSync and DebugStop; a KeyError can only
+                    # be a cache miss.
+                    for _ in steps:
+                        pc = cache[pc]()
+                    i = n
+                except KeyError:
+                    i = n - length_hint(steps) - 1
+                    try:
+                        decode(pc)
+                    except Trap as trap:  # fetch fault
+                        clock.advance_insns(i)
+                        pc = self.enter_trap(trap.cause, trap.tval, pc)
+                        step = 1
+                    else:
+                        continue  # nothing retired and time did not move: go on
+                except NeedsSync:
+                    i = n - length_hint(steps) - 1
                     clock.advance_insns(i)
-                    done += i
-                    i = 1
-                    pc = self.enter_trap(trap.cause, trap.tval, pc)
-                    cache = self.cache
-            except NeedsSync:
-                clock.advance_insns(i)
-                done += i
-                i = 1
-                self.synced = True
-                try:
-                    pc = cache[pc]()
+                    self.synced = True
+                    try:
+                        pc = cache[pc]()
+                    except Trap as trap:
+                        pc = self.enter_trap(trap.cause, trap.tval, pc)
+                    finally:
+                        self.synced = False
+                    step = 1
                 except Trap as trap:
+                    i = n - length_hint(steps) - 1
+                    clock.advance_insns(i)
                     pc = self.enter_trap(trap.cause, trap.tval, pc)
-                finally:
-                    self.synced = False
-                cache = self.cache  # mret and CSR writes may change the context
-            except Trap as trap:
-                clock.advance_insns(i)
-                done += i
-                i = 1
-                pc = self.enter_trap(trap.cause, trap.tval, pc)
-                cache = self.cache
-            except DebugStop as stop:
-                clock.advance_insns(i)
-                done += i
-                stop.pc = pc
-                self.debug_stop = stop
+                    step = 1
+                except DebugStop as stop:
+                    i = n - length_hint(steps) - 1
+                    clock.advance_insns(i)
+                    stop.pc = pc
+                    self.debug_stop = stop
+                    self.pc = pc
+                    return done + i
                 break
-            clock.advance_insns(i)
-            done += i
+            if step:  # that instruction takes its step after the trap or synced run
+                clock.advance_insns(1)
+                cache = self.cache  # traps, mret and CSR writes may change the context
+            else:
+                clock.advance_insns(i)
+            done += i + step
             if done < budget:  # a timer armed during this run may be due before its end
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
