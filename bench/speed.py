@@ -23,6 +23,7 @@ others warm; both are printed. --only takes guest names and the sections
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import subprocess
@@ -44,7 +45,7 @@ IMAGES = ROOT / "images"
 
 # name -> what it exhibits
 GUESTS = {
-    "compute": "CRC-32, quicksort, matrix multiply (.bss on the code page, little stored there)",
+    "compute": "CRC-32, quicksort, matrix multiply (its LCG state is on a code page)",
     "globals": "PRNG seed and counters stored on the code page",
     "statemachine": "384-case switch: hundreds of blocks, each run a few hundred times",
     "crypto": "ChaCha20 + SHA-256: long straight arithmetic",
@@ -296,6 +297,8 @@ def main() -> None:
                         help="a fresh XDG_CACHE_HOME per guest and accelerator for the "
                              "whole-process runs; print cold and warm figures")
     args = parser.parse_args()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a long run shows each table as it ends
+        sys.stdout.reconfigure(line_buffering=True)
     runs = 1 if args.quick else args.runs
     if args.cold_cache:
         runs = max(runs, 2)  # one cold, at least one warm
