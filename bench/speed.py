@@ -299,11 +299,11 @@ def main() -> None:
     args = parser.parse_args()
     if isinstance(sys.stdout, io.TextIOWrapper):  # a long run shows each table as it ends
         sys.stdout.reconfigure(line_buffering=True)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     runs = 1 if args.quick else args.runs
     if args.cold_cache:
         runs = max(runs, 2)  # one cold, at least one warm
-    if runs < 1:
-        parser.error("--runs must be at least 1")
     wanted = [*GUESTS, *SECTIONS]
     if args.only:
         wanted = [n.strip() for n in args.only.split(",")]

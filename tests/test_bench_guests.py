@@ -11,13 +11,14 @@ import hashlib
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_images import HOST_SHIM
 from test_translate import both, until_poweroff
 
-from conftest import IMAGES, boot, serial_text
+from conftest import IMAGES, ROOT, boot, serial_text
 from emud.loader import load_elf
 
 PAGE = 4096
@@ -98,7 +99,12 @@ def test_crypto_prints_the_digest_hashlib_computes() -> None:
                           for b in range(size // 64))
         buf = bytes(x ^ y for x, y in zip(buf, stream, strict=True))
         sha.update(buf)
-    assert guest_output("crypto.elf") == (
+    # through the CLI, as bench/speed.py's whole-process runs do
+    result = subprocess.run([sys.executable, "-m", "emud", "run", str(IMAGES / "crypto.elf")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0
+    assert result.stdout == (
         "crypto: self-check ok\n"
         f"crypto: rounds={rounds} bytes={rounds * size}\n"
         f"first word: {struct.unpack('<I', buf[:4])[0]:08x}\n"
