@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 from test_images import HOST_SHIM
 from test_translate import both, until_poweroff
 
@@ -60,6 +61,19 @@ def test_globals_are_stored_on_the_page_of_the_code_that_stores_them() -> None:
     data = {symbols[name] // PAGE for name in ("seed", "draws", "odd_draws", "histogram",
                                                 "running")}
     assert code == data and len(code) == 1
+
+
+def test_statemachine_switch_jumps_to_hundreds_of_blocks() -> None:
+    """The case statemachine.elf exists for: gcc kept one block per case (a jump table of
+    distinct code addresses), rather than merging cases or making a table of constants."""
+    with (IMAGES / "statemachine.elf").open("rb") as f:
+        elf = ELFFile(f)
+        text, rodata = elf.get_section_by_name(".text"), elf.get_section_by_name(".rodata")
+        assert text is not None and rodata is not None
+        start, end = text["sh_addr"], text["sh_addr"] + text["sh_size"]
+        data = rodata.data()
+    words = struct.unpack(f"<{len(data) // 4}I", data[:len(data) // 4 * 4])
+    assert len({w for w in words if start <= w < end}) >= 384
 
 
 # --- crypto: the oracle is hashlib and this ChaCha20 -----------------------------------------
