@@ -172,6 +172,8 @@ def test_code_flags_follow_what_is_decoded_or_translated(build_asm: Build) -> No
         assert not any(flags[i] & FLAG_CODE for i in granules)
         assert not any(machine.hart.decoded(g + off) for off, _ in INSNS.values())
         assert flags[data_granule] & FLAG_CODE  # the loop's code is still decoded
+        machine.hart.flush_code()  # fence.i: nothing is left anywhere
+        assert not machine.ram.flagged(range(len(flags)), FLAG_CODE)
 
 
 AHEAD = """

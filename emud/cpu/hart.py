@@ -72,7 +72,10 @@ class Accelerator(Protocol):
     def translated(self, addr: int, size: int) -> bool:
         """Whether a translated instruction overlaps [addr, addr+size)."""
         ...
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Drop every translation, and FLAG_CODE where translated code was (the hart
+        drops its decoded code at the same time)."""
+        ...
 
 
 class Hart:
@@ -170,9 +173,14 @@ class Hart:
         old rules.  Unchecked code never asked PMP, so it stays."""
         self.pmp_rules = pmp.regions(self.pmpcfg, self.pmpaddr)
         self.pmp_locked = pmp.any_locked(self.pmpcfg)
+        dropped: set[int] = set()
         for (_, checked), cache in self._caches.items():
             if checked:
+                dropped.update(cache)
                 cache.clear()
+        for pc in dropped:  # left in no context: no longer decoded (FLAG_CODE may go)
+            if not self.decoded(pc):
+                self._lengths.pop(pc, None)
         self.update_context()
 
     def pmp_check(self, addr: int, size: int, access: int, priv: int, cause: int) -> None:
@@ -478,9 +486,11 @@ class Hart:
         """Drop every decoded and translated instruction (fence.i, a reset, a snapshot)."""
         for cache in self._caches.values():
             cache.clear()
-        self._lengths.clear()
         ram = self.bus.ram
-        ram.clear_flags(range(len(ram.flags)), FLAG_CODE)
+        for pc, n in self._lengths.items():  # what is decoded, not all of RAM: fence.i is common
+            for g in ram.granules(pc, n):
+                ram.flags[g] &= ~FLAG_CODE
+        self._lengths.clear()
         if self.accel is not None:
             self.accel.flush()
 

@@ -265,6 +265,10 @@ class Translator:
                    for pc in range((addr & ~1) - 2, addr + size, 2))
 
     def flush(self) -> None:
+        ram = self.ram
+        for pc, (n, _) in self.code.items():
+            for g in ram.granules(pc, n):
+                ram.flags[g] &= ~FLAG_CODE
         self.code.clear()
         self.exits.clear()
         self.members.clear()
