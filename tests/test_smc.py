@@ -314,3 +314,101 @@ def test_a_read_watchpoint_slows_only_its_granule(build_asm: Build) -> None:
         runs.append((stops, state(machine)))
     assert runs[0] == runs[1]
     assert runs[0][0][0][:2] == (RWATCH, symbols["var"])
+
+
+EXECUTE_TRIGGER = """
+    .globl _start
+_start:
+    la t0, handler
+    csrw mtvec, t0
+    la t0, target
+    csrw 0x7a0, zero    # tselect
+    csrw 0x7a2, t0      # tdata2: the pc
+    li t0, 0x20000044   # tdata1: mcontrol, m, execute
+    csrw 0x7a1, t0
+    csrsi mstatus, 8    # an M-mode trigger fires while MIE is set
+    li s2, 300
+    .option norvc
+loop:
+    addi s3, s3, 1
+target:
+    addi s4, s4, 1      # never runs: the trigger traps before it, the handler skips it
+    addi s2, s2, -1
+    bnez s2, loop
+    wfi
+    j .
+handler:
+    addi s5, s5, 1
+    csrr t0, mepc
+    addi t0, t0, 4
+    csrw mepc, t0
+    mret
+"""
+
+
+def test_an_execute_trigger_in_a_hot_loop_keeps_it_translated(build_asm: Build) -> None:
+    elf = build_asm(EXECUTE_TRIGGER)
+    states = []
+    for accel in ACCELS:
+        machine = machine_for(elf, accel)
+        assert machine.image is not None
+        machine.run_until_poweroff(20_000)
+        assert machine.hart.x[19:22] == [300, 0, 300]  # s3, s4, s5
+        if accel == "translate":
+            t, target = translator(machine), machine.image.symbols["target"]
+            assert t.regions and target not in t.code and target in t.exits
+        states.append(state(machine))
+    assert states[0] == states[1]
+
+
+LOAD_TRIGGER = """
+    .globl _start
+_start:
+    la t0, handler
+    csrw mtvec, t0
+    la s0, data
+    addi t0, s0, 16     # the watched word, in the granule after data's
+    csrw 0x7a0, zero    # tselect
+    csrw 0x7a2, t0      # tdata2: the address
+    li t0, 0x20000041   # tdata1: mcontrol, m, load
+    csrw 0x7a1, t0
+    csrsi mstatus, 8
+    li s2, 300
+    .option norvc
+loop:
+plain:
+    lw t1, 0(s0)        # the same granule as nothing watched: stays translated
+    add s3, s3, t1
+    andi t0, s2, 15
+    bnez t0, 1f
+    lw t2, 16(s0)       # traps before loading; the handler skips it
+    addi s4, s4, 1
+1:  addi s2, s2, -1
+    bnez s2, loop
+    wfi
+    j .
+handler:
+    addi s5, s5, 1
+    csrr t0, mepc
+    addi t0, t0, 4
+    csrw mepc, t0
+    mret
+    .data
+    .align 4
+data: .word 1, 0, 0, 0, 5
+"""
+
+
+def test_a_load_trigger_armed_by_the_guest_slows_only_its_granule(build_asm: Build) -> None:
+    elf = build_asm(LOAD_TRIGGER)
+    states = []
+    for accel in ACCELS:
+        machine = machine_for(elf, accel)
+        assert machine.image is not None
+        machine.run_until_poweroff(20_000)
+        x = machine.hart.x
+        assert (x[19], x[20], x[21], x[7]) == (300, 18, 18, 0)  # s3, s4, s5, t2
+        if accel == "translate":
+            assert machine.image.symbols["plain"] in translator(machine).code
+        states.append(state(machine))
+    assert states[0] == states[1]
