@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from conftest import boot
-from emud.cpu.debug import RWATCH, Watchpoint
+from conftest import IMAGES, boot
+from emud.cpu.debug import RWATCH, WATCH, Watchpoint
 from emud.cpu.translate import Translator
 from emud.machine import Machine
-from emud.memory import FLAG_CODE, FLAG_SHIFT
+from emud.memory import FLAG_CODE, FLAG_DEBUG, FLAG_LOAD, FLAG_SHIFT
 
 Build = Callable[[str], Path]
 ACCELS = ["interp", "translate"]
@@ -412,3 +412,27 @@ def test_a_load_trigger_armed_by_the_guest_slows_only_its_granule(build_asm: Bui
             assert machine.image.symbols["plain"] in translator(machine).code
         states.append(state(machine))
     assert states[0] == states[1]
+
+
+def test_watchpoint_and_trigger_flags_follow_what_is_still_watched() -> None:
+    machine = boot(IMAGES / "counter.elf")
+    ram, hart = machine.ram, machine.hart
+    base = ram.base + 0x10000
+
+    def flags(addr: int) -> int:
+        return ram.flags[(addr - ram.base) >> FLAG_SHIFT]
+
+    wide, narrow = Watchpoint(base, 0x100, WATCH), Watchpoint(base + 0x40, 4, RWATCH)
+    hart.add_watchpoint(wide)
+    hart.add_watchpoint(narrow)
+    hart.csr_write(0x7A2, base + 0x84, 0)  # tdata2, then tdata1: a store trigger (m)
+    hart.csr_write(0x7A1, 0x20000042, 0)
+    assert [flags(base + off) for off in (0, 0x40, 0x80, 0xF0, 0x100)] == [
+        FLAG_DEBUG, FLAG_DEBUG | FLAG_LOAD, FLAG_DEBUG, FLAG_DEBUG, 0]
+    hart.remove_watchpoint(wide)
+    assert [flags(base + off) for off in (0, 0x40, 0x80, 0xF0)] == [0, FLAG_LOAD, FLAG_DEBUG, 0]
+    assert hart.watch_loads
+    hart.remove_watchpoint(narrow)
+    hart.csr_write(0x7A1, 0x20000000, 0)  # disarmed
+    assert not ram.flagged(range(len(ram.flags)), FLAG_DEBUG | FLAG_LOAD)
+    assert not hart.watch_loads

@@ -546,20 +546,21 @@ class Hart:
     def add_watchpoint(self, w: Watchpoint) -> None:
         """Stores to the watched RAM granules take the slow path (FLAG_DEBUG); while any
         read watchpoint exists, loads from the watched granules do (FLAG_LOAD)."""
-        if self.watchpoints.add(w):
-            self._watch_changed(w)
+        if self.watchpoints.add(w):  # more is watched: its granules are flagged
+            ram = self.bus.ram
+            bits = (FLAG_DEBUG if w.writes else 0) | (FLAG_LOAD if w.reads else 0)
+            ram.set_flags(ram.granules(w.addr, w.length), bits)
+            self._slow_loads_changed()
 
     def remove_watchpoint(self, w: Watchpoint) -> None:
         if self.watchpoints.remove(w):
-            self._watch_changed(w)
-
-    def _watch_changed(self, w: Watchpoint) -> None:
-        self._debug_flags_changed(w.addr, w.length)
-        self._slow_loads_changed()
+            self._debug_flags_changed(w.addr, w.length)
+            self._slow_loads_changed()
 
     def _debug_flags_changed(self, addr: int, length: int) -> None:
         """Recompute FLAG_DEBUG and FLAG_LOAD over the granules of [addr, addr+length)
-        from the watchpoints and triggers there (at C speed for the flags themselves)."""
+        from the watchpoints and triggers there: what they cover there, merged, is
+        flagged at C speed, however many overlap (gdb removes them one by one)."""
         ram = self.bus.ram
         span = ram.granules(addr, length)
         if not span:
@@ -567,18 +568,19 @@ class Hart:
         ram.clear_flags(span, FLAG_DEBUG | FLAG_LOAD)
         lo = ram.base + (span.start << FLAG_SHIFT)
         hi = ram.base + (span.stop << FLAG_SHIFT)
-
-        def flag(at: int, n: int, bits: int) -> None:
-            start, stop = max(at, lo), min(at + n, hi)
-            if bits and start < stop:
-                ram.set_flags(ram.granules(start, stop - start), bits)
-
+        writes: list[tuple[int, int]] = []
+        reads: list[tuple[int, int]] = []
         for w in self.watchpoints.overlapping(lo, hi - lo):
-            flag(w.addr, w.length, (FLAG_DEBUG if w.writes else 0) | (FLAG_LOAD if w.reads else 0))
-        for a in self.triggers.stores:
-            flag(a, 1, FLAG_DEBUG)
-        for a in self.triggers.loads:
-            flag(a, 1, FLAG_LOAD)
+            covered = (max(w.addr, lo), min(w.addr + w.length, hi))
+            if w.writes:
+                writes.append(covered)
+            if w.reads:
+                reads.append(covered)
+        writes += [(a, a + 1) for a in self.triggers.stores if lo <= a < hi]
+        reads += [(a, a + 1) for a in self.triggers.loads if lo <= a < hi]
+        for bits, ranges in ((FLAG_DEBUG, writes), (FLAG_LOAD, reads)):
+            for start, stop in _merged(ranges):
+                ram.set_flags(ram.granules(start, stop - start), bits)
 
     def _slow_loads_changed(self) -> None:
         """Loads test FLAG_LOAD only while something watches them: their ops and
@@ -675,6 +677,17 @@ class Hart:
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open ranges as the fewest disjoint ones covering the same addresses."""
+    out: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], stop))
+        else:
+            out.append((start, stop))
+    return out
 
 
 # --- vmstate: emud's own `cpu` section ------------------------------------------------
