@@ -21,7 +21,7 @@ from conftest import PASS_OR_FAIL
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import interp
-from emud.cpu.decode import OP_BRANCH, OP_IMM, OP_OP, enc_b, enc_i, enc_r
+from emud.cpu.decode import OP_BRANCH, OP_IMM, OP_OP, enc_b, enc_i, enc_r, enc_s
 from emud.cpu.hart import Hart
 from emud.loader import load_elf
 from emud.machine import CLINT_BASE, Machine, RunState
@@ -262,3 +262,26 @@ def test_counters_count_each_instruction_once_across_traps(
     # csrr s4, ecall, the handler, two addi, csrr s5
     assert x[21] - x[19] == 2 + 1 + HANDLER_LENGTH + 2
     assert x[22] - x[20] == 2 + HANDLER_LENGTH + 2
+
+
+@pytest.mark.parametrize("ram_base,base_value,offset", [
+    (0xFFFF_0000, 0x8, -16),          # below 0: wraps to the top of the address space
+    (0x0000_0000, 0xFFFF_FFFC, 8),    # above 2**32 - 1: wraps to the bottom
+])
+def test_loads_and_stores_wrap_their_address(ram_base: int, base_value: int,
+                                             offset: int) -> None:
+    """The fast paths add base and offset without `& M`; an address that wraps must
+    still reach the RAM it wraps to."""
+    hart = Hart(AddressSpace(Ram(ram_base, 0x1_0000)), VirtualClock())
+    target = (base_value + offset) & M
+    ram = hart.bus.ram
+    for f3, size in ((2, 4), (1, 2), (4, 1)):  # lw, lh, lbu: each fast path
+        ram.data[target - ram_base:target - ram_base + 4] = b"\x81\x92\xa3\xb4"
+        assert run_op(hart, enc_i(0x03, 5, f3, 6, offset), {6: base_value}) == PC + 4
+        assert hart.x[5] == {4: 0xB4A3_9281, 2: 0xFFFF_9281, 1: 0x81}[size]
+    for f3, size in ((2, 4), (1, 2), (0, 1)):  # sw, sh, sb
+        ram.data[target - ram_base:target - ram_base + 4] = bytes(4)
+        insn = enc_s(0x23, f3, 6, 7, offset)
+        assert run_op(hart, insn, {6: base_value, 7: 0x1122_3344}) == PC + 4
+        assert ram.data[target - ram_base:target - ram_base + 4] == (
+            b"\x44\x33\x22\x11"[:size] + bytes(4 - size))

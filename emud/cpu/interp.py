@@ -413,23 +413,26 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             else:
                 x[rd] = slow(a, size, signed)
             return npc
+    # The fast paths leave the address unwrapped (an `& M` of a pointer above 2**30
+    # is slow): one that wrapped is below 0 or above the top of RAM, never in it, and
+    # the slow path gets it wrapped.
     elif size == 4:
         def op() -> int:
-            a = (x[rs1] + imm) & M
+            a = x[rs1] + imm
             o = a - base
             if 0 <= o < limit and not a & 3:
                 x[rd] = view[o >> 2]
             else:
-                x[rd] = slow(a, 4, False)
+                x[rd] = slow(a & M, 4, False)
             return npc
     else:
         def op() -> int:
-            a = (x[rs1] + imm) & M
+            a = x[rs1] + imm
             o = a - base
             if 0 <= o < limit and not a & align:
                 x[rd] = view[o >> shift] & M
             else:
-                x[rd] = slow(a, size, signed)
+                x[rd] = slow(a & M, size, signed)
             return npc
     return op
 
@@ -451,12 +454,12 @@ def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         return checked
 
     def op() -> int:
-        a = (x[rs1] + imm) & M
+        a = x[rs1] + imm  # unwrapped, as in _load
         o = a - base
         if 0 <= o < limit and not a & align and not flags[o >> granule]:
             view[o >> shift] = x[rs2] & vmask
         else:
-            slow(a, x[rs2], size)
+            slow(a & M, x[rs2], size)
         return npc
 
     return op
