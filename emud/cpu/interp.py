@@ -291,6 +291,16 @@ def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         def op() -> int:
             x[rd] = (x[rs1] * x[rs2]) >> 32
             return npc
+    elif key == (1, 5):
+        def op() -> int:
+            b = x[rs2]
+            x[rd] = x[rs1] // b if b else M
+            return npc
+    elif key == (1, 7):
+        def op() -> int:
+            b = x[rs2]
+            x[rd] = x[rs1] % b if b else x[rs1]
+            return npc
     else:
         def op() -> int:
             x[rd] = fn(x[rs1], x[rs2])
