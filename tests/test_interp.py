@@ -21,6 +21,7 @@ from conftest import PASS_OR_FAIL
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import interp
+from emud.cpu.csr import Cause
 from emud.cpu.decode import OP_BRANCH, OP_IMM, OP_OP, enc_b, enc_i, enc_r, enc_s
 from emud.cpu.hart import Hart
 from emud.loader import load_elf
@@ -285,3 +286,25 @@ def test_loads_and_stores_wrap_their_address(ram_base: int, base_value: int,
         assert run_op(hart, insn, {6: base_value, 7: 0x1122_3344}) == PC + 4
         assert ram.data[target - ram_base:target - ram_base + 4] == (
             b"\x44\x33\x22\x11"[:size] + bytes(4 - size))
+
+
+@pytest.mark.parametrize("ram_base,ram_size,base_value,offset,cause", [
+    # RAM past the top of the 32-bit space: an address that wraps to 4 is not in it
+    (0xFFFF_F000, 0x2000, 0xFFFF_FFFC, 8, "access"),
+    # RAM at an address that is not word-aligned: its offset 0 is a misaligned address
+    (0x8000_0002, 0x1000, 0x8000_0000, 2, "misaligned"),
+])
+def test_odd_ram_takes_the_slow_path(ram_base: int, ram_size: int, base_value: int,
+                                     offset: int, cause: str) -> None:
+    """The fast paths work on the offset into RAM; where that would not be exact, the
+    access must still fault as its address says."""
+    hart = Hart(AddressSpace(Ram(ram_base, ram_size)), VirtualClock())
+    hart.synced = True  # an access outside RAM goes to the bus, which has nothing there
+    address = (base_value + offset) & M
+    for insn, load in ((enc_i(0x03, 5, 2, 6, offset), True), (enc_s(0x23, 2, 6, 7, offset), False)):
+        with pytest.raises(interp.Trap) as trap:
+            run_op(hart, insn, {6: base_value, 7: 0x1122_3344})
+        expected = {("access", True): Cause.LOAD_ACCESS, ("access", False): Cause.STORE_ACCESS,
+                    ("misaligned", True): Cause.LOAD_MISALIGNED,
+                    ("misaligned", False): Cause.STORE_MISALIGNED}[cause, load]
+        assert (trap.value.cause, trap.value.tval) == (expected, address)

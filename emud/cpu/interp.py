@@ -387,6 +387,16 @@ def _branch(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
 
 # --- memory ----------------------------------------------------------------------
 
+def _offsets_exact(base: int, size: int) -> bool:
+    """Whether fast paths may work on the offset into RAM, `x[rs1] + (imm - base)`,
+    without forming the address: one addition whose result is small, where
+    `(x[rs1] + imm) & M` and `a - base` take CPython's slow multi-digit path on
+    pointers above 2**30.  Exact when RAM is word-aligned (an offset is aligned
+    when its address is) and ends within the 32-bit space (an address that wraps
+    gives an offset below 0 or at least `size`); other RAM takes the slow path."""
+    return not base & 3 and base + size <= 1 << 32
+
+
 # funct3 -> (size, signed) for loads
 LOADS = {0: (1, True), 1: (2, True), 2: (4, False), 4: (1, False), 5: (2, False)}
 STORES = {0: 1, 1: 2, 2: 4}
@@ -403,9 +413,10 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     view = {(1, True): ram.s8, (1, False): ram.u8, (2, True): ram.s16,
             (2, False): ram.u16, (4, False): ram.u32}[kind]
     shift = size >> 1  # log2(size) for 1, 2, 4
+    offset = imm - base
 
-    # The access may fault, touch a device, be watched, or need a PMP check.
-    if rd == 0 or hart.checked:
+    # The access may fault, touch a device, be watched, need a PMP check, or RAM be odd.
+    if rd == 0 or hart.checked or not _offsets_exact(base, limit):
         def op() -> int:
             value = slow((x[rs1] + imm) & M, size, signed)
             if rd:
@@ -423,26 +434,21 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             else:
                 x[rd] = slow(a, size, signed)
             return npc
-    # The fast paths leave the address unwrapped (an `& M` of a pointer above 2**30
-    # is slow): one that wrapped is below 0 or above the top of RAM, never in it, and
-    # the slow path gets it wrapped.
-    elif size == 4:
+    elif size == 4:  # the fast paths go straight to the offset in RAM (_offsets_exact)
         def op() -> int:
-            a = x[rs1] + imm
-            o = a - base
-            if 0 <= o < limit and not a & 3:
+            o = x[rs1] + offset
+            if 0 <= o < limit and not o & 3:
                 x[rd] = view[o >> 2]
             else:
-                x[rd] = slow(a & M, 4, False)
+                x[rd] = slow((o + base) & M, 4, False)
             return npc
     else:
         def op() -> int:
-            a = x[rs1] + imm
-            o = a - base
-            if 0 <= o < limit and not a & align:
+            o = x[rs1] + offset
+            if 0 <= o < limit and not o & align:
                 x[rd] = view[o >> shift] & M
             else:
-                x[rd] = slow(a & M, size, signed)
+                x[rd] = slow((o + base) & M, size, signed)
             return npc
     return op
 
@@ -456,20 +462,20 @@ def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     base, limit, flags, align, granule = ram.base, ram.size, ram.flags, size - 1, FLAG_SHIFT
     view = {1: ram.u8, 2: ram.u16, 4: ram.u32}[size]
     shift, vmask = size >> 1, (1 << (8 * size)) - 1
+    offset = imm - base
 
-    if hart.checked:  # PMP may deny it
+    if hart.checked or not _offsets_exact(base, limit):  # PMP may deny it, or odd RAM
         def checked() -> int:
             slow((x[rs1] + imm) & M, x[rs2], size)
             return npc
         return checked
 
     def op() -> int:
-        a = x[rs1] + imm  # unwrapped, as in _load
-        o = a - base
-        if 0 <= o < limit and not a & align and not flags[o >> granule]:
+        o = x[rs1] + offset  # the offset in RAM, as in _load
+        if 0 <= o < limit and not o & align and not flags[o >> granule]:
             view[o >> shift] = x[rs2] & vmask
         else:
-            slow(a & M, x[rs2], size)
+            slow((o + base) & M, x[rs2], size)
         return npc
 
     return op
