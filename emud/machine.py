@@ -279,7 +279,7 @@ class Machine:
                 self._device_error(device, f"reset raised {type(e).__name__}: {e}")
         entry = 0
         if self.image is not None:
-            self.ram.data[:] = bytes(self.ram.size)
+            self.ram.clear()
             for seg in self.image.segments:
                 self.bus.write_bytes(seg.addr, seg.data)
             entry = self.image.entry

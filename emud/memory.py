@@ -8,6 +8,7 @@ accesses go through `peek`/`poke`, which never have device side effects.
 from __future__ import annotations
 
 import bisect
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,7 +55,10 @@ class Ram:
             raise ValueError("RAM size must be a positive multiple of 4 KiB")
         self.base = base
         self.size = size
-        self.data = bytearray(size)
+        # Anonymous memory, not a bytearray: its pages are zero until first touched, so a
+        # machine (16M by default) is built and cleared without writing all of its RAM;
+        # a short run touches a few pages (emud run's start-up, bench/startup.py).
+        self.data = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.u8 = memoryview(self.data)
         self.s8 = self.u8.cast("b")
         self.u16 = self.u8.cast("H")
@@ -64,6 +68,10 @@ class Ram:
 
     def contains(self, addr: int, length: int = 1) -> bool:
         return self.base <= addr and addr + length <= self.base + self.size
+
+    def clear(self) -> None:
+        """Every byte zero again; the kernel drops the pages instead of us writing them."""
+        self.data.madvise(mmap.MADV_DONTNEED)
 
 
 class AddressSpace:
