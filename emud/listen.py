@@ -15,7 +15,6 @@ failed start must never damage a daemon that is already running:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -24,6 +23,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emud.hostfiles import SOCKET_UMASK, check_private_dir, ensure_private_dir, private_umask
 
@@ -31,7 +31,10 @@ LOOPBACK = "127.0.0.1"
 FORMS = "use unix:PATH or tcp:HOST:PORT"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, the last one a NUL
 _PORT = re.compile(r"[0-9]{1,5}")
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+if TYPE_CHECKING:  # asyncio only when something listens (a plain run never does)
+    import asyncio
+
+    ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class AddressError(ValueError):
@@ -231,6 +234,8 @@ class Listener:
 
     async def start_server(self, connected: ClientHandler) -> asyncio.Server:
         """An asyncio stream server calling `connected` for each client of this socket."""
+        import asyncio
+
         if self.address.kind == "unix":
             return await asyncio.start_unix_server(connected, sock=self.sock)
         return await asyncio.start_server(connected, sock=self.sock)

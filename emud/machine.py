@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emud import log, trace
 from emud.board import Board, BoardError, Slot, default_board, find_type
@@ -20,7 +20,9 @@ from emud.device import Device, DeviceContext, DeviceError
 from emud.irq import IRQ
 from emud.loader import ElfImage, ImageError
 from emud.memory import AddressSpace, BusError, Ram, Region
-from emud.semihosting import Semihosting, SemihostingConfig
+
+if TYPE_CHECKING:
+    from emud.semihosting import Semihosting, SemihostingConfig
 
 # The built-in board's map is emud/boards/emud-virt.toml; images/emud.h repeats it for
 # guests.  These name what tests and guests rely on.
@@ -113,6 +115,8 @@ class Machine:
         self._reset_requested = False
         self.semihosting: Semihosting | None = None
         if semihosting is not None:
+            from emud.semihosting import Semihosting  # only a guest that asks for it
+
             self.semihosting = Semihosting(semihosting, semihosting_console or CharBackend(),
                                            self.poweroff)
             self.hart.semihosting = self.semihosting
