@@ -27,6 +27,7 @@ from emud.machine import RunState
 if TYPE_CHECKING:
     import asyncio
 
+    from emud.cpu.codecache import CodeCache
     from emud.daemon import Daemon
     from emud.listen import Address
     from emud.semihosting import SemihostingConfig
@@ -128,6 +129,19 @@ def _pattern(pattern: str | bytes | re.Pattern[bytes] | re.Pattern[str]) -> re.P
         return pattern
     raw = pattern.encode() if isinstance(pattern, str) else pattern
     return re.compile(re.escape(raw))
+
+
+def _code_cache(spec: bool | str | Path | CodeCache, accel: str) -> CodeCache | None:
+    """Machine's `translation_cache` as the cache to give the machine (None: none)."""
+    if accel != "translate" or spec is False:
+        return None
+    from emud.cpu import codecache
+
+    if isinstance(spec, codecache.CodeCache):
+        cache = spec
+    else:
+        cache = codecache.default_cache() if spec is True else codecache.from_spec(spec)
+    return cache if cache.enabled else None
 
 
 # --- registers ------------------------------------------------------------------------------
@@ -337,7 +351,8 @@ class Machine:
                  serial: str | CharBackend | Sequence[str | CharBackend] = "ringbuf",
                  snapshots: str | Path | None = None,
                  semihosting: bool | SemihostingConfig = False,
-                 semihosting_console: str | CharBackend = "ringbuf") -> None:
+                 semihosting_console: str | CharBackend = "ringbuf",
+                 translation_cache: bool | str | Path | CodeCache = True) -> None:
         specs = [serial] if isinstance(serial, str | CharBackend) else list(serial)
         backends: list[CharBackend] = []
         console: CharBackend | None = None
@@ -363,7 +378,8 @@ class Machine:
             core = _machine.Machine(backends, ram_size=parse_ram(ram), icount_shift=icount,
                                     accel=accel, device_props=globals, board=board,
                                     devices=slots, semihosting=config,
-                                    semihosting_console=console)
+                                    semihosting_console=console,
+                                    translation_cache=_code_cache(translation_cache, accel))
             if image is not None:
                 core.load(image if isinstance(image, ElfImage) else load_elf(image))
         except (ImageError, DeviceError, BoardError, ValueError, OSError) as e:

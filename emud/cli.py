@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=ACCELERATORS, default=DEFAULT_ACCEL,
                      help=f"interp: the reference interpreter; translate: hot code compiled to "
                           f"Python, same results (default {DEFAULT_ACCEL})")
+    run.add_argument("--translation-cache", metavar="off|DIR",
+                     help="keep translated code between runs in DIR (default "
+                          "$XDG_CACHE_HOME/emud/translations, or $EMUD_TRANSLATION_CACHE); "
+                          "off: translate afresh (README: Accelerators)")
     run.add_argument("--gdb", type=address_type, metavar="tcp:HOST:PORT|unix:PATH",
                      help="serve the GDB remote protocol (the daemon outlives gdb sessions)")
     run.add_argument("-s", dest="gdb", action="store_const", const=parse_address(GDB_DEFAULT),
@@ -451,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                               accel=args.accel, globals=device_props, board=board,
                               devices=devices, serial=uarts, snapshots=args.snapshots,
                               semihosting=semihosting or False,
-                              semihosting_console=console or "ringbuf")
+                              semihosting_console=console or "ringbuf",
+                              translation_cache=args.translation_cache or True)
     except api.ConfigError as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)

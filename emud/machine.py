@@ -22,6 +22,7 @@ from emud.loader import ElfImage, ImageError
 from emud.memory import AddressSpace, BusError, Ram, Region
 
 if TYPE_CHECKING:
+    from emud.cpu.codecache import CodeCache
     from emud.semihosting import Semihosting, SemihostingConfig
 
 # The built-in board's map is emud/boards/emud-virt.toml; images/emud.h repeats it for
@@ -78,7 +79,8 @@ class Machine:
                  accel: str = DEFAULT_ACCEL, board: Board | None = None,
                  devices: Sequence[Slot] = (),
                  semihosting: SemihostingConfig | None = None,
-                 semihosting_console: CharBackend | None = None) -> None:
+                 semihosting_console: CharBackend | None = None,
+                 translation_cache: CodeCache | None = None) -> None:
         """Build `board` (the built-in emud-virt by default) plus the -device `devices`.
 
         `serial` is one backend or the -serial list, bound in order to the devices
@@ -87,6 +89,8 @@ class Machine:
         {"hpet": {"timers": 8, "msi": True}}.  Anything that cannot be built raises
         DeviceError (BoardError), one line naming the device.  `semihosting` enables
         the guest's semihosting calls, with `semihosting_console` as their console.
+        `translation_cache` keeps the translate accelerator's compiled regions between
+        runs (emud.cpu.codecache; None: none, as for tests that build machines).
         """
         if accel not in ACCELERATORS:
             raise ValueError(f"unknown accelerator {accel!r} (use {' or '.join(ACCELERATORS)})")
@@ -97,7 +101,10 @@ class Machine:
         self.bus.on_device_error = self._device_error
         self.hart = Hart(self.bus, self.clock)
         if accel == "translate":
-            self.hart.accel = Translator(self.hart)
+            self.hart.accel = translator = Translator(self.hart)
+            # Until Translator takes it as a parameter, Translator(hart, cache), on the
+            # translator's branch: the lead folds this line into that call at merge.
+            translator.cache = translation_cache  # type: ignore[attr-defined]
         backends = [serial] if isinstance(serial, CharBackend) else list(serial)
         self.serials: list[CharBackend] = []
         self.devices: list[Device] = []
