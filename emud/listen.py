@@ -19,7 +19,6 @@ import contextlib
 import errno
 import os
 import re
-import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,8 +30,9 @@ LOOPBACK = "127.0.0.1"
 FORMS = "use unix:PATH or tcp:HOST:PORT"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, the last one a NUL
 _PORT = re.compile(r"[0-9]{1,5}")
-if TYPE_CHECKING:  # asyncio only when something listens (a plain run never does)
+if TYPE_CHECKING:  # asyncio and socket only when something listens (a plain run never)
     import asyncio
+    import socket
 
     ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -155,6 +155,8 @@ def _clear_path(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(errno.EEXIST, "the path exists and is not a socket (it is left alone)")
+    import socket
+
     with socket.socket(socket.AF_UNIX) as probe:
         probe.setblocking(False)  # a full backlog answers EAGAIN instead of blocking us
         try:
@@ -174,6 +176,8 @@ def _bind_unix(path: str) -> socket.socket:
     elif not os.path.isdir(directory):
         raise OSError(errno.ENOENT, f"directory {directory} does not exist")
     _clear_path(path)
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with private_umask(SOCKET_UMASK):  # born 0600: no window in which others can connect
@@ -186,6 +190,8 @@ def _bind_unix(path: str) -> socket.socket:
 
 
 def _bind_tcp(address: Address) -> socket.socket:
+    import socket
+
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
