@@ -49,6 +49,19 @@ class Region:
 StoreWatcher = Callable[[int, int, int], None]  # (addr, value, size), after the store
 
 
+class RamBuffer(mmap.mmap):
+    """RAM's bytes: an anonymous private mapping, whose pages are zero until touched, that
+    compares by content as the bytearray it replaced did (an mmap compares by identity)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, bytes | bytearray | memoryview | mmap.mmap):
+            return NotImplemented
+        with memoryview(self) as mine, memoryview(other) as theirs:
+            return mine == theirs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a bytearray
+
+
 class Ram:
     def __init__(self, base: int, size: int) -> None:
         if size <= 0 or size % (1 << PAGE_SHIFT):
@@ -58,7 +71,7 @@ class Ram:
         # Anonymous memory, not a bytearray: its pages are zero until first touched, so a
         # machine (16M by default) is built and cleared without writing all of its RAM;
         # a short run touches a few pages (emud run's start-up, bench/startup.py).
-        self.data = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.data = RamBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.u8 = memoryview(self.data)
         self.s8 = self.u8.cast("b")
         self.u16 = self.u8.cast("H")

@@ -157,3 +157,19 @@ def test_corrupt_elf_is_one_line(tmp_path: Path, damage: str) -> None:
     assert text.startswith(f"{bad}: ") and "\n" not in text
     expected = "no loadable segments" if damage == "no-load" else "corrupt ELF: "
     assert expected in text, text
+
+
+def test_ram_is_built_and_cleared_without_writing_it_and_compares_by_content() -> None:
+    """RAM is an anonymous mapping (emud.memory.RamBuffer): zero until touched, cleared by
+    the kernel, and equal to another RAM or bytes with the same content, as a bytearray."""
+    from emud.memory import Ram
+
+    a, b = Ram(0x8000_0000, 1 << 20), Ram(0x8000_0000, 1 << 20)
+    assert a.data == b.data and a.data == bytes(1 << 20)
+    a.u32[100] = 0xDEADBEEF
+    a.data[5:9] = b"abcd"
+    assert a.data != b.data and a.data[5:9] == b"abcd" and a.u8[400] == 0xEF
+    b.data[:] = bytes(a.data)
+    assert a.data == b.data
+    a.clear()
+    assert a.data == bytes(1 << 20) and a.u32[100] == 0 and a.data != b.data
