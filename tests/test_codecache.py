@@ -6,6 +6,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import emud
-from conftest import IMAGES
+from conftest import IMAGES, ROOT
 from emud.cpu import codecache
 from emud.cpu.codecache import HEADER, CodeCache
 from emud.machine import Machine
@@ -264,3 +265,44 @@ def test_emud_run_flag_and_environment(tmp_path: Path, monkeypatch: pytest.Monke
     assert cli.main(["run", "-serial", "null", image]) == 0
     assert [c.directory if c else None for c in seen] == [tmp_path / "env", tmp_path / "flag",
                                                           None, None, None]
+
+
+WRITER = """
+import sys
+from emud.cpu import codecache
+torn = 0
+decode = codecache.decode
+def counting(digest, blob):  # a file that is there but not whole: a torn write
+    global torn
+    code = decode(digest, blob)
+    torn += code is None
+    return code
+codecache.decode = counting
+cache = codecache.CodeCache(sys.argv[1])
+codes = [compile(f"def region(x, r):\\n    return {n}, r\\n" + "#" * 4000 * n, "<r>", "exec")
+         for n in range(4)]
+bad = 0
+for i in range(300):
+    n = i % 4
+    cache.put(bytes([n]), codes[n])
+    got = cache.get(bytes([(i + 1) % 4]))
+    if got is not None:
+        ns = {}
+        exec(got, ns)
+        bad += ns["region"](None, 0)[0] != (i + 1) % 4
+print(bad, cache.hits, torn)
+"""
+
+
+def test_two_processes_filling_one_cache(tmp_path: Path) -> None:
+    """Two writers replacing the same entries (of different sizes) while reading them:
+    every read is a whole entry of its own key or a miss, never half of one."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "tc")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=60) for p in procs]
+    for out, err in results:
+        assert err == "" and out.split()[0] == out.split()[2] == "0", (out, err)
+    assert sum(int(out.split()[1]) for out, _ in results) > 0  # they did share entries
+    assert not [p for p in (tmp_path / "tc").iterdir() if p.name.startswith(".")]
