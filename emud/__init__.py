@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     )
     from emud.client import Client, connect
 
+# emud's version: pyproject.toml's (tests/test_startup.py keeps them equal), here so that
+# `emud --version` and the translation cache's key need no importlib.metadata.
+__version__ = "0.1.0"
+
 # public name -> the module that defines it
 _EXPORTS = {name: "emud.api" for name in (
     "Change", "ConfigError", "Csrs", "EmudError", "Machine", "Registers", "Server",

@@ -6,9 +6,7 @@ The CLI's `emud run` is built on this class: it makes a `Machine` and calls `ser
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +21,17 @@ from emud.cpu.disasm import ABI_NAMES
 from emud.device import DeviceError
 from emud.loader import ElfImage, ImageError, load_elf
 from emud.machine import RunState
-from emud.migration import MigrationError, capture, restore
-from emud.migration import diff as _diff
-from emud.semihosting import SemihostingConfig
-from emud.snapshots import SnapshotData, StoreError
 
+# Snapshots, the event loop and semihosting are imported where they are used: a plain
+# `emud run` builds its machine here and needs none of them (tests/test_startup.py).
 if TYPE_CHECKING:
+    import asyncio
+
+    from emud.cpu.codecache import CodeCache
     from emud.daemon import Daemon
     from emud.listen import Address
+    from emud.semihosting import SemihostingConfig
+    from emud.snapshots import SnapshotData
 
 __all__ = ["EmudError", "ConfigError", "SnapshotError", "TimeoutError", "Machine", "Stop",
            "Snapshot", "Change", "Uart", "Registers", "Csrs", "Server"]
@@ -128,6 +129,19 @@ def _pattern(pattern: str | bytes | re.Pattern[bytes] | re.Pattern[str]) -> re.P
         return pattern
     raw = pattern.encode() if isinstance(pattern, str) else pattern
     return re.compile(re.escape(raw))
+
+
+def _code_cache(spec: bool | str | Path | CodeCache, accel: str) -> CodeCache | None:
+    """Machine's `translation_cache` as the cache to give the machine (None: none)."""
+    if accel != "translate" or spec is False:
+        return None
+    from emud.cpu import codecache
+
+    if isinstance(spec, codecache.CodeCache):
+        cache = spec
+    else:
+        cache = codecache.default_cache() if spec is True else codecache.from_spec(spec)
+    return cache if cache.enabled else None
 
 
 # --- registers ------------------------------------------------------------------------------
@@ -337,7 +351,8 @@ class Machine:
                  serial: str | CharBackend | Sequence[str | CharBackend] = "ringbuf",
                  snapshots: str | Path | None = None,
                  semihosting: bool | SemihostingConfig = False,
-                 semihosting_console: str | CharBackend = "ringbuf") -> None:
+                 semihosting_console: str | CharBackend = "ringbuf",
+                 translation_cache: bool | str | Path | CodeCache = True) -> None:
         specs = [serial] if isinstance(serial, str | CharBackend) else list(serial)
         backends: list[CharBackend] = []
         console: CharBackend | None = None
@@ -346,7 +361,11 @@ class Machine:
             return spec if isinstance(spec, CharBackend) else \
                 CaptureBackend() if spec == "ringbuf" else open_backend(spec)
 
-        config = SemihostingConfig() if semihosting is True else semihosting or None
+        config = None if isinstance(semihosting, bool) else semihosting
+        if semihosting is True:
+            from emud.semihosting import SemihostingConfig
+
+            config = SemihostingConfig()
         try:
             for spec in specs:
                 backends.append(backend(spec))
@@ -359,7 +378,8 @@ class Machine:
             core = _machine.Machine(backends, ram_size=parse_ram(ram), icount_shift=icount,
                                     accel=accel, device_props=globals, board=board,
                                     devices=slots, semihosting=config,
-                                    semihosting_console=console)
+                                    semihosting_console=console,
+                                    translation_cache=_code_cache(translation_cache, accel))
             if image is not None:
                 core.load(image if isinstance(image, ElfImage) else load_elf(image))
         except (ImageError, DeviceError, BoardError, ValueError, OSError) as e:
@@ -634,11 +654,16 @@ class Machine:
                 self._service().save(tag)
             except MonitorError as e:
                 raise SnapshotError(str(e)) from None
+        from emud.migration import capture
+
         return Snapshot(capture(self._core))
 
     def load(self, snap: Snapshot | str) -> None:
         """Go back to `snap`, or to the store's snapshot `snap` (a tag).  All or nothing:
         a snapshot of another image or board raises SnapshotError and changes nothing."""
+        from emud.migration import MigrationError, restore
+        from emud.snapshots import StoreError
+
         try:
             data = snap.data if isinstance(snap, Snapshot) else self._service().store.load(snap)
             restore(self._core, data)
@@ -661,6 +686,10 @@ class Machine:
 
     def diff(self, a: Snapshot | str, b: Snapshot | str | None = None) -> list[Change]:
         """What changed from `a` to `b` (default: the state now), field by field."""
+        from emud.migration import MigrationError, capture
+        from emud.migration import diff as _diff
+        from emud.snapshots import StoreError
+
         def data(s: Snapshot | str | None) -> SnapshotData:
             if s is None:
                 return capture(self._core)
@@ -713,7 +742,10 @@ class Machine:
         return await serve(daemon, address(gdb), address(qmp), ready, signals=signals)
 
     def serve(self, **options: Any) -> int:
-        """`serve_async` in a new event loop, blocking until quit (what `emud run` does)."""
+        """`serve_async` in a new event loop, blocking until quit (what `emud run` does
+        with a control plane)."""
+        import asyncio
+
         return asyncio.run(self.serve_async(**options))
 
     @contextmanager
@@ -723,6 +755,9 @@ class Machine:
         gdb or a QMP client); the machine belongs to that thread until the block ends,
         when the daemon quits and the thread is joined.  Paused by default, so the
         test decides when the guest runs."""
+        import asyncio
+        import threading
+
         server = Server(self)
         started = threading.Event()
         result: list[BaseException] = []

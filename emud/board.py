@@ -21,7 +21,6 @@ import pkgutil
 import sys
 import tomllib
 from dataclasses import dataclass, field
-from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ def builtin_types() -> dict[str, type[Device]]:
 
 def installed_types() -> dict[str, str]:
     """Types pip-installed packages add: entry-point name -> `module:Class`."""
+    from importlib import metadata  # slow to import: only when a type is not built in
+
     return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
@@ -260,7 +261,8 @@ def load_board(path: str | Path) -> Board:
 
 
 def default_board() -> Board:
-    text = resources.files("emud").joinpath("boards/emud-virt.toml").read_text()
+    # Next to this module (importlib.resources would cost a plain run more than the board).
+    text = (Path(__file__).parent / "boards" / "emud-virt.toml").read_text()
     return board_from_record(tomllib.loads(text), "emud-virt")
 
 

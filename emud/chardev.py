@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import stat
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from emud.hostfiles import open_private
 from emud.listen import Address, AddressError, Listener, parse_address
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class CharFrontend(Protocol):
@@ -46,14 +48,26 @@ class CharBackend:
     def __init__(self) -> None:
         self._held = bytearray()
         self._frontend: CharFrontend | None = None
-        # Set while sources may read more input (see INPUT_BACKLOG).
-        self.input_room = asyncio.Event()
-        self.input_room.set()
+        # Whether sources may read more input (see INPUT_BACKLOG); `input_room` is its
+        # asyncio.Event, made on first use: a plain run has no event loop (emud.foreground).
+        self.has_input_room = True
+        self._room_event: asyncio.Event | None = None
         # Record/replay (emud/replay): host input goes through `input_hook` (which logs it,
         # or refuses it while a recorded session replays: False); `muted` drops output the
         # host already received, while history is re-executed.
         self.input_hook: Callable[[CharBackend, bytes], bool] | None = None
         self.muted = False
+
+    @property
+    def input_room(self) -> asyncio.Event:
+        """Set while sources may read more input (see INPUT_BACKLOG)."""
+        if self._room_event is None:
+            import asyncio
+
+            self._room_event = asyncio.Event()
+            if self.has_input_room:
+                self._room_event.set()
+        return self._room_event
 
     def attach(self, frontend: CharFrontend) -> None:
         self._frontend = frontend
@@ -98,10 +112,12 @@ class CharBackend:
             if taken <= 0:
                 break
             del held[:taken]
-        if len(held) < INPUT_BACKLOG:
-            self.input_room.set()
-        else:
-            self.input_room.clear()
+        self.has_input_room = len(held) < INPUT_BACKLOG
+        if self._room_event is not None:
+            if self.has_input_room:
+                self._room_event.set()
+            else:
+                self._room_event.clear()
 
     def write(self, data: bytes) -> None:
         pass
@@ -138,12 +154,20 @@ class StdioBackend(CharBackend):
         if stat.S_ISREG(os.fstat(fd).st_mode):
             # A file's input is there from the guest's first instruction on, however the
             # event loop schedules the reader.
-            while self.input_room.is_set() and (data := os.read(fd, 4096)):
-                self.feed(data)
+            self.read_file_input()
+        import asyncio
+
         self._reader = asyncio.create_task(self._read_input(fd, on_input))
+
+    def read_file_input(self) -> None:
+        """Take all of a regular file's input that fits the backlog, at once."""
+        while self.has_input_room and (data := os.read(self.input_fd, 4096)):
+            self.feed(data)
 
     async def _read_input(self, fd: int, on_input: Callable[[], None]) -> None:
         """Read stdin while there is room (INPUT_BACKLOG) until end of file."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         pollable = True
         while True:

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from emud import api, log, timeline_render, trace
-from emud.board import (
-    Board,
-    BoardError,
-    Slot,
-    default_board,
-    device_types,
-    find_type,
-    load_board,
-    parse_device,
-    type_help,
-)
-from emud.chardev import (
-    CharBackend,
-    SocketServerBackend,
-    StdioBackend,
-    open_backend,
-    parse_serial_socket,
-)
-from emud.daemon import Daemon, Detached, terminal_cbreak
+from emud import __version__
 from emud.device import DeviceError
-from emud.gdbserver import start_gdb_server
 from emud.listen import (
     Address,
     AddressError,
@@ -42,16 +21,16 @@ from emud.listen import (
     parse_address,
     runtime_dirs,
 )
-from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE, Machine
-from emud.monitor import Monitor
-from emud.monitor.commands import EMUD_VERSION
-from emud.monitor.qmp import QmpServer
-from emud.pidfile import Pidfile, PidfileError
-from emud.replay import DEFAULT_BUDGET, Replay, sessionfile
-from emud.replay.sessionfile import SessionError, SessionWriter
-from emud.semihosting import SemihostingConfig
-from emud.snapshots import ExportDir, StoreError
-from emud.timeline import Recorder
+
+# A plain `emud run` imports only what it uses (tests/test_startup.py): the control
+# planes, snapshots, record/replay and the timeline are imported where they are needed.
+if TYPE_CHECKING:
+    from emud.board import Board, Slot
+    from emud.chardev import CharBackend
+    from emud.daemon import Daemon
+    from emud.machine import Machine
+    from emud.replay import Replay
+    from emud.replay.sessionfile import SessionWriter
 
 GDB_DEFAULT = "tcp:127.0.0.1:1234"  # QEMU's -s, but on loopback
 _SIZE = re.compile(r"^(\d+)([KMGkmg]?)[iI]?[bB]?$")
@@ -122,6 +101,8 @@ def parse_semihosting_config(text: str) -> tuple[bool, str | None]:
 def serial_type(text: str) -> str:
     """-serial: a socket's address is checked here like the other address options."""
     if text.startswith(("unix:", "tcp:")):
+        from emud.chardev import parse_serial_socket
+
         try:
             parse_serial_socket(text)
         except AddressError as e:
@@ -136,6 +117,8 @@ class TraceAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
         if values == "help":
+            from emud import trace
+
             try:
                 build_board(getattr(namespace, "board", None), getattr(namespace, "devices", []))
             except DeviceError as e:
@@ -150,6 +133,8 @@ class LogAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
+        from emud import log
+
         if values == "help":
             print(log.help_text())
             parser.exit()
@@ -165,6 +150,8 @@ class DeviceAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: object, option_string: str | None = None) -> None:
+        from emud.board import BoardError, device_types, find_type, parse_device, type_help
+
         text = str(values)
         try:
             if text == "help":
@@ -188,6 +175,14 @@ async def serve(daemon: Daemon, gdb: Address | None, qmp: Address | None = None,
     Whatever was started is closed again on the way out, also when a later
     socket fails to start (a ListenError naming its option).
     """
+    import asyncio
+    import signal
+
+    from emud.chardev import SocketServerBackend
+    from emud.gdbserver import start_gdb_server
+    from emud.monitor import Monitor
+    from emud.monitor.qmp import QmpServer
+
     banner = []
     started = contextlib.AsyncExitStack()
     try:
@@ -242,6 +237,8 @@ def parse_globals(items: list[str]) -> dict[str, dict[str, str]]:
 def build_board(path: str | None, specs: list[str]) -> tuple[Board, list[Slot]]:
     """--board and the -device slots, every type resolved now: a plug-in that does not
     import fails here, and the events it declares exist before --trace is applied."""
+    from emud.board import default_board, find_type, load_board, parse_device
+
     board = load_board(path) if path else default_board()
     devices = [slot for slot in map(parse_device, specs) if slot is not None]
     for slot in [*board.slots, *devices]:
@@ -255,8 +252,10 @@ def close_all(serials: list[CharBackend]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE
+
     parser = argparse.ArgumentParser(prog="emud", description="emulator daemon for emud-virt")
-    parser.add_argument("--version", action="version", version=f"emud {EMUD_VERSION}")
+    parser.add_argument("--version", action="version", version=f"emud {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an ELF image")
     run.add_argument("image", metavar="IMAGE", help="RISC-V RV32 ELF file")
@@ -278,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=ACCELERATORS, default=DEFAULT_ACCEL,
                      help=f"interp: the reference interpreter; translate: hot code compiled to "
                           f"Python, same results (default {DEFAULT_ACCEL})")
+    run.add_argument("--translation-cache", metavar="off|DIR",
+                     help="keep translated code between runs in DIR (default "
+                          "$XDG_CACHE_HOME/emud/translations, or $EMUD_TRANSLATION_CACHE); "
+                          "off: translate afresh (README: Accelerators)")
     run.add_argument("--gdb", type=address_type, metavar="tcp:HOST:PORT|unix:PATH",
                      help="serve the GDB remote protocol (the daemon outlives gdb sessions)")
     run.add_argument("-s", dest="gdb", action="store_const", const=parse_address(GDB_DEFAULT),
@@ -309,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay", metavar="FILE",
                      help="replay a session recorded with --record (same image and -m); "
                           "it pauses at the recording's end")
-    run.add_argument("--replay-budget", type=parse_budget, default=DEFAULT_BUDGET,
+    run.add_argument("--replay-budget", type=parse_budget, default=None,
                      metavar="SIZE",
                      help="memory for reverse-execution checkpoints (default 256M; 0 turns "
                           "recording and reverse execution off)")
@@ -370,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "shell":
         return start_shell(args.qmp, args.script)
     if args.command == "timeline":
+        from emud import timeline_render
+
         try:
             return timeline_render.main(args.file, args.output, args.start, args.end)
         except (timeline_render.TimelineError, OSError) as e:
@@ -379,16 +384,25 @@ def main(argv: list[str] | None = None) -> int:
         print("emud: -S would wait forever: nothing could resume the guest "
               "(add --gdb/-s or --qmp)", file=sys.stderr)
         return 1
+    from emud import log, trace
+    from emud.chardev import SocketServerBackend, StdioBackend, open_backend
+
     try:
         board, devices = build_board(args.board, args.devices)
         for pattern in args.trace:  # after the plug-ins declared their events
             trace.enable(pattern)
         device_props = parse_globals(args.globals)
-        if args.export_dir:
-            ExportDir(args.export_dir).check()  # refuse an unsafe directory now, not later
-    except (ValueError, StoreError, DeviceError) as e:
+    except (ValueError, DeviceError) as e:
         print(f"emud: {e}", file=sys.stderr)
         return 1
+    if args.export_dir:
+        from emud.snapshots import ExportDir, StoreError
+
+        try:
+            ExportDir(args.export_dir).check()  # refuse an unsafe directory now, not later
+        except StoreError as e:
+            print(f"emud: {e}", file=sys.stderr)
+            return 1
     if not args.serial:
         args.serial = ["ringbuf" if args.daemonize else "stdio"]
     if args.daemonize and "stdio" in args.serial:
@@ -403,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         args.semihosting = args.semihosting or enabled
         args.semihosting_cmdline = args.semihosting_cmdline or cmdline
     if args.semihosting or args.semihosting_dir:
+        from emud.semihosting import SemihostingConfig
+
         if args.semihosting_dir and not os.path.isdir(args.semihosting_dir):
             print(f"emud: --semihosting-dir {args.semihosting_dir}: not a directory",
                   file=sys.stderr)
@@ -412,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if semihosting and args.daemonize and console_spec == "stdio":
         print("emud: --daemonize cannot use --semihosting-console stdio", file=sys.stderr)
         return 1
+    from emud.pidfile import Pidfile, PidfileError
+
     pidfile = Pidfile(args.pidfile) if args.pidfile else None
     serials: list[CharBackend] = []
     console = None
@@ -430,27 +448,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emud: {e}", file=sys.stderr)
         return 1
     uarts = serials[:len(args.serial)]
+    from emud import api
+
     try:
         machine = api.Machine(args.image, ram=args.memory, icount=args.icount,
                               accel=args.accel, globals=device_props, board=board,
                               devices=devices, serial=uarts, snapshots=args.snapshots,
                               semihosting=semihosting or False,
-                              semihosting_console=console or "ringbuf")
+                              semihosting_console=console or "ringbuf",
+                              translation_cache=args.translation_cache or True)
     except api.ConfigError as e:
         close_all(serials)
         print(f"emud: {e}", file=sys.stderr)
         return 1
+    # Nothing to serve (no control plane, no socket, nothing recorded): no event loop.
+    plain = not (args.gdb or args.qmp or args.daemonize or args.pidfile or args.record
+                 or args.replay or args.trace_file or args.vcd
+                 or any(isinstance(serial, SocketServerBackend) for serial in serials))
     try:
         if machine.core.image is not None:
             log.symbolize = machine.core.image.symbolize
         log.set_file(args.logfile)
         log.set_items(args.log_items)
-        recorder = Recorder(machine.core, args.trace_file, args.vcd) \
-            if args.trace_file or args.vcd else None
+        recorder = None
+        if args.trace_file or args.vcd:
+            from emud.timeline import Recorder
+
+            recorder = Recorder(machine.core, args.trace_file, args.vcd)
     except OSError as e:
         machine.close()
         print(f"emud: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    stdio = any(isinstance(serial, StdioBackend) for serial in serials)
+    if plain:
+        from emud import foreground
+
+        try:
+            with foreground.terminal_cbreak() if stdio else contextlib.nullcontext():
+                return foreground.run(machine.core)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            log.set_file(None)
+            machine.close()
+    from emud.replay.sessionfile import SessionError
+
     try:
         replay, writer = start_replay(machine.core, args.record, args.replay,
                                       args.replay_budget)
@@ -460,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         machine.close()
         print(f"emud: {e}", file=sys.stderr)
         return 1
+    from emud.daemon import Detached
+
     detached = Detached() if args.daemonize else None
 
     def ready(banner: str) -> None:
@@ -479,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     if replay is not None:
         daemon.attach_replay(replay)
     try:
-        stdio = any(isinstance(serial, StdioBackend) for serial in serials)
+        from emud.foreground import terminal_cbreak
+
         with terminal_cbreak() if stdio else contextlib.nullcontext():
             return machine.serve(gdb=args.gdb, qmp=args.qmp, ready=ready, daemon=daemon)
     except OSError as e:  # ListenError and PidfileError name their option
@@ -503,9 +548,15 @@ def main(argv: list[str] | None = None) -> int:
             pidfile.remove()
 
 
-def start_replay(machine: Machine, record: str | None, play: str | None, budget: int
+def start_replay(machine: Machine, record: str | None, play: str | None, budget: int | None
                  ) -> tuple[Replay | None, SessionWriter | None]:
-    """Reverse execution (unless the budget is 0), a session to play, one to write."""
+    """Reverse execution (unless the budget is 0; None is the default budget), a session
+    to play, one to write."""
+    from emud.replay import DEFAULT_BUDGET, Replay, sessionfile
+    from emud.replay.sessionfile import SessionError, SessionWriter
+
+    if budget is None:
+        budget = DEFAULT_BUDGET
     if record and play:
         raise SessionError("--record and --replay cannot be combined")
     if not budget:

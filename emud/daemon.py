@@ -9,12 +9,9 @@ change of run state is announced to the listeners as a QMP-style event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
-import termios
-import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from emud.machine import SLICE, Machine, RunState
@@ -282,18 +279,3 @@ class Detached:
 
     def fail(self, message: str) -> None:
         self._report("-" + message)
-
-
-@contextlib.contextmanager
-def terminal_cbreak() -> Iterator[None]:
-    """Character-at-a-time input without echo on a terminal; Ctrl-C still interrupts."""
-    fd = sys.stdin.fileno() if sys.stdin else -1
-    if fd < 0 or not os.isatty(fd):
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

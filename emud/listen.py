@@ -15,15 +15,14 @@ failed start must never damage a daemon that is already running:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import re
-import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emud.hostfiles import SOCKET_UMASK, check_private_dir, ensure_private_dir, private_umask
 
@@ -31,7 +30,11 @@ LOOPBACK = "127.0.0.1"
 FORMS = "use unix:PATH or tcp:HOST:PORT"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, the last one a NUL
 _PORT = re.compile(r"[0-9]{1,5}")
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+if TYPE_CHECKING:  # asyncio and socket only when something listens (a plain run never)
+    import asyncio
+    import socket
+
+    ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class AddressError(ValueError):
@@ -152,6 +155,8 @@ def _clear_path(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(errno.EEXIST, "the path exists and is not a socket (it is left alone)")
+    import socket
+
     with socket.socket(socket.AF_UNIX) as probe:
         probe.setblocking(False)  # a full backlog answers EAGAIN instead of blocking us
         try:
@@ -171,6 +176,8 @@ def _bind_unix(path: str) -> socket.socket:
     elif not os.path.isdir(directory):
         raise OSError(errno.ENOENT, f"directory {directory} does not exist")
     _clear_path(path)
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with private_umask(SOCKET_UMASK):  # born 0600: no window in which others can connect
@@ -183,6 +190,8 @@ def _bind_unix(path: str) -> socket.socket:
 
 
 def _bind_tcp(address: Address) -> socket.socket:
+    import socket
+
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
@@ -231,6 +240,8 @@ class Listener:
 
     async def start_server(self, connected: ClientHandler) -> asyncio.Server:
         """An asyncio stream server calling `connected` for each client of this socket."""
+        import asyncio
+
         if self.address.kind == "unix":
             return await asyncio.start_unix_server(connected, sock=self.sock)
         return await asyncio.start_server(connected, sock=self.sock)

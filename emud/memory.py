@@ -8,6 +8,7 @@ accesses go through `peek`/`poke`, which never have device side effects.
 from __future__ import annotations
 
 import bisect
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,13 +59,29 @@ class Region:
 StoreWatcher = Callable[[int, int, int], None]  # (addr, value, size), after the store
 
 
+class RamBuffer(mmap.mmap):
+    """RAM's bytes: an anonymous private mapping, whose pages are zero until touched, that
+    compares by content as the bytearray it replaced did (an mmap compares by identity)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, bytes | bytearray | memoryview | mmap.mmap):
+            return NotImplemented
+        with memoryview(self) as mine, memoryview(other) as theirs:
+            return mine == theirs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a bytearray
+
+
 class Ram:
     def __init__(self, base: int, size: int) -> None:
         if size <= 0 or size % (1 << PAGE_SHIFT):
             raise ValueError("RAM size must be a positive multiple of 4 KiB")
         self.base = base
         self.size = size
-        self.data = bytearray(size)
+        # Anonymous memory, not a bytearray: its pages are zero until first touched, so a
+        # machine (16M by default) is built and cleared without writing all of its RAM;
+        # a short run touches a few pages (emud run's start-up, bench/startup.py).
+        self.data = RamBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.u8 = memoryview(self.data)
         self.s8 = self.u8.cast("b")
         self.u16 = self.u8.cast("H")
@@ -74,6 +91,10 @@ class Ram:
 
     def contains(self, addr: int, length: int = 1) -> bool:
         return self.base <= addr and addr + length <= self.base + self.size
+
+    def clear(self) -> None:
+        """Every byte zero again; the kernel drops the pages instead of us writing them."""
+        self.data.madvise(mmap.MADV_DONTNEED)
 
     def granules(self, addr: int, length: int) -> range:
         """The granules [addr, addr+length) touches, clipped to RAM (empty outside)."""

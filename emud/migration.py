@@ -40,6 +40,8 @@ from emud.vmstate import (
 )
 
 if TYPE_CHECKING:
+    from mmap import mmap
+
     from emud.machine import Machine
 
 MACHINE_TYPE = "emud-virt"
@@ -277,7 +279,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def page_ranges(a: bytes | bytearray, b: bytes | bytearray, base: int) -> list[tuple[int, int]]:
+def page_ranges(a: bytes | bytearray | mmap, b: bytes | bytearray | mmap, base: int
+                ) -> list[tuple[int, int]]:
     """Address ranges [start, end] of the pages that differ between two RAM images."""
     ranges: list[tuple[int, int]] = []
     for offset in range(0, max(len(a), len(b)), PAGE_SIZE):
@@ -386,7 +389,7 @@ def export_stream(machine: Machine, snap: SnapshotData) -> bytes:
     return bytes(out)
 
 
-def _digest(data: bytes | bytearray | memoryview) -> str:
+def _digest(data: bytes | bytearray | memoryview | mmap) -> str:
     return hashlib.blake2b(data, digest_size=DIGEST_SIZE).hexdigest()
 
 

@@ -27,9 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lz4.block
+
+if TYPE_CHECKING:
+    from mmap import mmap
 
 from emud.hostfiles import (
     FILE_MODE,
@@ -102,7 +105,7 @@ class SnapshotData:
 
     config: dict[str, Any]
     sections: list[Section]
-    ram: bytes | bytearray
+    ram: bytes | bytearray | mmap  # an mmap: the live RAM capture(copy_ram=False) lends
     vm_clock_ns: int
     icount: int | None
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +15,11 @@ from emud.loader import load_elf
 from emud.machine import Machine
 
 ROOT = Path(__file__).resolve().parent.parent
+# The suite never writes to the user's ~/.cache (the translation cache, README:
+# Accelerators): this process and every emud it starts use a directory of their own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="emud-tests-cache-")
+os.environ.pop("EMUD_TRANSLATION_CACHE", None)
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 IMAGES = ROOT / "images"
 MARCH = ["-march=rv32imac_zicsr_zifencei", "-mabi=ilp32"]
 # Guest assembly for a trap handler: mcause, mepc and mtval into the three words at s0.

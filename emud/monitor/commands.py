@@ -11,10 +11,9 @@ import math
 import re
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from emud import log, trace
+from emud import __version__, log, trace
 from emud.chardev import RingBackend
 from emud.clock import NEVER
 from emud.cpu.disasm import ABI_NAMES, disassemble, insn_length
@@ -36,10 +35,7 @@ command = REGISTRY.command
 
 # The QEMU release whose QMP behaviour emud copies (clients gate features on it).
 QEMU_VERSION = {"major": 10, "minor": 1, "micro": 0}
-try:
-    EMUD_VERSION = metadata.version("emud")
-except metadata.PackageNotFoundError:  # running from a source tree
-    EMUD_VERSION = "0.1.0"
+EMUD_VERSION = __version__
 
 # `info registers`: QEMU's M-mode CSR subset for riscv32, in QEMU's order.
 DUMP_CSRS = ("mhartid", "mstatus", "mstatush", "mip", "mie", "mtvec", "mepc", "mcause", "mtval",

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from emud import migration
 from emud.machine import Machine
 from emud.memory import PAGE_SHIFT
 from emud.snapshots import Section, SnapshotData
+
+if TYPE_CHECKING:
+    from mmap import mmap
 
 PAGE = 1 << PAGE_SHIFT
 MAX_CHECKPOINTS = 512  # besides the budget: keeps thinning and lookups cheap
@@ -74,7 +78,7 @@ class CheckpointRing:
 
     # --- taking and restoring -----------------------------------------------------------
 
-    def _page_list(self, ram: bytearray) -> list[bytes]:
+    def _page_list(self, ram: bytes | bytearray | mmap) -> list[bytes]:
         ref, pages = self._ref, self._ref_pages
         if len(ref) != len(ram):
             return [_digest(ram[i : i + PAGE]) for i in range(0, len(ram), PAGE)]
