@@ -259,50 +259,15 @@ class Hart:
     # --- CSRs ------------------------------------------------------------------
 
     def csr_read(self, csr: int, insn: int) -> int:
-        icount = self.clock.icount
-        match csr:
-            case Csr.MSTATUS:
-                return self.mstatus
-            case Csr.MISA:
-                return MISA_VALUE
-            case Csr.MIE:
-                return self.mie
-            case Csr.MIP:
-                return self.mip
-            case Csr.MTVEC:
-                return self.mtvec
-            case Csr.MCOUNTEREN:
-                return self.mcounteren
-            case _ if Csr.PMPCFG0 <= csr <= Csr.PMPCFG3:
-                return pmp.cfg_word(self.pmpcfg, csr - Csr.PMPCFG0)
-            case _ if Csr.PMPADDR0 <= csr <= Csr.PMPADDR15:
-                return self.pmpaddr[csr - Csr.PMPADDR0]
-            case Csr.MSTATUSH | Csr.MCOUNTINHIBIT | Csr.MVENDORID | Csr.MARCHID | Csr.MIMPID:
-                return 0
-            case Csr.MHARTID:
-                return self.hartid
-            case Csr.MSCRATCH:
-                return self.mscratch
-            case Csr.MEPC:
-                return self.mepc
-            case Csr.MCAUSE:
-                return self.mcause
-            case Csr.MTVAL:
-                return self.mtval
-            case Csr.MCYCLE | Csr.CYCLE:
-                return (icount + self.cycle_offset) & M
-            case Csr.MCYCLEH | Csr.CYCLEH:
-                return ((icount + self.cycle_offset) >> 32) & M
-            case Csr.MINSTRET | Csr.INSTRET:
-                return (icount + self.instret_offset) & M
-            case Csr.MINSTRETH | Csr.INSTRETH:
-                return ((icount + self.instret_offset) >> 32) & M
-            case Csr.TIME:
-                return self.time_source() & M
-            case Csr.TIMEH:
-                return (self.time_source() >> 32) & M
-            case _ if is_hpm(csr):
-                return 0
+        read = CSR_READS.get(csr)  # one lookup: a match over enum members costs microseconds
+        if read is not None:
+            return read(self)
+        if Csr.PMPCFG0 <= csr <= Csr.PMPCFG3:
+            return pmp.cfg_word(self.pmpcfg, csr - Csr.PMPCFG0)
+        if Csr.PMPADDR0 <= csr <= Csr.PMPADDR15:
+            return self.pmpaddr[csr - Csr.PMPADDR0]
+        if is_hpm(csr):
+            return 0
         value = self.triggers.read(csr)
         if value is None:
             raise Trap(Cause.ILLEGAL_INSN, insn)
@@ -706,6 +671,38 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((start, stop))
     return out
+
+
+def _cycle(hart: Hart) -> int:
+    return hart.clock.icount + hart.cycle_offset
+
+
+def _instret(hart: Hart) -> int:
+    return hart.clock.icount + hart.instret_offset
+
+
+# The CSRs read by a plain function of the hart (PMP, hpm counters and triggers are ranges).
+CSR_READS: dict[int, Callable[[Hart], int]] = {
+    Csr.MSTATUS: lambda h: h.mstatus,
+    Csr.MISA: lambda h: MISA_VALUE,
+    Csr.MIE: lambda h: h.mie,
+    Csr.MIP: lambda h: h.mip,
+    Csr.MTVEC: lambda h: h.mtvec,
+    Csr.MCOUNTEREN: lambda h: h.mcounteren,
+    **dict.fromkeys((Csr.MSTATUSH, Csr.MCOUNTINHIBIT, Csr.MVENDORID, Csr.MARCHID, Csr.MIMPID),
+                    lambda h: 0),
+    Csr.MHARTID: lambda h: h.hartid,
+    Csr.MSCRATCH: lambda h: h.mscratch,
+    Csr.MEPC: lambda h: h.mepc,
+    Csr.MCAUSE: lambda h: h.mcause,
+    Csr.MTVAL: lambda h: h.mtval,
+    **dict.fromkeys((Csr.MCYCLE, Csr.CYCLE), lambda h: _cycle(h) & M),
+    **dict.fromkeys((Csr.MCYCLEH, Csr.CYCLEH), lambda h: _cycle(h) >> 32 & M),
+    **dict.fromkeys((Csr.MINSTRET, Csr.INSTRET), lambda h: _instret(h) & M),
+    **dict.fromkeys((Csr.MINSTRETH, Csr.INSTRETH), lambda h: _instret(h) >> 32 & M),
+    Csr.TIME: lambda h: h.time_source() & M,
+    Csr.TIMEH: lambda h: h.time_source() >> 32 & M,
+}
 
 
 # --- vmstate: emud's own `cpu` section ------------------------------------------------
