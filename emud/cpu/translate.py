@@ -27,9 +27,10 @@ store that changes a region's code drops the region; fence.i drops them all.
 
 from __future__ import annotations
 
-import re
+import hashlib
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from emud import log
 from emud.cpu import decode as d
@@ -48,10 +49,10 @@ MAX_BLOCKS = 32  # enough for a whole recursive function (quicksort), epilogue i
 MAX_BLOCK_INSNS = 64
 MAX_REGION_INSNS = 200
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
-REGISTER = re.compile(r"\bx(\d+)\b")
-ASSIGNED = re.compile(r"^\s*x(\d+) = ")
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
+UNPACK_ALL = 12  # from this many registers, one `_, x1, ..., x31 = x` beats loading each
+KEY_FORMAT = b"emud-region-1"  # bump when the meaning of a key's inputs changes
 
 # Signed a < b: the unsigned order when the signs agree, the reverse when they differ.
 # Cheaper than comparing a ^ S with b ^ S, much cheaper for values under 2**30 (one
@@ -108,16 +109,72 @@ class Insn(NamedTuple):
         return (self.pc + self.length) & M
 
 
+class Discovery(NamedTuple):
+    """What `_discover` found from an entry: with the Config, all that emission reads."""
+    entry: int
+    leaders: tuple[int, ...]  # sorted
+    returns: tuple[int, ...]  # sorted: return addresses of calls in the region
+    insns: tuple[tuple[int, Insn | None], ...]  # by pc; None: needs the interpreter
+
+
+class Config(NamedTuple):
+    """The translator's settings that emission reads: RAM base and size."""
+    base: int
+    size: int
+
+
+class RegionCache(Protocol):
+    """Where compiled regions may persist (emud/cpu/codecache.py); get None: a miss."""
+    def get(self, key: bytes) -> types.CodeType | None: ...
+    def put(self, key: bytes, code: types.CodeType) -> None: ...
+
+
+def region_key(config: Config, found: Discovery) -> bytes:
+    """The cache key of a region: a hash of every input of its emission.
+
+    Emission (`Emitter.source`) is a pure function of the Config and the
+    Discovery, so a code object stored under this key is valid wherever it matches.
+    """
+    inputs = (PAGE_SHIFT, PAGE_CODE, tuple(config), found.entry, found.leaders, found.returns,
+              tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns))
+    return hashlib.sha256(KEY_FORMAT + repr(inputs).encode()).digest()
+
+
+# The register fields each major opcode reads and writes (x0 aside).
+WRITES_RD = frozenset((d.OP_LUI, d.OP_AUIPC, d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_JAL, d.OP_JALR))
+READS_RS1 = frozenset((d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_STORE, d.OP_BRANCH, d.OP_JALR))
+READS_RS2 = frozenset((d.OP_OP, d.OP_STORE, d.OP_BRANCH))
+
+
+def _registers(insns: list[Insn]) -> tuple[list[int], list[int]]:
+    """The registers the instructions name (read or written), and those they write."""
+    used, written = set(), set()
+    for insn in insns:
+        w = insn.word
+        op = w & 0x7F
+        if op in WRITES_RD:
+            written.add(d.rd(w))
+        if op in READS_RS1:
+            used.add(d.rs1(w))
+        if op in READS_RS2:
+            used.add(d.rs2(w))
+    written.discard(0)
+    used |= written
+    used.discard(0)
+    return sorted(used), sorted(written)
+
+
 def _reg(n: int) -> str:
     return f"x{n}" if n else "0"
 
-
 class Translator:
-    def __init__(self, hart: Hart) -> None:
+    def __init__(self, hart: Hart, cache: RegionCache | None = None) -> None:
+        """`cache`: where compiled regions are looked up before translating and stored
+        after (None: every region is compiled here)."""
         self.hart = hart
         self.ram = hart.bus.ram
+        self.cache = cache
         self.hot = HOT
-        self._returns_to: dict[int, int] = {}  # of the region being translated
         self.regions: dict[int, Region] = {}
         self.heat: dict[int, int] = {}
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
@@ -125,22 +182,10 @@ class Translator:
         self.spans: dict[int, list[tuple[int, bytes]]] = {}  # entry -> (offset, code bytes)
         self.code: set[int] = set()  # pcs of translated instructions (stale ones allowed)
         ram = self.ram
+        self.emitter = Emitter(Config(ram.base, ram.size))
         self.namespace: dict[str, object] = {
             "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
             "flags": ram.page_flags, "hits_code": self.hits_code, **HELPERS,
-        }
-        size = ram.size
-        # Address checks on o, the offset into RAM, by access size.  With a power-of-two
-        # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
-        # wrapping to 32 bits as every wrong o, negative too, has a bit in the mask.
-        # The mask is negative (-size | n - 1): it then fits one CPython int digit,
-        # which makes `o & mask` about twice as fast as with the 32-bit mask.
-        self.masked = size & (size - 1) == 0
-        self.unwrapped = self.masked and ram.base + size <= (1 << 32) - 2048
-        self.bad_address = {
-            n: (f"o & {-size | (n - 1)}" if self.masked
-                else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
-            for n in (1, 2, 4)
         }
 
     # --- the run loop -----------------------------------------------------------
@@ -268,31 +313,19 @@ class Translator:
         leaders, returns, insns = self._discover(entry)
         if insns.get(entry) is None:
             return None
-        by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in leaders}
-        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
-        index = {pc: i for i, pc in enumerate(order)}
-        blocks = [by_pc[pc] for pc in order]
-        edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
-        loops = _nested_loops(edges)
-        # Where a jalr may continue in the region.
-        returns_to = {pc: index[pc] for pc in returns if pc in index}
-        reserve = _reserves(blocks, edges, set(returns_to.values()))
-        self._returns_to = returns_to
-        body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
-        dirty = sorted({int(n) for line in body for n in ASSIGNED.findall(line)})
-        used = sorted({int(n) for line in body for n in _registers(line)})
-        source = "\n".join([
-            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, T=T):",
-            *(f"    x{n} = x[{n}]" for n in used),
-            "    b = 0",
-            "    while True:",
-            *body,
-            *(f"    x[{n}] = x{n}" for n in dirty),
-            "    return npc, r",
-        ])
-        namespace = dict(self.namespace, T=returns_to)
-        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
-        region: Region = namespace["region"]  # type: ignore[assignment]
+        found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
+                          tuple(sorted(insns.items())))
+        code = key = None
+        if self.cache is not None:
+            key = region_key(self.emitter.config, found)
+            code = self.cache.get(key)
+        if code is None:
+            code = compile(self.emitter.source(found), f"<region {entry:#010x}>", "exec")
+            if key is not None and self.cache is not None:
+                self.cache.put(key, code)
+        namespace = self.namespace
+        exec(code, namespace)
+        region: Region = namespace.pop("region")  # type: ignore[assignment]
         self.regions[entry] = region
         ram = self.ram
         spans: list[tuple[int, bytes]] = []
@@ -330,7 +363,7 @@ class Translator:
                     lead(pc)  # two walks meet: one block, not two copies
                     break
                 insn = self._fetch(pc)
-                if insn is None or self._body(insn) is None:
+                if insn is None or self.emitter._body(insn) is None:
                     insns[pc] = None
                     break
                 insns[pc] = insn
@@ -352,6 +385,57 @@ class Translator:
             else:
                 lead(pc)
         return leaders, returns, insns
+
+
+class Emitter:
+    """Python source for regions: a pure function of the Config and a Discovery."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        base, size = config.base, config.size
+        # Address checks on o, the offset into RAM, by access size.  With a power-of-two
+        # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
+        # wrapping to 32 bits as every wrong o, negative too, has a bit in the mask.
+        # The mask is negative (-size | n - 1): it then fits one CPython int digit,
+        # which makes `o & mask` about twice as fast as with the 32-bit mask.
+        self.masked = size & (size - 1) == 0
+        self.unwrapped = self.masked and base + size <= (1 << 32) - 2048
+        self.bad_address = {
+            n: (f"o & {-size | (n - 1)}" if self.masked
+                else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
+            for n in (1, 2, 4)
+        }
+        self._returns_to: dict[int, int] = {}  # of the region being emitted
+
+    def source(self, found: Discovery) -> str:
+        """The source of a module defining `region(x, r) -> (next_pc, r)`."""
+        entry, leaders, insns = found.entry, set(found.leaders), dict(found.insns)
+        by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in found.leaders}
+        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
+        index = {pc: i for i, pc in enumerate(order)}
+        blocks = [by_pc[pc] for pc in order]
+        edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
+        loops = _nested_loops(edges)
+        # Where a jalr may continue in the region.
+        returns_to = {pc: index[pc] for pc in found.returns if pc in index}
+        reserve = _reserves(blocks, edges, set(returns_to.values()))
+        self._returns_to = returns_to
+        body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
+        used, dirty = _registers([insn for block in blocks for insn in block])
+        if len(used) >= UNPACK_ALL:
+            load = ["    _, " + ", ".join(f"x{n}" for n in range(1, 32)) + " = x"]
+        else:
+            load = [f"    x{n} = x[{n}]" for n in used]
+        return "\n".join([
+            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, "
+            f"T={returns_to!r}):",
+            *load,
+            "    b = 0",
+            "    while True:",
+            *body,
+            *(f"    x[{n}] = x{n}" for n in dirty),
+            "    return npc, r",
+        ])
 
     def _block_insns(self, pc: int, leaders: set[int],
                      insns: dict[int, Insn | None]) -> list[Insn]:
@@ -462,7 +546,7 @@ class Translator:
         return lines
 
     def _offset(self, a: str, imm: int) -> str:
-        base = self.ram.base
+        base = self.config.base
         if self.unwrapped:
             return f"o = {a} - {base - imm}"
         return f"o = ({a} + {(imm - base) & M}) & {M}"
@@ -603,8 +687,3 @@ def _reserves(blocks: list[list[Insn]], edges: list[list[int]],
         longest[i] = len(blocks[i]) + max(
             (longest[j] for j in edges[i] if j > i and j not in checked), default=0)
     return {i: longest[i] for i in checked}
-
-
-def _registers(line: str) -> list[str]:
-    """Register numbers named (x1..x31) in a line of emitted source."""
-    return REGISTER.findall(line)
