@@ -240,7 +240,7 @@ class Translator:
         self.heat[pc] = heat
         if heat < self.hot:
             return None
-        region = self.translate(pc)
+        region = self.translate(pc, ran_only=True)
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
@@ -308,9 +308,10 @@ class Translator:
             return None
         return Insn(pc, low | ram.u16[(pc + 2 - ram.base) >> 1] << 16, 4)
 
-    def translate(self, entry: int) -> Region | None:
-        """Compile the region at `entry`; None when its first instruction needs the interpreter."""
-        leaders, returns, insns = self._discover(entry)
+    def translate(self, entry: int, ran_only: bool = False) -> Region | None:
+        """Compile the region at `entry`; None when its first instruction needs the
+        interpreter.  `ran_only`: leave out the blocks the interpreter has not run."""
+        leaders, returns, insns = self._discover(entry, ran_only)
         if insns.get(entry) is None:
             return None
         found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
@@ -343,16 +344,20 @@ class Translator:
             log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
         return region
 
-    def _discover(self, entry: int) -> tuple[set[int], set[int], dict[int, Insn | None]]:
+    def _discover(self, entry: int, ran_only: bool = False) \
+            -> tuple[set[int], set[int], dict[int, Insn | None]]:
         """Block leaders reachable from entry, the return addresses among them, and every
-        instruction walked (None: needs the interpreter)."""
+        instruction walked (None: needs the interpreter).  `ran_only`: only blocks the
+        interpreter has run (the others leave the region, and get their own when hot)."""
         leaders, returns = {entry}, set()
         insns: dict[int, Insn | None] = {}
         work = [entry]
         total = 0
+        decoded = self.hart.decoded
 
         def lead(pc: int) -> None:
-            if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS:
+            if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS \
+                    and (not ran_only or pc in insns or decoded(pc)):
                 leaders.add(pc)
                 work.append(pc)
 
