@@ -55,8 +55,9 @@ def both(image: Path, run: Callable[[Machine], object], hot: int = 2,
     snaps = []
     for accel in ("interp", "translate"):
         machine = Machine(RingBackend(), accel=accel, ram_size=ram_size)
-        if accel == "translate":
+        if accel == "translate":  # translated at once, and kept: no tiering
             translator(machine).hot = hot
+            translator(machine).payback = translator(machine).review = 0
         machine.load(load_elf(image))
         run(machine)
         snaps.append(snapshot(machine))
@@ -444,6 +445,7 @@ def run_random(program: list[int], seed: int, accel: bool, ram_size: int) -> tup
     if accel:
         translator = Translator(hart)
         translator.hot = 1
+        translator.payback = translator.review = 0
         hart.accel = translator
     code = b"".join(i.to_bytes(4, "little") for i in program)
     hart.bus.write_bytes(CODE, code)

@@ -48,6 +48,9 @@ HOT = 16  # dispatcher visits before a pc gets a region
 MAX_BLOCKS = 32  # enough for a whole recursive function (quicksort), epilogue included
 MAX_BLOCK_INSNS = 64
 MAX_REGION_INSNS = 200
+PAYBACK = 2  # instructions an entry must have run per instruction of its region
+REVIEW = 32  # region calls after which its instructions per call are judged
+MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
@@ -176,7 +179,13 @@ class Translator:
         self.cache = cache
         self.hot = HOT
         self.regions: dict[int, Region] = {}
-        self.heat: dict[int, int] = {}
+        self.payback = PAYBACK  # 0: translate at `hot` visits, whatever the size
+        self.review = REVIEW  # 0: keep every region
+        self.heat: dict[int, int] = {}  # entry -> dispatcher visits
+        self.needed: dict[int, int] = {}  # entry -> visits it needs for its region's size
+        self.runs: dict[int, int] = {}  # entry -> calls of its region, up to REVIEW
+        self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
+        self.demoted: set[int] = set()  # entries whose regions did not pay
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
         self.page_regions: dict[int, set[int]] = {}
         self.spans: dict[int, list[tuple[int, bytes]]] = {}  # entry -> (offset, code bytes)
@@ -193,6 +202,7 @@ class Translator:
     def run(self, budget: int) -> int:
         """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
         hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
+        runs, review = self.runs, self.review
         pc = hart.pc
         done = committed = 0
         irq = hart._deliverable_irq() is not None
@@ -204,8 +214,16 @@ class Translator:
             if region is None and at_block and not irq and not hart.checked:
                 region = self._hot(pc)
             if region is not None:
+                entry = pc
                 pc, left = region(x, budget - done)
+                ran = budget - done - left
                 done = budget - left
+                calls = runs.get(entry, 0) + 1
+                if calls <= review:  # its first `review` calls decide whether it stays
+                    runs[entry] = calls
+                    ran_total = self.ran[entry] = self.ran.get(entry, 0) + ran
+                    if calls == review and ran_total < MIN_RUN * review:
+                        self._demote(entry)
                 if not pc & 1:
                     at_block = True
                     continue
@@ -236,14 +254,34 @@ class Translator:
         return done
 
     def _hot(self, pc: int) -> Region | None:
+        """The region for a block start the interpreter is about to run, if it is time.
+
+        An entry is translated once it has `hot` visits and has run (visits times its
+        block length) `payback` instructions per instruction of its region: the region
+        costs compile() time in proportion to its size, and earns it back per
+        instruction it runs.  Only counts decide, never time: runs stay repeatable.
+        """
         heat = self.heat.get(pc, 0) + 1
         self.heat[pc] = heat
-        if heat < self.hot:
+        if heat < self.hot or heat < self.needed.get(pc, 0):
             return None
-        region = self.translate(pc, ran_only=True)
+        found = self._discover(pc, ran_only=True)
+        size = sum(1 for insn in found[2].values() if insn is not None)
+        need = -(-self.payback * size // self._block_length(pc))
+        if heat < need:
+            self.needed[pc] = need
+            return None
+        region = self._build(pc, found)
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
+
+    def _demote(self, entry: int) -> None:
+        """The region ran too few instructions per call to pay for entering it: the
+        interpreter runs its entry from now on (until a flush)."""
+        self.regions.pop(entry, None)
+        self.heat[entry] = NOT_TRANSLATABLE
+        self.demoted.add(entry)
 
     def _block_length(self, pc: int) -> int:
         """How many instructions the interpreter runs for a cold block (a hint only)."""
@@ -293,6 +331,10 @@ class Translator:
         self.regions.clear()
         self.page_regions.clear()
         self.heat.clear()
+        self.needed.clear()
+        self.runs.clear()
+        self.ran.clear()
+        self.demoted.clear()
         self.lengths.clear()
 
     # --- translation ------------------------------------------------------------
@@ -311,7 +353,11 @@ class Translator:
     def translate(self, entry: int, ran_only: bool = False) -> Region | None:
         """Compile the region at `entry`; None when its first instruction needs the
         interpreter.  `ran_only`: leave out the blocks the interpreter has not run."""
-        leaders, returns, insns = self._discover(entry, ran_only)
+        return self._build(entry, self._discover(entry, ran_only))
+
+    def _build(self, entry: int,
+               discovered: tuple[set[int], set[int], dict[int, Insn | None]]) -> Region | None:
+        leaders, returns, insns = discovered
         if insns.get(entry) is None:
             return None
         found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
