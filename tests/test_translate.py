@@ -630,3 +630,49 @@ def test_emission_reads_only_its_inputs() -> None:
     config = Config(0x8000_0000, 16 << 20)
     assert Emitter(config).source(found) == Emitter(Config(*config)).source(found)
     assert Emitter(config).source(found) != Emitter(config._replace(size=24 << 20)).source(found)
+
+
+# --- constant folding -------------------------------------------------------------------------
+
+
+def test_constants_fold_within_a_block() -> None:
+    """li a0, 0x12345678 (lui + addi) becomes one assignment; an operation on a known
+    register uses the value; the exits still see every register written."""
+    code = [d.enc_u(d.OP_LUI, 10, 0x12345 << 12), d.enc_i(d.OP_IMM, 10, 0, 10, 0x678),
+            d.enc_r(d.OP_OP, 11, 0, 10, 12, 0), d.enc_j(d.OP_JAL, 0, -12)]
+    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
+                  for i, w in enumerate(code))
+    source = Emitter(Config(0x8000_0000, 16 << 20)).source(
+        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
+    assert "x10 = 305419896" in source and f"x10 = {0x12345 << 12}" not in source
+    assert "x11 = 305419896 + x12" in source and "x[10] = x10" in source
+
+
+def test_folded_constants_around_exits_match_the_interpreter(build_asm: Build) -> None:
+    """Constants written before an MMIO load (which leaves the region) must be in their
+    registers when the interpreter runs it; rewritten ones after it."""
+    elf = build_asm(PROLOGUE + """
+    li t0, MTIME
+    li s2, 400
+loop:
+    li a0, 0x12345678
+    li a0, 0x0badf00d
+    slli a1, a0, 3
+    srai a2, a0, 5
+    lw t1, 0(t0)
+    sltiu a3, a1, -1
+    li a0, -7
+    mul a4, a0, a2
+    divu a5, a4, a0
+    add s4, s4, a5
+    xor s5, s5, a4
+    sub s6, s6, a3
+    add s7, s7, t1
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    j handler
+""" + DATA)
+    snap, _ = both(elf, in_odd_slices(20_000))
+    assert snap["exit"] == 0 and snap["x"][22] == -400 & 0xFFFF_FFFF and snap["x"][23] != 0

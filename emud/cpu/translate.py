@@ -167,8 +167,47 @@ def _registers(insns: list[Insn]) -> tuple[list[int], list[int]]:
     return sorted(used), sorted(written)
 
 
-def _reg(n: int) -> str:
+def _reg(n: int, known: dict[int, int] | None = None) -> str:
+    """A register as an operand: its value where known."""
+    if known and n in known:
+        return str(known[n])
     return f"x{n}" if n else "0"
+
+
+# OP-IMM funct3 -> the register-register operation it is, with the immediate as rs2.
+IMM_AS_RR = {0: (0x00, 0), 2: (0x00, 2), 3: (0x00, 3), 4: (0x00, 4), 6: (0x00, 6),
+             7: (0x00, 7), 1: (0x00, 1)}
+
+
+def _fold(insn: Insn, known: dict[int, int]) -> int | None:
+    """The value an instruction writes to rd (not x0) when it depends on constants only."""
+    w = insn.word
+    op, rd = w & 0x7F, d.rd(w)
+    if not rd:
+        return None
+    if op == d.OP_LUI:
+        return d.imm_u(w)
+    if op == d.OP_AUIPC:
+        return (insn.pc + d.imm_u(w)) & M
+    if op not in (d.OP_IMM, d.OP_OP):
+        return None
+    a = 0 if not d.rs1(w) else known.get(d.rs1(w))
+    if a is None:
+        return None
+    f3 = d.funct3(w)
+    if op == d.OP_IMM:
+        imm = d.imm_i(w)
+        if f3 == 5:
+            f7 = d.funct7(w)
+            if f7 not in (0, 0x20):
+                return None
+            return ALU_RR[(f7, 5)](a, imm & 31)
+        if f3 == 1 and d.funct7(w):
+            return None
+        return ALU_RR[IMM_AS_RR[f3]](a, imm & (31 if f3 == 1 else M))
+    b = 0 if not d.rs2(w) else known.get(d.rs2(w))
+    fn = ALU_RR.get((d.funct7(w), f3))
+    return None if b is None or fn is None else fn(a, b)
 
 class Translator:
     def __init__(self, hart: Hart, cache: RegionCache | None = None) -> None:
@@ -557,9 +596,30 @@ class Emitter:
         if reserve is not None:
             lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; b = -1; break"]
         lines.append(f"    r -= {n}")
+        # Registers of known value in this block: folded into what reads them.  A
+        # constant written again before anything may leave the block is dropped.
+        known: dict[int, int] = {}
+        droppable: dict[int, int] = {}  # register -> index of its constant's line
         for k, insn in enumerate(block):
-            bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
-            lines += ["    " + line.replace(BAIL, bail) for line in self._body(insn) or ()]
+            value = _fold(insn, known)
+            rd = d.rd(insn.word)
+            if value is not None:
+                if rd in droppable:
+                    lines[droppable[rd]] = ""
+                known[rd] = value
+                droppable[rd] = len(lines)
+                lines.append(f"    x{rd} = {value}")
+                continue
+            body = self._body(insn, known) or []
+            if any(BAIL in line for line in body):
+                droppable.clear()
+                bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
+                body = [line.replace(BAIL, bail) for line in body]
+            lines += ["    " + line for line in body]
+            if insn.word & 0x7F in WRITES_RD:
+                known.pop(rd, None)
+                droppable.pop(rd, None)
+        lines = [line for line in lines if line]
         last = block[-1]
         op, w = last.word & 0x7F, last.word
 
@@ -574,7 +634,7 @@ class Emitter:
             return [f"b = {j}"] + (["continue"] if j <= i else [])
 
         if op == d.OP_BRANCH:
-            a, b, f3 = _reg(d.rs1(w)), _reg(d.rs2(w)), d.funct3(w)
+            a, b, f3 = _reg(d.rs1(w), known), _reg(d.rs2(w), known), d.funct3(w)
             cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
             if (last.pc + d.imm_b(w)) & M == block[0].pc:  # a one-block loop: a bare while
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
@@ -602,12 +662,12 @@ class Emitter:
             return f"o = {a} - {base - imm}"
         return f"o = ({a} + {(imm - base) & M}) & {M}"
 
-    def _body(self, insn: Insn) -> list[str] | None:
+    def _body(self, insn: Insn, known: dict[int, int] | None = None) -> list[str] | None:
         """Python lines for one instruction (BAIL where it must leave before it), or None
-        when it needs the interpreter."""
+        when it needs the interpreter.  `known`: registers of known value."""
         w, pc = insn.word, insn.pc
         op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
-        a, b, dst = _reg(d.rs1(w)), _reg(d.rs2(w)), f"x{rd}"
+        a, b, dst = _reg(d.rs1(w), known), _reg(d.rs2(w), known), f"x{rd}"
         if op == d.OP_LUI:
             return [f"{dst} = {d.imm_u(w)}"] if rd else []
         if op == d.OP_AUIPC:
