@@ -253,16 +253,23 @@ class Translator:
             if region is None and at_block and not irq and not hart.checked:
                 region = self._hot(pc)
             if region is not None:
-                entry = pc
-                pc, left = region(x, budget - done)
-                ran = budget - done - left
+                # Regions chain without the checks above: none of them can change
+                # while only translated code runs (a region never touches a CSR or a device).
+                left = budget - done
+                while True:
+                    entry = pc
+                    pc, rest = region(x, left)
+                    calls = runs.get(entry, 0) + 1
+                    if calls <= review:  # its first `review` calls decide whether it stays
+                        runs[entry] = calls
+                        ran = self.ran[entry] = self.ran.get(entry, 0) + left - rest
+                        if calls == review and ran < MIN_RUN * review:
+                            self._demote(entry)
+                    left = rest
+                    if pc & 1 or not left or hart.stop_requested \
+                            or (region := regions.get(pc)) is None:
+                        break
                 done = budget - left
-                calls = runs.get(entry, 0) + 1
-                if calls <= review:  # its first `review` calls decide whether it stays
-                    runs[entry] = calls
-                    ran_total = self.ran[entry] = self.ran.get(entry, 0) + ran
-                    if calls == review and ran_total < MIN_RUN * review:
-                        self._demote(entry)
                 if not pc & 1:
                     at_block = True
                     continue
