@@ -24,7 +24,7 @@ from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import decode as d
 from emud.cpu.hart import Hart
-from emud.cpu.translate import Config, Discovery, Emitter, Insn, Translator, region_key
+from emud.cpu.translate import STRETCH, Config, Discovery, Emitter, Insn, Translator, region_key
 from emud.loader import load_elf
 from emud.machine import Machine
 from emud.memory import AddressSpace, Ram
@@ -525,6 +525,18 @@ def test_an_entry_waits_until_it_has_run_enough_for_its_region(build_asm: Build)
     assert list(tr.regions) == [loop] and tr.heat[loop] == 60 and tr.heat[back] < 120
 
 
+def interpreter_runs(hart: Hart) -> list[tuple[int, int]]:
+    """From now on, (pc, instructions asked) of each run of the interpreter."""
+    asked: list[tuple[int, int]] = []
+    interpret = hart.interpret
+
+    def recorded(budget: int) -> int:
+        asked.append((hart.pc, budget))
+        return interpret(budget)
+    hart.interpret = recorded  # type: ignore[method-assign]
+    return asked
+
+
 def test_regions_that_run_few_instructions_per_call_go_back_to_the_interpreter(
         build_asm: Build) -> None:
     """The loop's region leaves at once, before its MMIO load, every time: it runs no
@@ -546,12 +558,15 @@ handler:
         machine = boot(elf)
         tr = translator(machine)
         tr.review = review
+        asked = interpreter_runs(machine.hart)
         machine.run_until_poweroff(max_insns=100_000)
         snaps.append(snapshot(machine))
         assert machine.image is not None
         loop = machine.image.symbols["loop"]
         assert (loop in tr.demoted) == bool(review)
         assert (loop in tr.regions) == (not review)
+        # Demoted, the loop runs in the interpreter for stretches, not block by block.
+        assert ((loop, STRETCH) in asked) == bool(review)
     assert snaps[0] == snaps[1]
 
 

@@ -51,6 +51,7 @@ MAX_REGION_INSNS = 200
 PAYBACK = 2  # instructions an entry must have run per instruction of its region
 REVIEW = 32  # region calls after which its instructions per call are judged
 MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
+STRETCH = 64  # instructions the interpreter runs at once from a demoted entry
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
@@ -241,7 +242,7 @@ class Translator:
     def run(self, budget: int) -> int:
         """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
         hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
-        runs, review = self.runs, self.review
+        runs, review, demoted = self.runs, self.review, self.demoted
         pc = hart.pc
         done = committed = 0
         irq = hart._deliverable_irq() is not None
@@ -279,9 +280,12 @@ class Translator:
                 at_block = False
             elif hart.checked:
                 steps, at_block = budget - done, False
+            elif irq:
+                steps, at_block = 1, False
+            elif pc in demoted:  # code that did not pay: the interpreter's, for a stretch
+                steps, at_block = STRETCH, False
             else:
-                steps = 1 if irq else self._block_length(pc)
-                at_block = not irq
+                steps, at_block = self._block_length(pc), True
             if done == budget:
                 break
             # The interpreter sees an exact clock, takes pending interrupts, traps, syncs.
