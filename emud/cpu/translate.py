@@ -20,9 +20,15 @@ interrupt check, and a run retires the same instructions, with the same
 icount at every interrupt, as the interpreter alone.
 
 Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
-visits.  Pages with translated code are flagged PAGE_CODE: a region's store
-to such a page leaves the region if it may overwrite an instruction, and a
-store that changes a region's code drops the region; fence.i drops them all.
+visits and once it has run PAYBACK instructions per instruction of its region
+(whose blocks are those the interpreter has run).  A region that runs under
+MIN_RUN instructions per call over its first REVIEW calls is dropped for good.
+Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
+function of the discovered code and the RAM config, so compiled regions can be
+cached under `region_key`.  Pages with translated code are flagged PAGE_CODE: a
+region's store to such a page leaves the region if it may overwrite an
+instruction, and a store that changes a region's code drops the region;
+fence.i drops them all.
 """
 
 from __future__ import annotations
@@ -79,9 +85,13 @@ OP_EXPR: dict[tuple[int, int], str] = {
     (0x01, 1): "mulh({a}, {b})",
     (0x01, 2): "mulhsu({a}, {b})",
     (0x01, 3): "({a} * {b}) >> 32",
-    (0x01, 4): f"{{a}} // {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else div({{a}}, {{b}})",
+    # Signed division by a positive divisor inline, a negative dividend too (C
+    # truncates: -(|a| // b)); the rest (b <= 0) through the interpreter's helpers.
+    (0x01, 4): f"(({{a}} // {{b}}) if {{a}} < {S} else -(({M + 1} - {{a}}) // {{b}}) & {M}) "
+               f"if 0 < {{b}} < {S} else div({{a}}, {{b}})",
     (0x01, 5): f"{{a}} // {{b}} if {{b}} else {M}",
-    (0x01, 6): f"{{a}} % {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else rem({{a}}, {{b}})",
+    (0x01, 6): f"(({{a}} % {{b}}) if {{a}} < {S} else -(({M + 1} - {{a}}) % {{b}}) & {M}) "
+               f"if 0 < {{b}} < {S} else rem({{a}}, {{b}})",
     (0x01, 7): "{a} % {b} if {b} else {a}",
 }
 HELPERS = {"mulh": ALU_RR[(0x01, 1)], "mulhsu": ALU_RR[(0x01, 2)],
@@ -137,7 +147,9 @@ def region_key(config: Config, found: Discovery) -> bytes:
     """The cache key of a region: a hash of every input of its emission.
 
     Emission (`Emitter.source`) is a pure function of the Config and the
-    Discovery, so a code object stored under this key is valid wherever it matches.
+    Discovery, so a code object stored under this key is valid wherever it matches,
+    given the same emitter: the cache salts keys with this module's source (and
+    folded constants come from interp.ALU_RR, the reference semantics).
     """
     inputs = (PAGE_SHIFT, PAGE_CODE, tuple(config), found.entry, found.leaders, found.returns,
               tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns))
