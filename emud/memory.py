@@ -12,11 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-# Per-page flags in `Ram.page_flags`: a store to a flagged page takes the slow path.
-PAGE_SHIFT = 12
-PAGE_CODE = 1  # holds decoded instructions: a store must invalidate them
-PAGE_WATCH = 2  # a store watcher (HTIF tohost) covers it
-PAGE_DEBUG = 4  # a debugger write watchpoint covers it (the hart checks it before the store)
+PAGE_SHIFT = 12  # RAM comes in 4 KiB pages (its size; dirty tracking by checkpoints)
+
+# Flags per RAM granule in `Ram.flags`: a store to a flagged granule, and while the hart
+# watches loads a load from a FLAG_LOAD granule, leaves the fast path.  16 bytes: an
+# aligned access (the only kind the fast paths make) never spans two granules, an
+# instruction spans at most two, and code and data rarely share one (sections are
+# aligned), so a store next to code pays nothing; the flags cost 1/16 of RAM (1 MiB
+# for 16 MiB), where one per 4-byte word would cost a quarter and still mix code and
+# data in compressed code.
+FLAG_SHIFT = 4
+GRANULE = 1 << FLAG_SHIFT
+FLAG_CODE = 1  # holds decoded or translated instructions: a store must invalidate them
+FLAG_WATCH = 2  # a store watcher (HTIF tohost) covers it
+FLAG_DEBUG = 4  # a write watchpoint or store trigger covers it (checked before the store)
+FLAG_LOAD = 8  # a read watchpoint or load trigger covers it (checked before the load)
 
 
 class BusError(Exception):
@@ -60,10 +70,36 @@ class Ram:
         self.u16 = self.u8.cast("H")
         self.s16 = self.u8.cast("h")
         self.u32 = self.u8.cast("I")
-        self.page_flags = bytearray(size >> PAGE_SHIFT)
+        self.flags = bytearray(size >> FLAG_SHIFT)
 
     def contains(self, addr: int, length: int = 1) -> bool:
         return self.base <= addr and addr + length <= self.base + self.size
+
+    def granules(self, addr: int, length: int) -> range:
+        """The granules [addr, addr+length) touches, clipped to RAM (empty outside)."""
+        lo = max(addr, self.base) - self.base
+        hi = min(addr + length, self.base + self.size) - self.base
+        return range(lo >> FLAG_SHIFT, ((hi - 1) >> FLAG_SHIFT) + 1 if hi > lo else 0)
+
+    def set_flags(self, granules: range, bits: int) -> None:
+        """Set `bits` on a range of granules (at C speed: ranges can be all of RAM)."""
+        lo, hi = granules.start, granules.stop
+        if lo < hi:
+            self.flags[lo:hi] = self.flags[lo:hi].translate(_SET[bits])
+
+    def flagged(self, granules: range, bits: int) -> bool:
+        """Whether any of the granules has one of `bits`."""
+        lo, hi = granules.start, granules.stop
+        return self.flags[lo:hi].translate(_CLEAR[0xF & ~bits]).count(0) < hi - lo
+
+    def clear_flags(self, granules: range, bits: int) -> None:
+        lo, hi = granules.start, granules.stop
+        if lo < hi:
+            self.flags[lo:hi] = self.flags[lo:hi].translate(_CLEAR[bits])
+
+
+_SET = [bytes(f | bits for f in range(256)) for bits in range(16)]
+_CLEAR = [bytes(f & ~bits for f in range(256)) for bits in range(16)]
 
 
 class AddressSpace:
@@ -72,7 +108,8 @@ class AddressSpace:
         self.regions: list[Region] = []
         self._bases: list[int] = []
         self._watchers: list[tuple[int, int, StoreWatcher]] = []
-        self.on_code_write: Callable[[int], None] = lambda page: None
+        # A store or debugger write over a FLAG_CODE granule: (addr, size) it wrote.
+        self.on_code_write: Callable[[int, int], None] = lambda addr, size: None
         # A device handler that raises (a plug-in's bug) is told here; the access is a
         # bus error for the guest, and the daemon runs on.
         self.on_device_error: Callable[[Mmio, str], None] = lambda device, text: None
@@ -131,7 +168,7 @@ class AddressSpace:
         self.on_device_error(device, f"{access} raised {type(error).__name__}: {error}")
 
     def store_ram(self, addr: int, value: int, size: int) -> None:
-        """A RAM store that honours page flags (code invalidation, watchers)."""
+        """A RAM store that honours the granule flags (code invalidation, watchers)."""
         ram = self.ram
         offset = addr - ram.base
         value &= (1 << (8 * size)) - 1
@@ -139,31 +176,23 @@ class AddressSpace:
         self._after_ram_write(addr, size, value)
 
     def _after_ram_write(self, addr: int, size: int, value: int) -> None:
-        ram = self.ram
-        first = (addr - ram.base) >> PAGE_SHIFT
-        last = (addr - ram.base + size - 1) >> PAGE_SHIFT
-        for page in range(first, last + 1):
-            flags = ram.page_flags[page]
-            if flags & PAGE_CODE:
-                self.on_code_write(page)
-            if flags & PAGE_WATCH:
-                for lo, hi, watcher in self._watchers:
-                    if addr < hi and lo < addr + size:
-                        watcher(addr, value, size)
-                break  # watchers were told once for the whole access
+        flags = self.ram.flags
+        bits = 0
+        for granule in self.ram.granules(addr, size):
+            bits |= flags[granule]
+        if bits & FLAG_CODE:
+            self.on_code_write(addr, size)
+        if bits & FLAG_WATCH:
+            for lo, hi, watcher in self._watchers:
+                if addr < hi and lo < addr + size:
+                    watcher(addr, value, size)
 
     def watch_stores(self, addr: int, length: int, watcher: StoreWatcher) -> None:
         """Call `watcher` after every guest store overlapping [addr, addr+length) in RAM."""
         if not self.ram.contains(addr, length):
             raise ValueError(f"{addr:#x} is not in RAM")
         self._watchers.append((addr, addr + length, watcher))
-        self._flag_pages(addr, length, PAGE_WATCH)
-
-    def _flag_pages(self, addr: int, length: int, flag: int) -> None:
-        first = (addr - self.ram.base) >> PAGE_SHIFT
-        last = (addr - self.ram.base + length - 1) >> PAGE_SHIFT
-        for page in range(first, last + 1):
-            self.ram.page_flags[page] |= flag
+        self.ram.set_flags(self.ram.granules(addr, length), FLAG_WATCH)
 
     # --- debugger / monitor / loader accesses (no device side effects) ----------
 
@@ -195,10 +224,8 @@ class AddressSpace:
             raise BusError(addr)
         offset = addr - self.ram.base
         self.ram.data[offset : offset + len(data)] = data
-        first, last = offset >> PAGE_SHIFT, (offset + max(len(data), 1) - 1) >> PAGE_SHIFT
-        for page in range(first, last + 1):
-            if self.ram.page_flags[page] & PAGE_CODE:
-                self.on_code_write(page)
+        if self.ram.flagged(self.ram.granules(addr, len(data)), FLAG_CODE):
+            self.on_code_write(addr, len(data))
 
     def debug_write(self, addr: int, data: bytes) -> None:
         """A control plane's write (gdb, the monitor, a replayed input): RAM directly;

@@ -18,7 +18,7 @@ from emud.daemon import Daemon
 from emud.gdbserver import CSR_REGBASE, EmudTarget
 from emud.loader import load_elf
 from emud.machine import UART0_BASE, Machine
-from emud.memory import PAGE_DEBUG
+from emud.memory import FLAG_DEBUG
 from gdbstub.codec import encode_le, frame
 from gdbstub.session import Session
 
@@ -136,7 +136,7 @@ async def test_write_and_read_watchpoints_stop_before_the_access(
     ask(session, b"s")  # the store happens now, once
     assert reg(session, PC) == load and mem(session, var, 4) == b"\x05\0\0\0"
     assert ask(session, b"z2,%x,4" % var) == [b"OK"]
-    assert not any(f & PAGE_DEBUG for f in daemon.machine.ram.page_flags)  # stores fast again
+    assert not any(f & FLAG_DEBUG for f in daemon.machine.ram.flags)  # stores fast again
 
     assert ask(session, b"Z3,%x,1" % (var + 2)) == [b"OK"]  # a byte inside the loaded word
     ask(session, b"c")
@@ -178,7 +178,7 @@ async def test_hundreds_of_watchpoints(
 
     session.close()  # gdb went away: every watchpoint goes, the guest runs on
     assert daemon.running and len(daemon.machine.hart.watchpoints) == 0
-    assert not any(f & PAGE_DEBUG for f in ram.page_flags)
+    assert not any(f & FLAG_DEBUG for f in ram.flags)
     assert not daemon.machine.hart.watch_loads
     assert not target._watch  # no counts left behind either
 

@@ -64,6 +64,18 @@ def test_seeks_across_timer_interrupts_reproduce_every_state() -> None:
     assert replay.mode == "record" and m.exit_code == exit_code  # at the head again
 
 
+def test_a_checkpoint_after_power_off_restores_a_powered_off_machine() -> None:
+    m = machine("hpet_timers.elf")
+    replay = Replay(m, interval=50_000, seconds=0.0)  # a checkpoint at every slice
+    seen = run_recording(replay, m, 400_000, {})
+    assert m.exit_code == 0
+    assert replay.ring.items[-1].icount == m.clock.icount  # one taken at the head
+    replay.seek(replay.start)
+    assert m.exit_code is None
+    replay.seek(replay.head[0])
+    assert state(m) == seen[max(seen)] and m.exit_code == 0
+
+
 def test_reverse_steps_then_steps_across_uart_input_interrupts() -> None:
     out = Capture()
     m = machine("uart_echo.elf", out)

@@ -379,18 +379,27 @@ target:
 handler:
     j handler
 """ + DATA)
-    stops = []
+    runs = []
     for accel in ("interp", "translate"):
         machine = boot(elf, accel=accel)
+        if accel == "translate":
+            translator(machine).hot = 2
         machine.run_until_poweroff(max_insns=10_000)
         assert machine.image is not None
-        machine.hart.set_breakpoint(machine.image.symbols["target"], True)
-        machine.run_slice()
-        stop = machine.hart.debug_stop
-        assert stop is not None
-        stops.append((stop.pc, snapshot(machine)))
-    assert stops[0] == stops[1]
-    assert translator(machine).regions
+        target = machine.image.symbols["target"]
+        machine.hart.set_breakpoint(target, True)
+        stops = []
+        for _ in range(10):  # each resume runs the stopped instruction, then on to the next stop
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None
+            stops.append((stop.pc, machine.clock.icount, machine.hart.x[20]))
+        runs.append((stops, snapshot(machine)))
+    assert runs[0] == runs[1]
+    assert {pc for pc, _, _ in runs[0][0]} == {target}
+    # The loop stays translated with the breakpoint set: its region leaves before target.
+    t = translator(machine)
+    assert t.regions and target not in t.code and target in t.exits
 
 
 # --- random programs ------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class WatchpointIndex:
         self._wide: dict[Watchpoint, None] = {}
         self._order: dict[Watchpoint, int] = {}
         self._serial = itertools.count()
-        self.readers = 0  # how many watch loads: while any does, every load is checked
+        self.readers = 0  # how many watch loads: while any does, loads test FLAG_LOAD
 
     def __len__(self) -> int:
         return len(self._order)
@@ -108,6 +108,16 @@ class WatchpointIndex:
                     del self._by_page[page]
         self.readers -= w.reads
         return True
+
+    def overlapping(self, addr: int, length: int) -> list[Watchpoint]:
+        """The watchpoints overlapping [addr, addr+length), found through the pages it
+        covers (or the pages watched, if fewer): what one of them covers, not all."""
+        first, last = addr >> INDEX_SHIFT, (addr + length - 1) >> INDEX_SHIFT
+        pages = (range(first, last + 1) if last - first < len(self._by_page)
+                 else [p for p in self._by_page if first <= p <= last])
+        found = dict.fromkeys(w for p in pages for w in self._by_page.get(p, ()))
+        found.update(self._wide)
+        return [w for w in found if w.addr < addr + length and addr < w.addr + w.length]
 
     def check(self, addr: int, size: int, write: bool) -> None:
         """Raise DebugStop if the access [addr, addr+size) (inside one page) is watched."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from emud import log
@@ -35,7 +34,16 @@ from emud.cpu.decode import ILLEGAL, expand_compressed
 from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.cpu.semihosting import SemihostingHandler
 from emud.cpu.triggers import RESET_TDATA1, TRIGGER_COUNT, Triggers, mcontrol_write
-from emud.memory import PAGE_CODE, PAGE_DEBUG, PAGE_SHIFT, PAGE_WATCH, AddressSpace, BusError
+from emud.memory import (
+    FLAG_CODE,
+    FLAG_DEBUG,
+    FLAG_LOAD,
+    FLAG_SHIFT,
+    FLAG_WATCH,
+    GRANULE,
+    AddressSpace,
+    BusError,
+)
 from emud.vmstate import (
     BOOL,
     UINT8,
@@ -56,8 +64,18 @@ class Accelerator(Protocol):
     """A faster run loop (emud/cpu/translate.py) that keeps the interpreter's semantics."""
 
     def run(self, budget: int) -> int: ...
-    def invalidate_page(self, page: int) -> None: ...
-    def flush(self) -> None: ...
+    def invalidate(self, addr: int, size: int) -> Iterable[int]:
+        """Drop the translations that depend on the bytes [addr, addr+size) (or on a
+        breakpoint or execute trigger there); the pcs of the instructions it no longer
+        has translated anywhere."""
+        ...
+    def translated(self, addr: int, size: int) -> bool:
+        """Whether a translated instruction overlaps [addr, addr+size)."""
+        ...
+    def flush(self) -> None:
+        """Drop every translation, and FLAG_CODE where translated code was (the hart
+        drops its decoded code at the same time)."""
+        ...
 
 
 class Hart:
@@ -96,14 +114,15 @@ class Hart:
         # Debugger (emud/cpu/debug.py)
         self.breakpoints: set[int] = set()
         self.watchpoints = WatchpointIndex()
-        self._debug_pages: Counter[int] = Counter()  # RAM page -> write watchpoints on it
-        self.watch_loads = False  # a read watchpoint or load trigger: loads take load_slow
+        # A read watchpoint or load trigger exists: loads test FLAG_LOAD of their granule.
+        self.watch_loads = False
         self.debug_stop: DebugStop | None = None  # why the last run stopped early
         self.debug_bypass = False  # running the instruction of the last debug stop unchecked
         self.irqs_masked = False  # set while a debugger single-steps
         # Sdtrig triggers (emud/cpu/triggers.py): guest exceptions, not debugger stops
         self.triggers = Triggers(self._triggers_changed)
-        self._trigger_pages: list[int] = []  # RAM pages flagged for store triggers
+        self._execute_triggers: frozenset[int] = frozenset()  # as the decoded ops have them
+        self._access_triggers: frozenset[int] = frozenset()  # addresses flagged for triggers
         # Predecoded instructions, one cache per (privilege, checked) context: a U-mode
         # op was fetched under U's PMP rules, and a checked op takes the slow memory paths.
         # `checked`: PMP may deny an access or fetch now (U-mode, a locked entry, or MPRV
@@ -112,10 +131,10 @@ class Hart:
         self.data_priv = PRV_M  # the privilege loads and stores are checked with
         self._caches: dict[tuple[int, bool], dict[int, Op]] = {(PRV_M, False): {}}
         self.cache: dict[int, Op] = self._caches[PRV_M, False]
-        self._page_pcs: dict[int, list[int]] = {}
+        self._lengths: dict[int, int] = {}  # pc -> length of a decoded instruction there
         self.accel: Accelerator | None = None  # None: always interpret
         self.semihosting: SemihostingHandler | None = None  # None: ebreak always traps
-        bus.on_code_write = self.invalidate_page
+        bus.on_code_write = self.invalidate_code
 
     def reset(self, entry: int) -> None:
         self.x[:] = [0] * 32
@@ -154,9 +173,14 @@ class Hart:
         old rules.  Unchecked code never asked PMP, so it stays."""
         self.pmp_rules = pmp.regions(self.pmpcfg, self.pmpaddr)
         self.pmp_locked = pmp.any_locked(self.pmpcfg)
+        dropped: set[int] = set()
         for (_, checked), cache in self._caches.items():
             if checked:
+                dropped.update(cache)
                 cache.clear()
+        for pc in dropped:  # left in no context: no longer decoded (FLAG_CODE may go)
+            if not self.decoded(pc):
+                self._lengths.pop(pc, None)
         self.update_context()
 
     def pmp_check(self, addr: int, size: int, access: int, priv: int, cause: int) -> None:
@@ -372,7 +396,7 @@ class Hart:
             self.watchpoints.check(addr, size, True)
         ram = self.bus.ram
         if ram.contains(addr, size):
-            if ram.page_flags[(addr - ram.base) >> PAGE_SHIFT] & PAGE_WATCH and not self.synced:
+            if ram.flags[(addr - ram.base) >> FLAG_SHIFT] & FLAG_WATCH and not self.synced:
                 raise NeedsSync
             self.bus.store_ram(addr, value, size)
             return
@@ -418,25 +442,55 @@ class Hart:
         if pc in self.breakpoints:
             op = self._breakpoint(op, pc)
         self.cache[pc] = op
-        for page in {(pc - ram.base) >> PAGE_SHIFT, (pc + length - 1 - ram.base) >> PAGE_SHIFT}:
-            ram.page_flags[page] |= PAGE_CODE
-            self._page_pcs.setdefault(page, []).append(pc)
+        self._lengths[pc] = length
+        flags, granule = ram.flags, (pc - ram.base) >> FLAG_SHIFT
+        flags[granule] |= FLAG_CODE
+        flags[(pc + length - 1 - ram.base) >> FLAG_SHIFT] |= FLAG_CODE
         return op
 
-    def invalidate_page(self, page: int) -> None:
-        caches = self._caches.values()
-        for pc in self._page_pcs.pop(page, ()):
+    def invalidate_code(self, addr: int, size: int) -> None:
+        """Bytes [addr, addr+size) changed (a store, a debugger write), or the breakpoint
+        or execute trigger at addr did: drop the decoded instructions overlapping them, in
+        every context, and the translations that depend on them.  A granule keeps
+        FLAG_CODE while any decoded or translated instruction is left in it."""
+        lengths, caches = self._lengths, self._caches.values()
+        end = addr + size
+        if size <= GRANULE:  # a store: look at the few pcs that may overlap it
+            pcs = [pc for pc in range((addr & ~1) - 2, end, 2)
+                   if pc in lengths and pc + lengths[pc] > addr]
+        else:  # a debugger or loader write may be large: look at what is decoded
+            pcs = [pc for pc, n in lengths.items() if pc < end and pc + n > addr]
+        for pc in pcs:
+            del lengths[pc]
             for cache in caches:
                 cache.pop(pc, None)
-        self.bus.ram.page_flags[page] &= ~PAGE_CODE
         if self.accel is not None:
-            self.accel.invalidate_page(page)
+            pcs += self.accel.invalidate(addr, size)
+        ram = self.bus.ram
+        granules = {g for pc in pcs for g in ram.granules(pc, 4)}
+        granules.update(g for g in ram.granules(addr, size) if ram.flags[g] & FLAG_CODE)
+        for g in granules:
+            lo = ram.base + (g << FLAG_SHIFT)
+            if not self._holds_code(lo, GRANULE):
+                ram.flags[g] &= ~FLAG_CODE
+
+    def _holds_code(self, addr: int, size: int) -> bool:
+        """Whether a decoded or translated instruction overlaps [addr, addr+size)."""
+        lengths = self._lengths
+        if any(pc in lengths and pc + lengths[pc] > addr
+               for pc in range((addr & ~1) - 2, addr + size, 2)):
+            return True
+        return self.accel is not None and self.accel.translated(addr, size)
 
     def flush_code(self) -> None:
-        for page in list(self._page_pcs):
-            self.invalidate_page(page)
+        """Drop every decoded and translated instruction (fence.i, a reset, a snapshot)."""
         for cache in self._caches.values():
             cache.clear()
+        ram = self.bus.ram
+        for pc, n in self._lengths.items():  # what is decoded, not all of RAM: fence.i is common
+            for g in ram.granules(pc, n):
+                ram.flags[g] &= ~FLAG_CODE
+        self._lengths.clear()
         if self.accel is not None:
             self.accel.flush()
 
@@ -466,65 +520,75 @@ class Hart:
 
     def _triggers_changed(self) -> None:
         """Armed triggers are checked by the interpreter: execute ones in the op at their
-        pc, loads in load_slow (every load goes there), stores in store_slow (their
-        page is flagged PAGE_DEBUG so that the fast path leaves it)."""
-        ram = self.bus.ram
-        pages = sorted({(a - ram.base) >> PAGE_SHIFT for a in self.triggers.stores
-                        if ram.contains(a)})
-        for page in self._trigger_pages:
-            self._flag_debug_page(page, -1)
-        for page in pages:
-            self._flag_debug_page(page, +1)
-        self._trigger_pages = pages
+        pc (translated code stops before it), loads in load_slow and stores in store_slow,
+        where the granule of their address is flagged FLAG_LOAD or FLAG_DEBUG."""
+        triggers = self.triggers
+        for pc in self._execute_triggers ^ triggers.execute:
+            self.invalidate_code(pc, 1)
+        self._execute_triggers = triggers.execute
+        access = triggers.loads | triggers.stores
+        for addr in self._access_triggers | access:
+            self._debug_flags_changed(addr, 1)
+        self._access_triggers = access
         self._slow_loads_changed()
-        self.flush_code()
 
     def set_breakpoint(self, pc: int, present: bool) -> None:
-        """Breakpoints never touch guest memory: the op at pc is rebuilt with a stop."""
-        (self.breakpoints.add if present else self.breakpoints.discard)(pc)
-        for cache in self._caches.values():
-            cache.pop(pc, None)
+        """Breakpoints never touch guest memory: the op at pc is rebuilt with a stop, and
+        translated code is rebuilt to leave before pc."""
+        if (pc in self.breakpoints) != present:
+            (self.breakpoints.add if present else self.breakpoints.discard)(pc)
+            self.invalidate_code(pc, 1)
 
     def decoded(self, pc: int) -> bool:
         """Whether an instruction at pc is predecoded in any context."""
         return any(pc in cache for cache in self._caches.values())
 
     def add_watchpoint(self, w: Watchpoint) -> None:
-        """Stores to watched RAM pages take the slow path (PAGE_DEBUG); while any
-        read watchpoint exists, every load is built to go through load_slow."""
-        if self.watchpoints.add(w):
-            self._watch_changed(w, +1)
+        """Stores to the watched RAM granules take the slow path (FLAG_DEBUG); while any
+        read watchpoint exists, loads from the watched granules do (FLAG_LOAD)."""
+        if self.watchpoints.add(w):  # more is watched: its granules are flagged
+            ram = self.bus.ram
+            bits = (FLAG_DEBUG if w.writes else 0) | (FLAG_LOAD if w.reads else 0)
+            ram.set_flags(ram.granules(w.addr, w.length), bits)
+            self._slow_loads_changed()
 
     def remove_watchpoint(self, w: Watchpoint) -> None:
         if self.watchpoints.remove(w):
-            self._watch_changed(w, -1)
+            self._debug_flags_changed(w.addr, w.length)
+            self._slow_loads_changed()
 
-    def _watch_changed(self, w: Watchpoint, delta: int) -> None:
-        if w.writes:
-            for page in self._ram_pages(w):
-                self._flag_debug_page(page, delta)
-        self._slow_loads_changed()
-
-    def _flag_debug_page(self, page: int, delta: int) -> None:
-        flags, counts = self.bus.ram.page_flags, self._debug_pages
-        counts[page] += delta
-        if counts[page] > 0:
-            flags[page] |= PAGE_DEBUG
-        else:
-            del counts[page]
-            flags[page] &= ~PAGE_DEBUG
+    def _debug_flags_changed(self, addr: int, length: int) -> None:
+        """Recompute FLAG_DEBUG and FLAG_LOAD over the granules of [addr, addr+length)
+        from the watchpoints and triggers there: what they cover there, merged, is
+        flagged at C speed, however many overlap (gdb removes them one by one)."""
+        ram = self.bus.ram
+        span = ram.granules(addr, length)
+        if not span:
+            return
+        ram.clear_flags(span, FLAG_DEBUG | FLAG_LOAD)
+        lo = ram.base + (span.start << FLAG_SHIFT)
+        hi = ram.base + (span.stop << FLAG_SHIFT)
+        writes: list[tuple[int, int]] = []
+        reads: list[tuple[int, int]] = []
+        for w in self.watchpoints.overlapping(lo, hi - lo):
+            covered = (max(w.addr, lo), min(w.addr + w.length, hi))
+            if w.writes:
+                writes.append(covered)
+            if w.reads:
+                reads.append(covered)
+        writes += [(a, a + 1) for a in self.triggers.stores if lo <= a < hi]
+        reads += [(a, a + 1) for a in self.triggers.loads if lo <= a < hi]
+        for bits, ranges in ((FLAG_DEBUG, writes), (FLAG_LOAD, reads)):
+            for start, stop in _merged(ranges):
+                ram.set_flags(ram.granules(start, stop - start), bits)
 
     def _slow_loads_changed(self) -> None:
-        loads = self.watchpoints.readers > 0 or self.triggers.loads
+        """Loads test FLAG_LOAD only while something watches them: their ops and
+        translations are rebuilt when that changes."""
+        loads = self.watchpoints.readers > 0 or bool(self.triggers.loads)
         if loads != self.watch_loads:
             self.watch_loads = loads
             self.flush_code()
-
-    def _ram_pages(self, w: Watchpoint) -> range:
-        ram = self.bus.ram
-        lo = max(w.addr, ram.base) - ram.base
-        hi = min(w.addr + w.length, ram.base + ram.size) - ram.base
-        return range(lo >> PAGE_SHIFT, (hi - 1 >> PAGE_SHIFT) + 1)  # empty outside RAM
 
     # --- the run loop ------------------------------------------------------------
 
@@ -552,8 +616,9 @@ class Hart:
             return log.run_blocks(self, budget)
         accel = self.accel
         # Translated code never asks PMP: it runs only while PMP cannot deny anything.
-        if (accel is None or self.breakpoints or self.watchpoints or self.debug_bypass
-                or self.checked or self.triggers.armed):
+        # Breakpoints, watchpoints and triggers keep translation: regions leave before a
+        # stop pc, and a watched access leaves through its granule's flag.
+        if accel is None or self.debug_bypass or self.checked:
             return self.interpret(budget)
         return accel.run(budget)
 
@@ -612,6 +677,17 @@ class Hart:
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open ranges as the fewest disjoint ones covering the same addresses."""
+    out: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], stop))
+        else:
+            out.append((start, stop))
+    return out
 
 
 # --- vmstate: emud's own `cpu` section ------------------------------------------------

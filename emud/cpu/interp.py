@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from emud.cpu import decode as d
 from emud.cpu.csr import PRV_M, Cause, lowest_privilege
 from emud.cpu.semihosting import is_call as is_semihosting_call
+from emud.memory import FLAG_LOAD, FLAG_SHIFT
 
 if TYPE_CHECKING:
     from emud.cpu.hart import Hart
@@ -320,11 +321,23 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     shift = size >> 1  # log2(size) for 1, 2, 4
 
     # The access may fault, touch a device, be watched, or need a PMP check.
-    if rd == 0 or hart.watch_loads or hart.checked:
+    if rd == 0 or hart.checked:
         def op() -> int:
             value = slow((x[rs1] + imm) & M, size, signed)
             if rd:
                 x[rd] = value
+            return npc
+    elif hart.watch_loads:  # a load from a watched granule is checked
+        # Locals, not globals: the closure reads them as cheaply as a constant.
+        flags, mask, granule, watched = ram.flags, M if size < 4 else -1, FLAG_SHIFT, FLAG_LOAD
+
+        def op() -> int:
+            a = (x[rs1] + imm) & M
+            o = a - base
+            if 0 <= o < limit and not a & align and not flags[o >> granule] & watched:
+                x[rd] = view[o >> shift] & mask
+            else:
+                x[rd] = slow(a, size, signed)
             return npc
     elif size == 4:
         def op() -> int:
@@ -353,7 +366,7 @@ def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         return None
     x, rs1, rs2, imm = hart.x, d.rs1(insn), d.rs2(insn), d.imm_s(insn)
     ram, slow = hart.bus.ram, hart.store_slow
-    base, limit, flags, align = ram.base, ram.size, ram.page_flags, size - 1
+    base, limit, flags, align, granule = ram.base, ram.size, ram.flags, size - 1, FLAG_SHIFT
     view = {1: ram.u8, 2: ram.u16, 4: ram.u32}[size]
     shift, vmask = size >> 1, (1 << (8 * size)) - 1
 
@@ -366,7 +379,7 @@ def _store(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
     def op() -> int:
         a = (x[rs1] + imm) & M
         o = a - base
-        if 0 <= o < limit and not a & align and not flags[o >> 12]:
+        if 0 <= o < limit and not a & align and not flags[o >> granule]:
             view[o >> shift] = x[rs2] & vmask
         else:
             slow(a, x[rs2], size)

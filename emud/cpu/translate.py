@@ -25,10 +25,13 @@ visits and once it has run PAYBACK instructions per instruction of its region
 MIN_RUN instructions per call over its first REVIEW calls is dropped for good.
 Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
 function of the discovered code and the RAM config, so compiled regions can be
-cached under `region_key`.  Pages with translated code are flagged PAGE_CODE: a
-region's store to such a page leaves the region if it may overwrite an
-instruction, and a store that changes a region's code drops the region;
-fence.i drops them all.
+cached under `region_key`.  RAM granules with translated code are flagged
+FLAG_CODE, so a region's store there leaves the region like any store to a
+flagged granule; the interpreter's store then drops exactly the regions holding
+an instruction it overlaps (`invalidate`); fence.i drops them all.  A region
+also leaves before a breakpoint or an execute trigger's pc, so the interpreter
+stops there, and setting or clearing one drops the regions that contain or stop
+at it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from emud import log
 from emud.cpu import decode as d
 from emud.cpu.interp import ALU_RR, LOADS, STORES
-from emud.memory import PAGE_CODE, PAGE_SHIFT
+from emud.memory import FLAG_CODE, FLAG_LOAD, FLAG_SHIFT, GRANULE
 
 if TYPE_CHECKING:
     from emud.cpu.hart import Hart
@@ -132,9 +135,11 @@ class Discovery(NamedTuple):
 
 
 class Config(NamedTuple):
-    """The translator's settings that emission reads: RAM base and size."""
+    """The translator's settings that emission reads: RAM base and size, and whether
+    loads test FLAG_LOAD (while something watches loads)."""
     base: int
     size: int
+    watch_loads: bool = False
 
 
 class RegionCache(Protocol):
@@ -151,8 +156,9 @@ def region_key(config: Config, found: Discovery) -> bytes:
     given the same emitter: the cache salts keys with this module's source (and
     folded constants come from interp.ALU_RR, the reference semantics).
     """
-    inputs = (PAGE_SHIFT, PAGE_CODE, tuple(config), found.entry, found.leaders, found.returns,
-              tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns))
+    code = tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns)
+    inputs = (FLAG_SHIFT, FLAG_CODE, FLAG_LOAD, tuple(config), found.entry, found.leaders,
+              found.returns, code)
     return hashlib.sha256(KEY_FORMAT + repr(inputs).encode()).digest()
 
 
@@ -239,15 +245,29 @@ class Translator:
         self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
         self.demoted: set[int] = set()  # entries whose regions did not pay
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
-        self.page_regions: dict[int, set[int]] = {}
-        self.spans: dict[int, list[tuple[int, bytes]]] = {}  # entry -> (offset, code bytes)
-        self.code: set[int] = set()  # pcs of translated instructions (stale ones allowed)
+        # What regions depend on: pc -> (length, entries) of each translated instruction,
+        # pc -> entries of the regions that leave for the interpreter at it, and entry ->
+        # (its instructions' pcs, its exits' pcs), to undo both when a region goes.
+        self.code: dict[int, tuple[int, set[int]]] = {}
+        self.exits: dict[int, set[int]] = {}
+        self.members: dict[int, tuple[list[int], list[int]]] = {}
         ram = self.ram
-        self.emitter = Emitter(Config(ram.base, ram.size))
+        self._emitters: dict[Config, Emitter] = {}
+        # _hot's discovery (entry, result), for the translate() call it makes next.
+        self._found: tuple[int, tuple[set[int], set[int], dict[int, Insn | None]]] | None = None
         self.namespace: dict[str, object] = {
             "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
-            "flags": ram.page_flags, "hits_code": self.hits_code, **HELPERS,
+            "flags": ram.flags, **HELPERS,
         }
+
+    @property
+    def emitter(self) -> Emitter:
+        """The emitter for the settings now (the hart's load watching may change)."""
+        config = Config(self.ram.base, self.ram.size, self.hart.watch_loads)
+        emitter = self._emitters.get(config)
+        if emitter is None:
+            emitter = self._emitters[config] = Emitter(config)
+        return emitter
 
     # --- the run loop -----------------------------------------------------------
 
@@ -333,7 +353,8 @@ class Translator:
         if heat < need:
             self.needed[pc] = need
             return None
-        region = self._build(pc, found)
+        self._found = (pc, found)
+        region = self.translate(pc)
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
@@ -341,7 +362,9 @@ class Translator:
     def _demote(self, entry: int) -> None:
         """The region ran too few instructions per call to pay for entering it: the
         interpreter runs its entry from now on (until a flush)."""
-        self.regions.pop(entry, None)
+        if entry in self.regions:
+            # Its granules keep FLAG_CODE: stores there take the slow path, which is exact.
+            self._drop(entry)
         self.heat[entry] = NOT_TRANSLATABLE
         self.demoted.add(entry)
 
@@ -358,40 +381,60 @@ class Translator:
 
     # --- invalidation -----------------------------------------------------------
 
-    def invalidate_page(self, page: int) -> None:
-        """A store hit the page: drop the regions whose code it changed.
+    def invalidate(self, addr: int, size: int) -> list[int]:
+        """Bytes [addr, addr+size) changed, or a breakpoint or execute trigger there did:
+        drop the regions with an instruction overlapping them or an exit at one of them.
+        Returns the pcs no longer translated in any region (their granules may lose
+        FLAG_CODE).  Entries there that could not be translated may be translated again."""
+        code, exits, end = self.code, self.exits, addr + size
+        if size <= GRANULE:
+            at = [c[1] for pc in range((addr & ~1) - 2, end, 2)
+                  if (c := code.get(pc)) is not None and pc + c[0] > addr]
+            at += [exits[pc] for pc in range(addr, end) if pc in exits]
+            cold = [pc for pc in range(addr & ~1, end, 2) if pc in self.heat]
+        else:
+            at = [entries for pc, (n, entries) in code.items() if pc < end and pc + n > addr]
+            at += [entries for pc, entries in exits.items() if addr <= pc < end]
+            cold = [pc for pc in self.heat if addr <= pc < end]
+        for pc in cold:
+            if self.heat[pc] == NOT_TRANSLATABLE:
+                del self.heat[pc]
+        gone: list[int] = []
+        for entry in {entry for entries in at for entry in entries}:
+            gone += self._drop(entry)
+        return gone
 
-        Pages mix code and data, so most such stores leave the code as it was;
-        those regions stay, and the page stays flagged for them.
-        """
-        data = self.ram.data
-        kept = set()
-        for pc in self.page_regions.pop(page, ()):
-            spans = self.spans.get(pc)
-            if spans is not None and all(data[o:o + len(code)] == code for o, code in spans):
-                kept.add(pc)
-            else:
-                self.regions.pop(pc, None)
-                self.spans.pop(pc, None)
-        if kept:
-            self.page_regions[page] = kept
-            self.ram.page_flags[page] |= PAGE_CODE
+    def _drop(self, entry: int) -> list[int]:
+        del self.regions[entry]
+        pcs, exit_pcs = self.members.pop(entry)
+        gone = []
+        for pc in pcs:
+            entries = self.code[pc][1]
+            entries.discard(entry)
+            if not entries:
+                del self.code[pc]
+                gone.append(pc)
+        for pc in exit_pcs:
+            entries = self.exits[pc]
+            entries.discard(entry)
+            if not entries:
+                del self.exits[pc]
+        return gone
 
-    def hits_code(self, offset: int, size: int) -> bool:
-        """Whether a store at RAM offset may overwrite a decoded or translated instruction.
-
-        Pages hold data next to code; a store to a code page leaves the region
-        (and invalidates the whole page) only when it really touches code.
-        """
-        decoded, code = self.hart.decoded, self.code
-        addr = self.ram.base + offset
-        return any(pc in code or decoded(pc) for pc in range((addr & ~1) - 2, addr + size, 2))
+    def translated(self, addr: int, size: int) -> bool:
+        code = self.code
+        return any((c := code.get(pc)) is not None and pc + c[0] > addr
+                   for pc in range((addr & ~1) - 2, addr + size, 2))
 
     def flush(self) -> None:
+        ram = self.ram
+        for pc, (n, _) in self.code.items():
+            for g in ram.granules(pc, n):
+                ram.flags[g] &= ~FLAG_CODE
         self.code.clear()
-        self.spans.clear()
+        self.exits.clear()
+        self.members.clear()
         self.regions.clear()
-        self.page_regions.clear()
         self.heat.clear()
         self.needed.clear()
         self.runs.clear()
@@ -415,7 +458,10 @@ class Translator:
     def translate(self, entry: int, ran_only: bool = False) -> Region | None:
         """Compile the region at `entry`; None when its first instruction needs the
         interpreter.  `ran_only`: leave out the blocks the interpreter has not run."""
-        return self._build(entry, self._discover(entry, ran_only))
+        found, self._found = self._found, None
+        if found is None or found[0] != entry or ran_only:
+            return self._build(entry, self._discover(entry, ran_only))
+        return self._build(entry, found[1])  # what _hot discovered (blocks that ran)
 
     def _build(self, entry: int,
                discovered: tuple[set[int], set[int], dict[int, Insn | None]]) -> Region | None:
@@ -436,21 +482,25 @@ class Translator:
         exec(code, namespace)
         region: Region = namespace.pop("region")  # type: ignore[assignment]
         self.regions[entry] = region
-        ram = self.ram
-        spans: list[tuple[int, bytes]] = []
-        for insn in sorted(i for i in insns.values() if i is not None):
-            lo, hi = insn.pc - ram.base, insn.pc + insn.length - ram.base
-            if spans and spans[-1][0] + len(spans[-1][1]) >= lo:
-                lo = spans.pop()[0]
-            spans.append((lo, bytes(ram.data[lo:hi])))
-            for page in {lo >> PAGE_SHIFT, (hi - 1) >> PAGE_SHIFT}:
-                ram.page_flags[page] |= PAGE_CODE
-                self.page_regions.setdefault(page, set()).add(entry)
-            self.code.add(insn.pc)
-        self.spans[entry] = spans
+        self._depend(entry, insns)
         if log.in_asm:
             log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
         return region
+
+    def _depend(self, entry: int, insns: dict[int, Insn | None]) -> None:
+        """Record what the new region at entry depends on; flag its code's granules."""
+        ram, flags = self.ram, self.ram.flags
+        pcs, exit_pcs = [], []
+        for pc, insn in insns.items():
+            if insn is None:
+                exit_pcs.append(pc)
+                self.exits.setdefault(pc, set()).add(entry)
+                continue
+            pcs.append(pc)
+            self.code.setdefault(pc, (insn.length, set()))[1].add(entry)
+            flags[(pc - ram.base) >> FLAG_SHIFT] |= FLAG_CODE
+            flags[(pc + insn.length - 1 - ram.base) >> FLAG_SHIFT] |= FLAG_CODE
+        self.members[entry] = (pcs, exit_pcs)
 
     def _discover(self, entry: int, ran_only: bool = False) \
             -> tuple[set[int], set[int], dict[int, Insn | None]]:
@@ -459,9 +509,11 @@ class Translator:
         interpreter has run (the others leave the region, and get their own when hot)."""
         leaders, returns = {entry}, set()
         insns: dict[int, Insn | None] = {}
+        # The interpreter stops or traps before these: a region leaves before them.
+        breakpoints, triggers = self.hart.breakpoints, self.hart.triggers.execute
         work = [entry]
         total = 0
-        decoded = self.hart.decoded
+        decoded, body = self.hart.decoded, self.emitter._body
 
         def lead(pc: int) -> None:
             if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS \
@@ -476,7 +528,8 @@ class Translator:
                     lead(pc)  # two walks meet: one block, not two copies
                     break
                 insn = self._fetch(pc)
-                if insn is None or self.emitter._body(insn) is None:
+                if (insn is None or pc in breakpoints or pc in triggers
+                        or body(insn) is None):
                     insns[pc] = None
                     break
                 insns[pc] = insn
@@ -735,8 +788,10 @@ class Emitter:
             if kind is None:
                 return None
             view, shift, mask = LOAD_VIEW[kind]
-            lines = [self._offset(a, d.imm_i(w)),
-                     f"if {self.bad_address[kind[0]]}:", f"    {BAIL}"]
+            bad = self.bad_address[kind[0]]
+            if self.config.watch_loads:  # a load from a watched granule leaves
+                bad += f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}"
+            lines = [self._offset(a, d.imm_i(w)), f"if {bad}:", f"    {BAIL}"]
             index = f"o >> {shift}" if shift else "o"
             return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
         if op == d.OP_STORE:
@@ -744,11 +799,11 @@ class Emitter:
             if size is None:
                 return None
             view, shift, mask = STORE_VIEW[size]
-            bad = f"{self.bad_address[size]} or flags[o >> {PAGE_SHIFT}]"
+            # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's
+            # store then does what the flag asks (invalidates, tells, stops or traps).
+            bad = f"{self.bad_address[size]} or flags[o >> {FLAG_SHIFT}]"
             return [self._offset(a, d.imm_s(w)),
-                    f"if {bad}:",
-                    f"    if {bad} != {PAGE_CODE} or hits_code(o, {size}):",
-                    f"        {BAIL}",
+                    f"if {bad}:", f"    {BAIL}",
                     f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
         if op == d.OP_BRANCH:
             return [] if f3 in BRANCH_EXPR else None

@@ -71,7 +71,7 @@ class Triggers:
         self.tdata2 = [0] * TRIGGER_COUNT
         self.changed = changed
         self.execute: frozenset[int] = frozenset()  # pcs with an execute trigger
-        self.loads = False  # a load trigger is armed: loads must be checked
+        self.loads: frozenset[int] = frozenset()  # addresses with a load trigger
         self.stores: frozenset[int] = frozenset()  # addresses with a store trigger
 
     def reset(self) -> None:
@@ -134,7 +134,7 @@ class Triggers:
 
         before = (self.execute, self.loads, self.stores)
         self.execute = frozenset(armed(EXECUTE))
-        self.loads = bool(armed(LOAD))
+        self.loads = frozenset(armed(LOAD))
         self.stores = frozenset(armed(STORE))
         if (self.execute, self.loads, self.stores) != before:
             self.changed()

@@ -235,7 +235,8 @@ def _render_where(r: dict[str, Any]) -> str:
     return f"0x{r['pc']:08x}:  {r['insn']}"
 
 
-MAX_STEP = 10_000_000
+# A long step is a job the loop slices and `stop` or Ctrl-C ends; the bound catches typos.
+MAX_STEP = 1_000_000_000
 
 
 def _render_progress(r: dict[str, Any]) -> str:
@@ -250,7 +251,7 @@ def _render_progress(r: dict[str, Any]) -> str:
 
 
 @command("step", args="count:l?", params="[n]", qmp="x-emud-step",
-         help="execute n instructions (default 1, at most 10000000) while the VM is stopped; "
+         help=f"execute n instructions (default 1, at most {MAX_STEP}) while the VM is stopped; "
               "`stop` or Ctrl-C in the shell ends it early", render=_render_progress)
 async def step(m: Monitor, count: int = 1) -> dict[str, Any]:
     daemon = m.daemon

@@ -42,6 +42,7 @@ class Checkpoint:
     sections: list[Section]
     pages: list[bytes]  # digests, one per RAM page
     held: list[bytes]  # each serial port's held input
+    exit_code: int | None  # how the guest ended, if it has (not guest state: no section)
     size: int  # bytes it alone accounts for (its sections)
 
 
@@ -96,7 +97,8 @@ class CheckpointRing:
         self._ref, self._ref_pages = bytes(ram), pages
         size = sum(len(s.data) + SECTION_OVERHEAD for s in snap.sections) + len(pages) * 16
         cp = Checkpoint(machine.clock.icount, machine.clock.now_ns, events, snap.config,
-                        snap.sections, pages, [s.held for s in machine.input_ports], size)
+                        snap.sections, pages, [s.held for s in machine.input_ports],
+                        machine.exit_code, size)
         self._insert(cp, keep)
         return cp
 
@@ -118,6 +120,7 @@ class CheckpointRing:
         for serial, held in zip(machine.input_ports, cp.held, strict=False):
             serial.held = held
         machine.hart.debug_stop = None
+        machine.exit_code = cp.exit_code  # a checkpoint after power-off stays powered off
         self._ref, self._ref_pages = ram, list(cp.pages)
 
     def before(self, icount: int, events: int | None = None) -> Checkpoint | None:

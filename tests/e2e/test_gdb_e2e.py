@@ -161,15 +161,15 @@ class Emud:
         assert "Traceback" not in "".join(self.log), self.log
 
 
-@pytest.fixture
-async def emud(tmp_path: Path) -> AsyncIterator[Emud]:
+@pytest.fixture(name="emud")  # other gdb test modules import the two fixtures
+async def emud_fixture(tmp_path: Path) -> AsyncIterator[Emud]:
     daemon = await Emud.start(COUNTER, tmp_path / "uart.txt")
     yield daemon
     await daemon.stop()
 
 
-@pytest.fixture
-async def gdb() -> AsyncIterator[Gdb]:
+@pytest.fixture(name="gdb")
+async def gdb_fixture() -> AsyncIterator[Gdb]:
     client = await Gdb.start(COUNTER)
     yield client
     await client.close()

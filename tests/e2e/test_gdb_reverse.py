@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from test_gdb_e2e import COUNTER, Emud, Gdb
+from test_gdb_e2e import COUNTER, Emud, Gdb, emud_fixture, gdb_fixture  # noqa: F401
 
 from emud.loader import load_elf
 
 SYMBOLS = load_elf(COUNTER).symbols
-
-
-@pytest.fixture
-async def emud(tmp_path: Path) -> AsyncIterator[Emud]:
-    daemon = await Emud.start(COUNTER, tmp_path / "uart.txt")
-    yield daemon
-    await daemon.stop()
-
-
-@pytest.fixture
-async def gdb() -> AsyncIterator[Gdb]:
-    client = await Gdb.start(COUNTER)
-    yield client
-    await client.close()
 
 
 async def registers(gdb: Gdb) -> list[str]:
