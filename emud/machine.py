@@ -101,10 +101,7 @@ class Machine:
         self.bus.on_device_error = self._device_error
         self.hart = Hart(self.bus, self.clock)
         if accel == "translate":
-            self.hart.accel = translator = Translator(self.hart)
-            # Until Translator takes it as a parameter, Translator(hart, cache), on the
-            # translator's branch: the lead folds this line into that call at merge.
-            translator.cache = translation_cache  # type: ignore[attr-defined]
+            self.hart.accel = Translator(self.hart, translation_cache)
         backends = [serial] if isinstance(serial, CharBackend) else list(serial)
         self.serials: list[CharBackend] = []
         self.devices: list[Device] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import decode as d
 from emud.cpu.hart import Hart
-from emud.cpu.translate import Translator
+from emud.cpu.translate import STRETCH, Config, Discovery, Emitter, Insn, Translator, region_key
 from emud.loader import load_elf
 from emud.machine import Machine
 from emud.memory import AddressSpace, Ram
@@ -55,8 +56,9 @@ def both(image: Path, run: Callable[[Machine], object], hot: int = 2,
     snaps = []
     for accel in ("interp", "translate"):
         machine = Machine(RingBackend(), accel=accel, ram_size=ram_size)
-        if accel == "translate":
+        if accel == "translate":  # translated at once, and kept: no tiering
             translator(machine).hot = hot
+            translator(machine).payback = translator(machine).review = 0
         machine.load(load_elf(image))
         run(machine)
         snaps.append(snapshot(machine))
@@ -453,6 +455,7 @@ def run_random(program: list[int], seed: int, accel: bool, ram_size: int) -> tup
     if accel:
         translator = Translator(hart)
         translator.hot = 1
+        translator.payback = translator.review = 0
         hart.accel = translator
     code = b"".join(i.to_bytes(4, "little") for i in program)
     hart.bus.write_bytes(CODE, code)
@@ -478,3 +481,222 @@ def test_random_programs_match_the_interpreter(chunk: int) -> None:
         program = random_program(random.Random(seed))
         assert run_random(program, seed, False, ram_size) == \
             run_random(program, seed, True, ram_size), seed
+
+
+# --- tiering --------------------------------------------------------------------------------
+
+LOOP_WITH_COLD_PATH = PROLOGUE + """
+    li s2, 200
+loop:
+    addi s1, s1, 3
+    xor s4, s4, s1
+    addi s5, s5, 1
+    bltz s5, cold            # never taken (s5 counts up from 0): cold code
+back:
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+cold:
+    addi s6, s6, 1
+    addi s6, s6, 1
+    j back
+handler:
+    j handler
+""" + DATA
+
+
+def test_a_hot_region_holds_only_code_the_interpreter_ran(build_asm: Build) -> None:
+    elf = build_asm(LOOP_WITH_COLD_PATH)
+    snap, machine = both(elf, until_poweroff(100_000), hot=16)
+    assert snap["exit"] == 0 and snap["x"][22] == 0
+    assert machine.image is not None
+    symbols, tr = machine.image.symbols, translator(machine)
+    assert symbols["back"] in tr.regions and symbols["loop"] in tr.code
+    assert symbols["cold"] not in tr.code
+    tr.translate(symbols["back"])  # asked directly: everything reachable
+    assert symbols["cold"] in tr.code
+
+
+def test_an_entry_waits_until_it_has_run_enough_for_its_region(build_asm: Build) -> None:
+    """payback x region size instructions, counted as visits x block length.  The loop
+    is two blocks, `loop` (4 instructions) and `back` (2); the region from either holds
+    both (6, not the code that has not run), so with payback 40, `loop` needs
+    40 * 6 / 4 = 60 visits and `back` 120: `loop` gets the region."""
+    elf = build_asm(LOOP_WITH_COLD_PATH)
+    machine = boot(elf)
+    assert machine.image is not None
+    tr, symbols = translator(machine), machine.image.symbols
+    loop, back = symbols["loop"], symbols["back"]
+    tr.payback = 40
+    machine.run_until_poweroff(max_insns=8 + 30 * 6)  # 30 iterations: hot, not paid
+    assert not tr.regions and tr.needed == {loop: 60, back: 120}
+    machine.run_until_poweroff(max_insns=80 * 6)
+    assert list(tr.regions) == [loop] and tr.heat[loop] == 60 and tr.heat[back] < 120
+
+
+def interpreter_runs(hart: Hart) -> list[tuple[int, int]]:
+    """From now on, (pc, instructions asked) of each run of the interpreter."""
+    asked: list[tuple[int, int]] = []
+    interpret = hart.interpret
+
+    def recorded(budget: int) -> int:
+        asked.append((hart.pc, budget))
+        return interpret(budget)
+    hart.interpret = recorded  # type: ignore[method-assign]
+    return asked
+
+
+def test_regions_that_run_few_instructions_per_call_go_back_to_the_interpreter(
+        build_asm: Build) -> None:
+    """The loop's region leaves at once, before its MMIO load, every time: it runs no
+    instruction per call, less than entering it costs, so the interpreter gets it back."""
+    elf = build_asm(PROLOGUE + """
+    li t0, MTIME
+    li s2, 500
+loop:
+    lw t1, 0(t0)
+    add s4, s4, t1
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    j handler
+""" + DATA)
+    snaps = []
+    for review in (0, 32):
+        machine = boot(elf)
+        tr = translator(machine)
+        tr.review = review
+        asked = interpreter_runs(machine.hart)
+        machine.run_until_poweroff(max_insns=100_000)
+        snaps.append(snapshot(machine))
+        assert machine.image is not None
+        loop = machine.image.symbols["loop"]
+        assert (loop in tr.demoted) == bool(review)
+        assert (loop in tr.regions) == (not review)
+        # Demoted, the loop runs in the interpreter for stretches, not block by block.
+        assert ((loop, STRETCH) in asked) == bool(review)
+    assert snaps[0] == snaps[1]
+
+
+# --- the persistent cache hook ----------------------------------------------------------------
+
+
+class MemoryCache:
+    """A CodeCache in a dict, counting what it is asked."""
+
+    def __init__(self) -> None:
+        self.codes: dict[bytes, types.CodeType] = {}
+        self.hits = 0
+
+    def get(self, key: bytes) -> types.CodeType | None:
+        code = self.codes.get(key)
+        self.hits += code is not None
+        return code
+
+    def put(self, key: bytes, code: types.CodeType) -> None:
+        self.codes[key] = code
+
+
+def test_a_cache_hit_runs_the_stored_code_and_emits_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = MemoryCache()
+    snaps, regions = [], []
+    for run in range(2):
+        machine = Machine(RingBackend())
+        machine.hart.accel = tr = Translator(machine.hart, cache)
+        machine.load(load_elf(IMAGES / "compute.elf"))
+        if run:  # the second run finds every region in the cache
+            stored = len(cache.codes)
+
+            def no_emission(*args: object) -> str:
+                raise AssertionError("emitted a region the cache holds")
+            monkeypatch.setattr(Emitter, "source", no_emission)
+        machine.run_until_poweroff(max_insns=1_000_000)
+        snaps.append(snapshot(machine))
+        regions.append(tr.regions)
+    assert stored and len(cache.codes) == stored and cache.hits == len(regions[1])
+    stored_functions = {c for code in cache.codes.values() for c in code.co_consts
+                        if isinstance(c, types.CodeType)}
+    assert all(f.__code__ in stored_functions for f in regions[1].values())
+    assert regions[0].keys() == regions[1].keys() and snaps[0] == snaps[1]
+
+
+def test_the_cache_key_changes_with_every_input_of_emission() -> None:
+    add, jal = Insn(0x8000_0000, 0x0015_0513, 4), Insn(0x8000_0004, 0xFFDF_F06F, 4)
+    found = Discovery(0x8000_0000, (0x8000_0000,), (),
+                      ((add.pc, add), (jal.pc, jal), (0x8000_0008, None)))
+    config = Config(0x8000_0000, 16 << 20)
+    variants = [
+        (config, found._replace(entry=0x8000_0004)),
+        (config, found._replace(leaders=(0x8000_0000, 0x8000_0004))),
+        (config, found._replace(returns=(0x8000_0008,))),
+        (config, found._replace(insns=((add.pc, add._replace(word=0x0025_0513)),
+                                       *found.insns[1:]))),
+        (config, found._replace(insns=((add.pc, add._replace(length=2)), *found.insns[1:]))),
+        (config, found._replace(insns=found.insns[:2])),
+        (config, found._replace(insns=(*found.insns[:2], (0x8000_0008, add)))),
+        (config._replace(base=0x4000_0000), found),
+        (config._replace(size=24 << 20), found),
+    ]
+    key = region_key(config, found)
+    assert region_key(Config(*config), Discovery(*found)) == key
+    keys = {region_key(c, f) for c, f in variants}
+    assert len(keys) == len(variants) and key not in keys
+
+
+def test_emission_reads_only_its_inputs() -> None:
+    """Two emitters with the same config emit the same source for the same code; a RAM
+    size that changes the address checks changes it."""
+    lw = Insn(0x8000_0000, d.enc_i(d.OP_LOAD, 11, 2, 10, 0), 4)
+    jal = Insn(0x8000_0004, d.enc_j(d.OP_JAL, 0, -4), 4)
+    found = Discovery(lw.pc, (lw.pc,), (), ((lw.pc, lw), (jal.pc, jal)))
+    config = Config(0x8000_0000, 16 << 20)
+    assert Emitter(config).source(found) == Emitter(Config(*config)).source(found)
+    assert Emitter(config).source(found) != Emitter(config._replace(size=24 << 20)).source(found)
+
+
+# --- constant folding -------------------------------------------------------------------------
+
+
+def test_constants_fold_within_a_block() -> None:
+    """li a0, 0x12345678 (lui + addi) becomes one assignment; an operation on a known
+    register uses the value; the exits still see every register written."""
+    code = [d.enc_u(d.OP_LUI, 10, 0x12345 << 12), d.enc_i(d.OP_IMM, 10, 0, 10, 0x678),
+            d.enc_r(d.OP_OP, 11, 0, 10, 12, 0), d.enc_j(d.OP_JAL, 0, -12)]
+    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
+                  for i, w in enumerate(code))
+    source = Emitter(Config(0x8000_0000, 16 << 20)).source(
+        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
+    assert "x10 = 305419896" in source and f"x10 = {0x12345 << 12}" not in source
+    assert "x11 = 305419896 + x12" in source and "x[10] = x10" in source
+
+
+def test_folded_constants_around_exits_match_the_interpreter(build_asm: Build) -> None:
+    """Constants written before an MMIO load (which leaves the region) must be in their
+    registers when the interpreter runs it; rewritten ones after it."""
+    elf = build_asm(PROLOGUE + """
+    li t0, MTIME
+    li s2, 400
+loop:
+    li a0, 0x12345678
+    li a0, 0x0badf00d
+    slli a1, a0, 3
+    srai a2, a0, 5
+    lw t1, 0(t0)
+    sltiu a3, a1, -1
+    li a0, -7
+    mul a4, a0, a2
+    divu a5, a4, a0
+    add s4, s4, a5
+    xor s5, s5, a4
+    sub s6, s6, a3
+    add s7, s7, t1
+    addi s2, s2, -1
+    bnez s2, loop
+""" + POWEROFF + """
+handler:
+    j handler
+""" + DATA)
+    snap, _ = both(elf, in_odd_slices(20_000))
+    assert snap["exit"] == 0 and snap["x"][22] == -400 & 0xFFFF_FFFF and snap["x"][23] != 0

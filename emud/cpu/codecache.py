@@ -8,8 +8,8 @@ starts hot.
 
 - Keys: the translator's key bytes (which name the code bytes the region was
   built from), salted with emud's version, the Python bytecode tag
-  (`sys.implementation.cache_tag`), a hash of `emud/cpu/translate.py` and
-  FORMAT, so a changed translator never loads old code, even at the same
+  (`sys.implementation.cache_tag`), a hash of the translator's sources
+  (translate.py, and interp.py and decode.py it builds on) and FORMAT, so a changed translator never loads old code, even at the same
   version.  A file's name is the sha256 of the salted key, in hex.
 - Files: a header (MAGIC, FORMAT, the full key digest, the payload's length and
   sha256), then `marshal` of the code object.  A file that is truncated,
@@ -66,13 +66,20 @@ def default_dir() -> Path:
     return Path(base) / "emud" / "translations"
 
 
+# What a region's code is made from: the translator, and the decoder and ALU semantics
+# (interp.ALU_RR) it folds constants with.
+TRANSLATOR_SOURCES = ("translate.py", "interp.py", "decode.py")
+
+
 def _translator_hash() -> bytes:
-    """sha256 of the translator's source: what it generates changes with it."""
-    try:
-        source = (Path(__file__).parent / "translate.py").read_bytes()
-    except OSError:  # no source to hash (a frozen install): only the version salts
-        source = b""
-    return hashlib.sha256(source).digest()
+    """sha256 of the translator's sources: what it generates changes with them."""
+    digest = hashlib.sha256()
+    for name in TRANSLATOR_SOURCES:
+        try:
+            digest.update((Path(__file__).parent / name).read_bytes())
+        except OSError:  # no source to hash (a frozen install): only the version salts
+            pass
+    return digest.digest()
 
 
 _salt: bytes | None = None

@@ -20,19 +20,26 @@ interrupt check, and a run retires the same instructions, with the same
 icount at every interrupt, as the interpreter alone.
 
 Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
-visits.  RAM granules with translated code are flagged FLAG_CODE, so a
-region's store there leaves the region like any store to a flagged granule;
-the interpreter's store then drops exactly the regions holding an instruction
-it overlaps (`invalidate`); fence.i drops them all.  A region also leaves
-before a breakpoint or an execute trigger's pc, so the interpreter stops there,
-and setting or clearing one drops the regions that contain or stop at it.
+visits and once it has run PAYBACK instructions per instruction of its region
+(whose blocks are those the interpreter has run).  A region that runs under
+MIN_RUN instructions per call over its first REVIEW calls is dropped for good.
+Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
+function of the discovered code and the RAM config, so compiled regions can be
+cached under `region_key`.  RAM granules with translated code are flagged
+FLAG_CODE, so a region's store there leaves the region like any store to a
+flagged granule; the interpreter's store then drops exactly the regions holding
+an instruction it overlaps (`invalidate`); fence.i drops them all.  A region
+also leaves before a breakpoint or an execute trigger's pc, so the interpreter
+stops there, and setting or clearing one drops the regions that contain or stop
+at it.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from emud import log
 from emud.cpu import decode as d
@@ -50,11 +57,15 @@ HOT = 16  # dispatcher visits before a pc gets a region
 MAX_BLOCKS = 32  # enough for a whole recursive function (quicksort), epilogue included
 MAX_BLOCK_INSNS = 64
 MAX_REGION_INSNS = 200
+PAYBACK = 2  # instructions an entry must have run per instruction of its region
+REVIEW = 32  # region calls after which its instructions per call are judged
+MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
+STRETCH = 64  # instructions the interpreter runs at once from a demoted entry
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
-REGISTER = re.compile(r"\bx(\d+)\b")
-ASSIGNED = re.compile(r"^\s*x(\d+) = ")
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
+UNPACK_ALL = 12  # from this many registers, one `_, x1, ..., x31 = x` beats loading each
+KEY_FORMAT = b"emud-region-1"  # bump when the meaning of a key's inputs changes
 
 # Signed a < b: the unsigned order when the signs agree, the reverse when they differ.
 # Cheaper than comparing a ^ S with b ^ S, much cheaper for values under 2**30 (one
@@ -77,9 +88,13 @@ OP_EXPR: dict[tuple[int, int], str] = {
     (0x01, 1): "mulh({a}, {b})",
     (0x01, 2): "mulhsu({a}, {b})",
     (0x01, 3): "({a} * {b}) >> 32",
-    (0x01, 4): f"{{a}} // {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else div({{a}}, {{b}})",
+    # Signed division by a positive divisor inline, a negative dividend too (C
+    # truncates: -(|a| // b)); the rest (b <= 0) through the interpreter's helpers.
+    (0x01, 4): f"(({{a}} // {{b}}) if {{a}} < {S} else -(({M + 1} - {{a}}) // {{b}}) & {M}) "
+               f"if 0 < {{b}} < {S} else div({{a}}, {{b}})",
     (0x01, 5): f"{{a}} // {{b}} if {{b}} else {M}",
-    (0x01, 6): f"{{a}} % {{b}} if {{a}} < {S} and 0 < {{b}} < {S} else rem({{a}}, {{b}})",
+    (0x01, 6): f"(({{a}} % {{b}}) if {{a}} < {S} else -(({M + 1} - {{a}}) % {{b}}) & {M}) "
+               f"if 0 < {{b}} < {S} else rem({{a}}, {{b}})",
     (0x01, 7): "{a} % {b} if {b} else {a}",
 }
 HELPERS = {"mulh": ALU_RR[(0x01, 1)], "mulhsu": ALU_RR[(0x01, 2)],
@@ -111,18 +126,124 @@ class Insn(NamedTuple):
         return (self.pc + self.length) & M
 
 
-def _reg(n: int) -> str:
+class Discovery(NamedTuple):
+    """What `_discover` found from an entry: with the Config, all that emission reads."""
+    entry: int
+    leaders: tuple[int, ...]  # sorted
+    returns: tuple[int, ...]  # sorted: return addresses of calls in the region
+    insns: tuple[tuple[int, Insn | None], ...]  # by pc; None: needs the interpreter
+
+
+class Config(NamedTuple):
+    """The translator's settings that emission reads: RAM base and size, and whether
+    loads test FLAG_LOAD (while something watches loads)."""
+    base: int
+    size: int
+    watch_loads: bool = False
+
+
+class RegionCache(Protocol):
+    """Where compiled regions may persist (emud/cpu/codecache.py); get None: a miss."""
+    def get(self, key: bytes) -> types.CodeType | None: ...
+    def put(self, key: bytes, code: types.CodeType) -> None: ...
+
+
+def region_key(config: Config, found: Discovery) -> bytes:
+    """The cache key of a region: a hash of every input of its emission.
+
+    Emission (`Emitter.source`) is a pure function of the Config and the
+    Discovery, so a code object stored under this key is valid wherever it matches,
+    given the same emitter: the cache salts keys with this module's source (and
+    folded constants come from interp.ALU_RR, the reference semantics).
+    """
+    code = tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns)
+    inputs = (FLAG_SHIFT, FLAG_CODE, FLAG_LOAD, tuple(config), found.entry, found.leaders,
+              found.returns, code)
+    return hashlib.sha256(KEY_FORMAT + repr(inputs).encode()).digest()
+
+
+# The register fields each major opcode reads and writes (x0 aside).
+WRITES_RD = frozenset((d.OP_LUI, d.OP_AUIPC, d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_JAL, d.OP_JALR))
+READS_RS1 = frozenset((d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_STORE, d.OP_BRANCH, d.OP_JALR))
+READS_RS2 = frozenset((d.OP_OP, d.OP_STORE, d.OP_BRANCH))
+
+
+def _registers(insns: list[Insn]) -> tuple[list[int], list[int]]:
+    """The registers the instructions name (read or written), and those they write."""
+    used, written = set(), set()
+    for insn in insns:
+        w = insn.word
+        op = w & 0x7F
+        if op in WRITES_RD:
+            written.add(d.rd(w))
+        if op in READS_RS1:
+            used.add(d.rs1(w))
+        if op in READS_RS2:
+            used.add(d.rs2(w))
+    written.discard(0)
+    used |= written
+    used.discard(0)
+    return sorted(used), sorted(written)
+
+
+def _reg(n: int, known: dict[int, int] | None = None) -> str:
+    """A register as an operand: its value where known."""
+    if known and n in known:
+        return str(known[n])
     return f"x{n}" if n else "0"
 
 
+# OP-IMM funct3 -> the register-register operation it is, with the immediate as rs2.
+IMM_AS_RR = {0: (0x00, 0), 2: (0x00, 2), 3: (0x00, 3), 4: (0x00, 4), 6: (0x00, 6),
+             7: (0x00, 7), 1: (0x00, 1)}
+
+
+def _fold(insn: Insn, known: dict[int, int]) -> int | None:
+    """The value an instruction writes to rd (not x0) when it depends on constants only."""
+    w = insn.word
+    op, rd = w & 0x7F, d.rd(w)
+    if not rd:
+        return None
+    if op == d.OP_LUI:
+        return d.imm_u(w)
+    if op == d.OP_AUIPC:
+        return (insn.pc + d.imm_u(w)) & M
+    if op not in (d.OP_IMM, d.OP_OP):
+        return None
+    a = 0 if not d.rs1(w) else known.get(d.rs1(w))
+    if a is None:
+        return None
+    f3 = d.funct3(w)
+    if op == d.OP_IMM:
+        imm = d.imm_i(w)
+        if f3 == 5:
+            f7 = d.funct7(w)
+            if f7 not in (0, 0x20):
+                return None
+            return ALU_RR[(f7, 5)](a, imm & 31)
+        if f3 == 1 and d.funct7(w):
+            return None
+        return ALU_RR[IMM_AS_RR[f3]](a, imm & (31 if f3 == 1 else M))
+    b = 0 if not d.rs2(w) else known.get(d.rs2(w))
+    fn = ALU_RR.get((d.funct7(w), f3))
+    return None if b is None or fn is None else fn(a, b)
+
 class Translator:
-    def __init__(self, hart: Hart) -> None:
+    def __init__(self, hart: Hart, cache: RegionCache | None = None) -> None:
+        """`cache`: where compiled regions are looked up before translating and stored
+        after (None: every region is compiled here)."""
         self.hart = hart
         self.ram = hart.bus.ram
+        self.cache = cache
         self.hot = HOT
-        self._returns_to: dict[int, int] = {}  # of the region being translated
         self.regions: dict[int, Region] = {}
-        self.heat: dict[int, int] = {}
+        self.payback = PAYBACK  # 0: translate at `hot` visits, whatever the size
+        self.review = REVIEW  # 0: keep every region
+        self.heat: dict[int, int] = {}  # entry -> dispatcher visits
+        self.needed: dict[int, int] = {}  # entry -> visits it needs for its region's size
+        self.runs: dict[int, int] = {}  # entry -> calls of its region, up to REVIEW
+        self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
+        self.demoted: set[int] = set()  # entries whose regions did not pay
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
         # What regions depend on: pc -> (length, entries) of each translated instruction,
         # pc -> entries of the regions that leave for the interpreter at it, and entry ->
@@ -131,29 +252,29 @@ class Translator:
         self.exits: dict[int, set[int]] = {}
         self.members: dict[int, tuple[list[int], list[int]]] = {}
         ram = self.ram
+        self._emitters: dict[Config, Emitter] = {}
+        # _hot's discovery (entry, result), for the translate() call it makes next.
+        self._found: tuple[int, tuple[set[int], set[int], dict[int, Insn | None]]] | None = None
         self.namespace: dict[str, object] = {
             "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
             "flags": ram.flags, **HELPERS,
         }
-        size = ram.size
-        # Address checks on o, the offset into RAM, by access size.  With a power-of-two
-        # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
-        # wrapping to 32 bits as every wrong o, negative too, has a bit in the mask.
-        # The mask is negative (-size | n - 1): it then fits one CPython int digit,
-        # which makes `o & mask` about twice as fast as with the 32-bit mask.
-        self.masked = size & (size - 1) == 0
-        self.unwrapped = self.masked and ram.base + size <= (1 << 32) - 2048
-        self.bad_address = {
-            n: (f"o & {-size | (n - 1)}" if self.masked
-                else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
-            for n in (1, 2, 4)
-        }
+
+    @property
+    def emitter(self) -> Emitter:
+        """The emitter for the settings now (the hart's load watching may change)."""
+        config = Config(self.ram.base, self.ram.size, self.hart.watch_loads)
+        emitter = self._emitters.get(config)
+        if emitter is None:
+            emitter = self._emitters[config] = Emitter(config)
+        return emitter
 
     # --- the run loop -----------------------------------------------------------
 
     def run(self, budget: int) -> int:
         """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
         hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
+        runs, review, demoted = self.runs, self.review, self.demoted
         pc = hart.pc
         done = committed = 0
         irq = hart._deliverable_irq() is not None
@@ -165,7 +286,22 @@ class Translator:
             if region is None and at_block and not irq and not hart.checked:
                 region = self._hot(pc)
             if region is not None:
-                pc, left = region(x, budget - done)
+                # Regions chain without the checks above: none of them can change
+                # while only translated code runs (a region never touches a CSR or a device).
+                left = budget - done
+                while True:
+                    entry = pc
+                    pc, rest = region(x, left)
+                    calls = runs.get(entry, 0) + 1
+                    if calls <= review:  # its first `review` calls decide whether it stays
+                        runs[entry] = calls
+                        ran = self.ran[entry] = self.ran.get(entry, 0) + left - rest
+                        if calls == review and ran < MIN_RUN * review:
+                            self._demote(entry)
+                    left = rest
+                    if pc & 1 or not left or hart.stop_requested \
+                            or (region := regions.get(pc)) is None:
+                        break
                 done = budget - left
                 if not pc & 1:
                     at_block = True
@@ -176,9 +312,12 @@ class Translator:
                 at_block = False
             elif hart.checked:
                 steps, at_block = budget - done, False
+            elif irq:
+                steps, at_block = 1, False
+            elif pc in demoted:  # code that did not pay: the interpreter's, for a stretch
+                steps, at_block = STRETCH, False
             else:
-                steps = 1 if irq else self._block_length(pc)
-                at_block = not irq
+                steps, at_block = self._block_length(pc), True
             if done == budget:
                 break
             # The interpreter sees an exact clock, takes pending interrupts, traps, syncs.
@@ -197,14 +336,37 @@ class Translator:
         return done
 
     def _hot(self, pc: int) -> Region | None:
+        """The region for a block start the interpreter is about to run, if it is time.
+
+        An entry is translated once it has `hot` visits and has run (visits times its
+        block length) `payback` instructions per instruction of its region: the region
+        costs compile() time in proportion to its size, and earns it back per
+        instruction it runs.  Only counts decide, never time: runs stay repeatable.
+        """
         heat = self.heat.get(pc, 0) + 1
         self.heat[pc] = heat
-        if heat < self.hot:
+        if heat < self.hot or heat < self.needed.get(pc, 0):
             return None
+        found = self._discover(pc, ran_only=True)
+        size = sum(1 for insn in found[2].values() if insn is not None)
+        need = -(-self.payback * size // self._block_length(pc))
+        if heat < need:
+            self.needed[pc] = need
+            return None
+        self._found = (pc, found)
         region = self.translate(pc)
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
+
+    def _demote(self, entry: int) -> None:
+        """The region ran too few instructions per call to pay for entering it: the
+        interpreter runs its entry from now on (until a flush)."""
+        if entry in self.regions:
+            # Its granules keep FLAG_CODE: stores there take the slow path, which is exact.
+            self._drop(entry)
+        self.heat[entry] = NOT_TRANSLATABLE
+        self.demoted.add(entry)
 
     def _block_length(self, pc: int) -> int:
         """How many instructions the interpreter runs for a cold block (a hint only)."""
@@ -274,6 +436,10 @@ class Translator:
         self.members.clear()
         self.regions.clear()
         self.heat.clear()
+        self.needed.clear()
+        self.runs.clear()
+        self.ran.clear()
+        self.demoted.clear()
         self.lengths.clear()
 
     # --- translation ------------------------------------------------------------
@@ -289,36 +455,32 @@ class Translator:
             return None
         return Insn(pc, low | ram.u16[(pc + 2 - ram.base) >> 1] << 16, 4)
 
-    def translate(self, entry: int) -> Region | None:
-        """Compile the region at `entry`; None when its first instruction needs the interpreter."""
-        leaders, returns, insns = self._discover(entry)
+    def translate(self, entry: int, ran_only: bool = False) -> Region | None:
+        """Compile the region at `entry`; None when its first instruction needs the
+        interpreter.  `ran_only`: leave out the blocks the interpreter has not run."""
+        found, self._found = self._found, None
+        if found is None or found[0] != entry or ran_only:
+            return self._build(entry, self._discover(entry, ran_only))
+        return self._build(entry, found[1])  # what _hot discovered (blocks that ran)
+
+    def _build(self, entry: int,
+               discovered: tuple[set[int], set[int], dict[int, Insn | None]]) -> Region | None:
+        leaders, returns, insns = discovered
         if insns.get(entry) is None:
             return None
-        by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in leaders}
-        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
-        index = {pc: i for i, pc in enumerate(order)}
-        blocks = [by_pc[pc] for pc in order]
-        edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
-        loops = _nested_loops(edges)
-        # Where a jalr may continue in the region.
-        returns_to = {pc: index[pc] for pc in returns if pc in index}
-        reserve = _reserves(blocks, edges, set(returns_to.values()))
-        self._returns_to = returns_to
-        body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
-        dirty = sorted({int(n) for line in body for n in ASSIGNED.findall(line)})
-        used = sorted({int(n) for line in body for n in _registers(line)})
-        source = "\n".join([
-            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, T=T):",
-            *(f"    x{n} = x[{n}]" for n in used),
-            "    b = 0",
-            "    while True:",
-            *body,
-            *(f"    x[{n}] = x{n}" for n in dirty),
-            "    return npc, r",
-        ])
-        namespace = dict(self.namespace, T=returns_to)
-        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
-        region: Region = namespace["region"]  # type: ignore[assignment]
+        found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
+                          tuple(sorted(insns.items())))
+        code = key = None
+        if self.cache is not None:
+            key = region_key(self.emitter.config, found)
+            code = self.cache.get(key)
+        if code is None:
+            code = compile(self.emitter.source(found), f"<region {entry:#010x}>", "exec")
+            if key is not None and self.cache is not None:
+                self.cache.put(key, code)
+        namespace = self.namespace
+        exec(code, namespace)
+        region: Region = namespace.pop("region")  # type: ignore[assignment]
         self.regions[entry] = region
         self._depend(entry, insns)
         if log.in_asm:
@@ -340,18 +502,22 @@ class Translator:
             flags[(pc + insn.length - 1 - ram.base) >> FLAG_SHIFT] |= FLAG_CODE
         self.members[entry] = (pcs, exit_pcs)
 
-    def _discover(self, entry: int) -> tuple[set[int], set[int], dict[int, Insn | None]]:
+    def _discover(self, entry: int, ran_only: bool = False) \
+            -> tuple[set[int], set[int], dict[int, Insn | None]]:
         """Block leaders reachable from entry, the return addresses among them, and every
-        instruction walked (None: needs the interpreter)."""
+        instruction walked (None: needs the interpreter).  `ran_only`: only blocks the
+        interpreter has run (the others leave the region, and get their own when hot)."""
         leaders, returns = {entry}, set()
         insns: dict[int, Insn | None] = {}
         # The interpreter stops or traps before these: a region leaves before them.
         breakpoints, triggers = self.hart.breakpoints, self.hart.triggers.execute
         work = [entry]
         total = 0
+        decoded, body = self.hart.decoded, self.emitter._body
 
         def lead(pc: int) -> None:
-            if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS:
+            if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS \
+                    and (not ran_only or pc in insns or decoded(pc)):
                 leaders.add(pc)
                 work.append(pc)
 
@@ -363,7 +529,7 @@ class Translator:
                     break
                 insn = self._fetch(pc)
                 if (insn is None or pc in breakpoints or pc in triggers
-                        or self._body(insn) is None):
+                        or body(insn) is None):
                     insns[pc] = None
                     break
                 insns[pc] = insn
@@ -385,6 +551,57 @@ class Translator:
             else:
                 lead(pc)
         return leaders, returns, insns
+
+
+class Emitter:
+    """Python source for regions: a pure function of the Config and a Discovery."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        base, size = config.base, config.size
+        # Address checks on o, the offset into RAM, by access size.  With a power-of-two
+        # size, one mask tests range and alignment; o = rs1 - (base - imm) needs no
+        # wrapping to 32 bits as every wrong o, negative too, has a bit in the mask.
+        # The mask is negative (-size | n - 1): it then fits one CPython int digit,
+        # which makes `o & mask` about twice as fast as with the 32-bit mask.
+        self.masked = size & (size - 1) == 0
+        self.unwrapped = self.masked and base + size <= (1 << 32) - 2048
+        self.bad_address = {
+            n: (f"o & {-size | (n - 1)}" if self.masked
+                else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
+            for n in (1, 2, 4)
+        }
+        self._returns_to: dict[int, int] = {}  # of the region being emitted
+
+    def source(self, found: Discovery) -> str:
+        """The source of a module defining `region(x, r) -> (next_pc, r)`."""
+        entry, leaders, insns = found.entry, set(found.leaders), dict(found.insns)
+        by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in found.leaders}
+        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
+        index = {pc: i for i, pc in enumerate(order)}
+        blocks = [by_pc[pc] for pc in order]
+        edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
+        loops = _nested_loops(edges)
+        # Where a jalr may continue in the region.
+        returns_to = {pc: index[pc] for pc in found.returns if pc in index}
+        reserve = _reserves(blocks, edges, set(returns_to.values()))
+        self._returns_to = returns_to
+        body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
+        used, dirty = _registers([insn for block in blocks for insn in block])
+        if len(used) >= UNPACK_ALL:
+            load = ["    _, " + ", ".join(f"x{n}" for n in range(1, 32)) + " = x"]
+        else:
+            load = [f"    x{n} = x[{n}]" for n in used]
+        return "\n".join([
+            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, "
+            f"T={returns_to!r}):",
+            *load,
+            "    b = 0",
+            "    while True:",
+            *body,
+            *(f"    x[{n}] = x{n}" for n in dirty),
+            "    return npc, r",
+        ])
 
     def _block_insns(self, pc: int, leaders: set[int],
                      insns: dict[int, Insn | None]) -> list[Insn]:
@@ -455,9 +672,30 @@ class Translator:
         if reserve is not None:
             lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; b = -1; break"]
         lines.append(f"    r -= {n}")
+        # Registers of known value in this block: folded into what reads them.  A
+        # constant written again before anything may leave the block is dropped.
+        known: dict[int, int] = {}
+        droppable: dict[int, int] = {}  # register -> index of its constant's line
         for k, insn in enumerate(block):
-            bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
-            lines += ["    " + line.replace(BAIL, bail) for line in self._body(insn) or ()]
+            value = _fold(insn, known)
+            rd = d.rd(insn.word)
+            if value is not None:
+                if rd in droppable:
+                    lines[droppable[rd]] = ""
+                known[rd] = value
+                droppable[rd] = len(lines)
+                lines.append(f"    x{rd} = {value}")
+                continue
+            body = self._body(insn, known) or []
+            if any(BAIL in line for line in body):
+                droppable.clear()
+                bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
+                body = [line.replace(BAIL, bail) for line in body]
+            lines += ["    " + line for line in body]
+            if insn.word & 0x7F in WRITES_RD:
+                known.pop(rd, None)
+                droppable.pop(rd, None)
+        lines = [line for line in lines if line]
         last = block[-1]
         op, w = last.word & 0x7F, last.word
 
@@ -472,7 +710,7 @@ class Translator:
             return [f"b = {j}"] + (["continue"] if j <= i else [])
 
         if op == d.OP_BRANCH:
-            a, b, f3 = _reg(d.rs1(w)), _reg(d.rs2(w)), d.funct3(w)
+            a, b, f3 = _reg(d.rs1(w), known), _reg(d.rs2(w), known), d.funct3(w)
             cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
             if (last.pc + d.imm_b(w)) & M == block[0].pc:  # a one-block loop: a bare while
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
@@ -495,17 +733,17 @@ class Translator:
         return lines
 
     def _offset(self, a: str, imm: int) -> str:
-        base = self.ram.base
+        base = self.config.base
         if self.unwrapped:
             return f"o = {a} - {base - imm}"
         return f"o = ({a} + {(imm - base) & M}) & {M}"
 
-    def _body(self, insn: Insn) -> list[str] | None:
+    def _body(self, insn: Insn, known: dict[int, int] | None = None) -> list[str] | None:
         """Python lines for one instruction (BAIL where it must leave before it), or None
-        when it needs the interpreter."""
+        when it needs the interpreter.  `known`: registers of known value."""
         w, pc = insn.word, insn.pc
         op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
-        a, b, dst = _reg(d.rs1(w)), _reg(d.rs2(w)), f"x{rd}"
+        a, b, dst = _reg(d.rs1(w), known), _reg(d.rs2(w), known), f"x{rd}"
         if op == d.OP_LUI:
             return [f"{dst} = {d.imm_u(w)}"] if rd else []
         if op == d.OP_AUIPC:
@@ -551,7 +789,7 @@ class Translator:
                 return None
             view, shift, mask = LOAD_VIEW[kind]
             bad = self.bad_address[kind[0]]
-            if self.hart.watch_loads:  # a load from a watched granule leaves
+            if self.config.watch_loads:  # a load from a watched granule leaves
                 bad += f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}"
             lines = [self._offset(a, d.imm_i(w)), f"if {bad}:", f"    {BAIL}"]
             index = f"o >> {shift}" if shift else "o"
@@ -638,8 +876,3 @@ def _reserves(blocks: list[list[Insn]], edges: list[list[int]],
         longest[i] = len(blocks[i]) + max(
             (longest[j] for j in edges[i] if j > i and j not in checked), default=0)
     return {i: longest[i] for i in checked}
-
-
-def _registers(line: str) -> list[str]:
-    """Register numbers named (x1..x31) in a line of emitted source."""
-    return REGISTER.findall(line)
