@@ -9,8 +9,9 @@ starts hot.
 - Keys: the translator's key bytes (which name the code bytes the region was
   built from), salted with emud's version, the Python bytecode tag
   (`sys.implementation.cache_tag`), a hash of the translator's sources
-  (translate.py, and interp.py and decode.py it builds on) and FORMAT, so a changed translator never loads old code, even at the same
-  version.  A file's name is the sha256 of the salted key, in hex.
+  (translate.py, and interp.py and decode.py it builds on) and FORMAT, so a
+  changed translator never loads old code, even at the same version.  A file's
+  name is the sha256 of the salted key, in hex.
 - Files: a header (MAGIC, FORMAT, the full key digest, the payload's length and
   sha256), then `marshal` of the code object.  A file that is truncated,
   corrupt, of another key or another format, not a regular file of ours or open
@@ -75,10 +76,9 @@ def _translator_hash() -> bytes:
     """sha256 of the translator's sources: what it generates changes with them."""
     digest = hashlib.sha256()
     for name in TRANSLATOR_SOURCES:
-        try:
+        # No source to hash (a frozen install): only the version salts.
+        with contextlib.suppress(OSError):
             digest.update((Path(__file__).parent / name).read_bytes())
-        except OSError:  # no source to hash (a frozen install): only the version salts
-            pass
     return digest.digest()
 
 
