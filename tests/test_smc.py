@@ -317,6 +317,18 @@ def test_a_read_watchpoint_slows_only_its_granule(build_asm: Build) -> None:
     assert runs[0][0][0][:2] == (RWATCH, symbols["var"])
 
 
+# The end of the trigger guests: sleep when done; the handler counts a trap in s5 and
+# skips the (4-byte) instruction that trapped.
+SKIP_AND_COUNT = """
+    wfi
+    j .
+handler:
+    addi s5, s5, 1
+    csrr t0, mepc
+    addi t0, t0, 4
+    csrw mepc, t0
+    mret
+"""
 EXECUTE_TRIGGER = """
     .globl _start
 _start:
@@ -336,15 +348,7 @@ target:
     addi s4, s4, 1      # never runs: the trigger traps before it, the handler skips it
     addi s2, s2, -1
     bnez s2, loop
-    wfi
-    j .
-handler:
-    addi s5, s5, 1
-    csrr t0, mepc
-    addi t0, t0, 4
-    csrw mepc, t0
-    mret
-"""
+""" + SKIP_AND_COUNT
 
 
 def test_an_execute_trigger_in_a_hot_loop_keeps_it_translated(build_asm: Build) -> None:
@@ -386,14 +390,7 @@ plain:
     addi s4, s4, 1
 1:  addi s2, s2, -1
     bnez s2, loop
-    wfi
-    j .
-handler:
-    addi s5, s5, 1
-    csrr t0, mepc
-    addi t0, t0, 4
-    csrw mepc, t0
-    mret
+""" + SKIP_AND_COUNT + """
     .data
     .align 4
 data: .word 1, 0, 0, 0, 5
