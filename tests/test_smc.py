@@ -211,8 +211,8 @@ def record_translations(t: Translator) -> list[int]:
     entries: list[int] = []
     translate = t.translate
 
-    def counting(entry: int) -> Any:
-        region = translate(entry)
+    def counting(entry: int, *args: Any, **kwargs: Any) -> Any:
+        region = translate(entry, *args, **kwargs)
         if region is not None:
             entries.append(entry)
         return region

@@ -12,7 +12,7 @@ the entry and at loop heads.
 Only plain computation and RAM accesses are translated.  Everything else stays
 with the reference interpreter (`Hart.interpret`): CSR, system, atomic and
 fence.i instructions end a block, and a load or store whose address is not
-plain RAM (a device, misaligned, outside RAM, or a store to a flagged page)
+plain RAM (a device, misaligned, outside RAM, or a store to a flagged granule)
 leaves the region *before* it, with all earlier instructions retired.  Such an
 exit returns an odd pc, meaning "run the instruction at pc & ~1 through the
 interpreter".  The interpreter thus performs every trap, clock sync and
@@ -134,6 +134,10 @@ class Discovery(NamedTuple):
     insns: tuple[tuple[int, Insn | None], ...]  # by pc; None: needs the interpreter
 
 
+# _discover's result: block leaders, return addresses, instructions (None: interpreter).
+Discovered = tuple[set[int], set[int], dict[int, Insn | None]]
+
+
 class Config(NamedTuple):
     """The translator's settings that emission reads: RAM base and size, and whether
     loads test FLAG_LOAD (while something watches loads)."""
@@ -228,6 +232,7 @@ def _fold(insn: Insn, known: dict[int, int]) -> int | None:
     fn = ALU_RR.get((d.funct7(w), f3))
     return None if b is None or fn is None else fn(a, b)
 
+
 class Translator:
     def __init__(self, hart: Hart, cache: RegionCache | None = None) -> None:
         """`cache`: where compiled regions are looked up before translating and stored
@@ -253,8 +258,6 @@ class Translator:
         self.members: dict[int, tuple[list[int], list[int]]] = {}
         ram = self.ram
         self._emitters: dict[Config, Emitter] = {}
-        # _hot's discovery (entry, result), for the translate() call it makes next.
-        self._found: tuple[int, tuple[set[int], set[int], dict[int, Insn | None]]] | None = None
         self.namespace: dict[str, object] = {
             "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
             "flags": ram.flags, **HELPERS,
@@ -353,8 +356,7 @@ class Translator:
         if heat < need:
             self.needed[pc] = need
             return None
-        self._found = (pc, found)
-        region = self.translate(pc)
+        region = self.translate(pc, discovered=found)
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
@@ -455,17 +457,12 @@ class Translator:
             return None
         return Insn(pc, low | ram.u16[(pc + 2 - ram.base) >> 1] << 16, 4)
 
-    def translate(self, entry: int, ran_only: bool = False) -> Region | None:
+    def translate(self, entry: int, ran_only: bool = False,
+                  discovered: Discovered | None = None) -> Region | None:
         """Compile the region at `entry`; None when its first instruction needs the
-        interpreter.  `ran_only`: leave out the blocks the interpreter has not run."""
-        found, self._found = self._found, None
-        if found is None or found[0] != entry or ran_only:
-            return self._build(entry, self._discover(entry, ran_only))
-        return self._build(entry, found[1])  # what _hot discovered (blocks that ran)
-
-    def _build(self, entry: int,
-               discovered: tuple[set[int], set[int], dict[int, Insn | None]]) -> Region | None:
-        leaders, returns, insns = discovered
+        interpreter.  `ran_only`: leave out the blocks the interpreter has not run;
+        `discovered`: what a discovery from entry already gave (_hot's)."""
+        leaders, returns, insns = discovered or self._discover(entry, ran_only)
         if insns.get(entry) is None:
             return None
         found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
@@ -502,8 +499,7 @@ class Translator:
             flags[(pc + insn.length - 1 - ram.base) >> FLAG_SHIFT] |= FLAG_CODE
         self.members[entry] = (pcs, exit_pcs)
 
-    def _discover(self, entry: int, ran_only: bool = False) \
-            -> tuple[set[int], set[int], dict[int, Insn | None]]:
+    def _discover(self, entry: int, ran_only: bool = False) -> Discovered:
         """Block leaders reachable from entry, the return addresses among them, and every
         instruction walked (None: needs the interpreter).  `ran_only`: only blocks the
         interpreter has run (the others leave the region, and get their own when hot)."""
