@@ -75,6 +75,13 @@ def insn_length(first_halfword: int) -> int:
     return 4 if first_halfword & 3 == 3 else 2
 
 
+def starts_overlapping(addr: int, size: int) -> range:
+    """The pcs where an instruction overlapping the bytes [addr, addr+size) may start:
+    with RVC, instructions are 2 or 4 bytes on 2-byte boundaries, so from 2 bytes
+    before the first byte's halfword to the last byte."""
+    return range((addr & ~1) - 2, addr + size, 2)
+
+
 # --- encoders (used to expand RVC and by tests) ---------------------------------
 
 

@@ -32,7 +32,7 @@ from emud.cpu.csr import (
     lowest_privilege,
 )
 from emud.cpu.debug import BREAK, DebugStop, Watchpoint, WatchpointIndex
-from emud.cpu.decode import ILLEGAL, expand_compressed
+from emud.cpu.decode import ILLEGAL, expand_compressed, starts_overlapping
 from emud.cpu.interp import NeedsSync, Op, Trap
 from emud.cpu.semihosting import SemihostingHandler
 from emud.cpu.triggers import RESET_TDATA1, TRIGGER_COUNT, Triggers, mcontrol_write
@@ -423,7 +423,7 @@ class Hart:
         lengths, caches = self._lengths, self._caches.values()
         end = addr + size
         if size <= GRANULE:  # a store: look at the few pcs that may overlap it
-            pcs = [pc for pc in range((addr & ~1) - 2, end, 2)
+            pcs = [pc for pc in starts_overlapping(addr, size)
                    if pc in lengths and pc + lengths[pc] > addr]
         else:  # a debugger or loader write may be large: look at what is decoded
             pcs = [pc for pc, n in lengths.items() if pc < end and pc + n > addr]
@@ -445,7 +445,7 @@ class Hart:
         """Whether a decoded or translated instruction overlaps [addr, addr+size)."""
         lengths = self._lengths
         if any(pc in lengths and pc + lengths[pc] > addr
-               for pc in range((addr & ~1) - 2, addr + size, 2)):
+               for pc in starts_overlapping(addr, size)):
             return True
         return self.accel is not None and self.accel.translated(addr, size)
 

@@ -390,7 +390,7 @@ class Translator:
         FLAG_CODE).  Entries there that could not be translated may be translated again."""
         code, exits, end = self.code, self.exits, addr + size
         if size <= GRANULE:
-            at = [c[1] for pc in range((addr & ~1) - 2, end, 2)
+            at = [c[1] for pc in d.starts_overlapping(addr, size)
                   if (c := code.get(pc)) is not None and pc + c[0] > addr]
             at += [exits[pc] for pc in range(addr, end) if pc in exits]
             cold = [pc for pc in range(addr & ~1, end, 2) if pc in self.heat]
@@ -426,7 +426,7 @@ class Translator:
     def translated(self, addr: int, size: int) -> bool:
         code = self.code
         return any((c := code.get(pc)) is not None and pc + c[0] > addr
-                   for pc in range((addr & ~1) - 2, addr + size, 2))
+                   for pc in d.starts_overlapping(addr, size))
 
     def flush(self) -> None:
         ram = self.ram
