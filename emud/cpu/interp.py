@@ -427,12 +427,11 @@ def _load(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         flags, mask, granule, watched = ram.flags, M if size < 4 else -1, FLAG_SHIFT, FLAG_LOAD
 
         def op() -> int:
-            a = (x[rs1] + imm) & M
-            o = a - base
-            if 0 <= o < limit and not a & align and not flags[o >> granule] & watched:
+            o = x[rs1] + offset  # the offset in RAM, as below
+            if 0 <= o < limit and not o & align and not flags[o >> granule] & watched:
                 x[rd] = view[o >> shift] & mask
             else:
-                x[rd] = slow(a, size, signed)
+                x[rd] = slow((o + base) & M, size, signed)
             return npc
     elif size == 4:  # the fast paths go straight to the offset in RAM (_offsets_exact)
         def op() -> int:
