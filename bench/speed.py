@@ -7,7 +7,8 @@ For each guest (images/*.elf, README: Benchmarks) and accelerator:
   included), best of --runs;
 - whole process: `python -m emud run --accel X IMAGE -serial null`, MIPS by the
   child's CPU time (user + sys) and by wall time, best of --runs; the
-  instruction count is the in-process one (a run to power-off is deterministic).
+  instruction count is the in-process one (a run to power-off is deterministic);
+  emud's modules are byte-compiled first, as an installed package has them.
 Then start-up (wall time of `python -c pass` against `emud run images/hello.elf`,
 best of 5), and the cost of one breakpoint at a pc that never runs and of one
 write watchpoint on a page the guest never touches (compute_short in process,
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from startup import byte_compile  # bench/startup.py, beside this script
 
 from emud.chardev import RingBackend
 from emud.cpu.debug import WATCH, Watchpoint
@@ -312,6 +315,7 @@ def main() -> None:
             parser.error(f"--only: unknown {', '.join(unknown)} "
                          f"(choose from {', '.join([*GUESTS, *SECTIONS])})")
 
+    byte_compile()  # whole-process figures must not include compiling emud's modules
     print("Guests:")
     for name in (n for n in GUESTS if n in wanted):
         print(f"  {name + '.elf':<19} {GUESTS[name]}")
