@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import shutil
@@ -33,6 +34,9 @@ RECORD_TRAP = """
 """
 # Guest assembly ending a self-checking guest through syscon: falling into it powers
 # off with exit code 0; a branch to `fail` powers off with exit code 1.
+# How long a QEMU or emud process started by a test may take to open its socket: a
+# first start on a fresh machine (cold page cache, busy disk) has taken over 10 s.
+START_TIMEOUT = 120.0
 PASS_OR_FAIL = """
     li t0, 0x100000
     li t1, 0x5555
@@ -43,6 +47,18 @@ fail:
     sw t1, 0(t0)
 """
 
+
+async def wait_for_socket(proc: subprocess.Popen[bytes], path: str | Path) -> None:
+    """Wait until `proc` has created the unix socket `path`; fail at once if it exits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before "
+                               f"creating {path}")
+        if loop.time() > deadline:
+            raise TimeoutError(f"{proc.args[0]} did not create {path} in {START_TIMEOUT} s")
+        await asyncio.sleep(0.05)
 
 
 class Capture(CharBackend):

@@ -26,7 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-REPLY_TIMEOUT = 10.0  # seconds; QEMU answers in microseconds unless it hangs
+REPLY_TIMEOUT = 30.0  # seconds; QEMU answers in microseconds unless it hangs
+# The first answer waits for QEMU to start: on a fresh machine (cold page cache, busy
+# disk) that has taken over 10 s.
+START_TIMEOUT = 120.0
 
 
 class QTestError(Exception):
@@ -55,11 +58,13 @@ class QTest:
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=stderr)
         self._buffer = b""
+        self._timeout = START_TIMEOUT
         self._qmp: Any = None
         self._qmp_sock: socket.socket | None = None
         self._serial: socket.socket | None = None
         try:
             self.endianness = self.cmd("endianness")  # first answer: QEMU is up
+            self._timeout = REPLY_TIMEOUT
             if serial:
                 self._connect_serial(telnet)
         except BaseException:
@@ -98,7 +103,7 @@ class QTest:
     def _readline(self) -> str:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + REPLY_TIMEOUT
+        deadline = time.monotonic() + self._timeout
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 from qemu.qmp import QMPClient
 
-from conftest import IMAGES, boot
+from conftest import IMAGES, START_TIMEOUT, boot, wait_for_socket
 from emud.daemon import Daemon
 from emud.monitor import Monitor, MonitorError
 from emud.monitor.hmpparse import Cursor, Format, ParseError, parse_duration, parse_format
@@ -58,11 +58,8 @@ async def qemu() -> AsyncIterator[QMPClient]:
          "-S", "-display", "none", "-nodefaults", "-qmp", f"unix:{sock},server=on,wait=off"])
     try:
         qmp = QMPClient("qemu")
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.wait_for(qmp.connect(sock), 10)
+        await wait_for_socket(proc, sock)
+        await asyncio.wait_for(qmp.connect(sock), START_TIMEOUT)
         yield qmp
         await qmp.disconnect()
     finally:

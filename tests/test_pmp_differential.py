@@ -212,7 +212,7 @@ def run_qemu(source: str, tmp: Path) -> bytes:
     image.write_bytes(assemble(source).image)
     out = tmp / "uart.bin"
     subprocess.run([*QEMU, "-serial", f"file:{out}", "-kernel", str(image)],
-                   check=True, timeout=60, capture_output=True)
+                   check=True, timeout=120, capture_output=True)
     return out.read_bytes()
 
 

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from conftest import IMAGES, boot
+from conftest import IMAGES, boot, wait_for_socket
 from emud.daemon import Daemon
 from emud.monitor import Monitor
 from emud.monitor.qmp import QmpServer
@@ -113,10 +113,7 @@ async def test_replies_match_qemu() -> None:
         ["qemu-system-riscv32", "-machine", "virt", "-bios", "none", "-kernel", str(IMAGE),
          "-S", "-display", "none", "-nodefaults", "-qmp", f"unix:{qemu_sock},server=on,wait=off"])
     try:
-        for _ in range(200):
-            if os.path.exists(qemu_sock):
-                break
-            await asyncio.sleep(0.05)
+        await wait_for_socket(qemu, qemu_sock)
         expected = await exchange(qemu_sock)
     finally:
         qemu.kill()
