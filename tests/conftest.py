@@ -54,10 +54,10 @@ async def wait_for_socket(proc: subprocess.Popen[bytes], path: str | Path) -> No
     deadline = loop.time() + START_TIMEOUT
     while not os.path.exists(path):
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before "
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before "
                                f"creating {path}")
         if loop.time() > deadline:
-            raise TimeoutError(f"{proc.args[0]} did not create {path} in {START_TIMEOUT} s")
+            raise TimeoutError(f"process {proc.pid} did not create {path} in {START_TIMEOUT} s")
         await asyncio.sleep(0.05)
 
 
