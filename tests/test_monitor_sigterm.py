@@ -15,7 +15,7 @@ from qemu.qmp import EventListener, QMPClient
 
 from conftest import IMAGES, ROOT
 
-TIMEOUT = 20.0
+TIMEOUT = 60.0  # a failure guard only: a first start on a fresh machine can be slow
 EMUD = [sys.executable, "-m", "emud", "run"]
 
 

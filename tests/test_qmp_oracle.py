@@ -23,7 +23,7 @@ from emud.daemon import Daemon
 from emud.monitor import Monitor
 from emud.monitor.qmp import QmpServer
 
-TIMEOUT = 10.0
+TIMEOUT = 60.0  # a failure guard only
 IMAGE = IMAGES / "uart_echo.elf"
 
 MESSAGES = [

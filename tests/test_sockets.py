@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from conftest import IMAGES, ROOT
 from emud.listen import Address, AddressError, parse_address
 
-TIMEOUT = 20.0
+TIMEOUT = 60.0  # a failure guard only: a first start on a fresh machine can be slow
 EMUD = [sys.executable, "-m", "emud"]
 
 
