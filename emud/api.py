@@ -19,7 +19,7 @@ from emud.chardev import CharBackend, RingBackend, open_backend
 from emud.cpu.debug import AWATCH, BREAK, RWATCH, WATCH, Watchpoint
 from emud.cpu.disasm import ABI_NAMES
 from emud.device import DeviceError
-from emud.loader import ElfImage, ImageError, load_elf
+from emud.loader import ImageError
 from emud.machine import RunState
 
 # Snapshots, the event loop and semihosting are imported where they are used: a plain
@@ -129,19 +129,6 @@ def _pattern(pattern: str | bytes | re.Pattern[bytes] | re.Pattern[str]) -> re.P
         return pattern
     raw = pattern.encode() if isinstance(pattern, str) else pattern
     return re.compile(re.escape(raw))
-
-
-def _code_cache(spec: bool | str | Path | CodeCache, accel: str) -> CodeCache | None:
-    """Machine's `translation_cache` as the cache to give the machine (None: none)."""
-    if accel != "translate" or spec is False:
-        return None
-    from emud.cpu import codecache
-
-    if isinstance(spec, codecache.CodeCache):
-        cache = spec
-    else:
-        cache = codecache.default_cache() if spec is True else codecache.from_spec(spec)
-    return cache if cache.enabled else None
 
 
 # --- registers ------------------------------------------------------------------------------
@@ -375,13 +362,11 @@ class Machine:
                 board = load_board(board) if board is not None else default_board()
             slots = [s for s in (d if isinstance(d, Slot) else parse_device(d)
                                  for d in devices) if s is not None]
-            core = _machine.Machine(backends, ram_size=parse_ram(ram), icount_shift=icount,
-                                    accel=accel, device_props=globals, board=board,
-                                    devices=slots, semihosting=config,
-                                    semihosting_console=console,
-                                    translation_cache=_code_cache(translation_cache, accel))
-            if image is not None:
-                core.load(image if isinstance(image, ElfImage) else load_elf(image))
+            core = _machine.build(image, backends, ram_size=parse_ram(ram), icount_shift=icount,
+                                  accel=accel, device_props=globals, board=board,
+                                  devices=slots, semihosting=config,
+                                  semihosting_console=console,
+                                  translation_cache=translation_cache)
         except (ImageError, DeviceError, BoardError, ValueError, OSError) as e:
             for opened in [*backends, *([console] if console else [])]:
                 opened.close()
@@ -794,11 +779,7 @@ class Machine:
 
     def close(self) -> None:
         """Close the serial backends (sockets, files) and the semihosting files."""
-        for backend in self._core.serials:
-            backend.close()
-        if self._core.semihosting is not None:
-            self._core.semihosting.close()  # the host files it opened
-            self._core.semihosting.console.close()
+        self._core.close()
 
     def __enter__(self) -> Machine:
         return self

@@ -1,6 +1,6 @@
 """The board as data: device slots and wires, the device types, `-device` and `--board`.
 
-A board is a table (`emud/boards/emud-virt.toml` is the built-in one): every
+A board is a table (`emud/boards/emud-virt.toml` shows the built-in one): every
 slot names a device type, an id, the base of its MMIO window, the interrupt
 controller input its outputs start at (`irq`) and its properties; `wires`
 connects any other line.  `Machine` builds everything from it.  The same
@@ -17,12 +17,10 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import pkgutil
+import os
 import sys
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from emud.device import Device, DeviceError, Property
 
@@ -42,9 +40,13 @@ def builtin_types() -> dict[str, type[Device]]:
     its own file there, nothing else to register."""
     import emud.hw
 
+    # The package's *.py files, listed here: pkgutil.iter_modules imports inspect, which
+    # costs a plain run more than building its board.
+    names = {entry.name[:-3] for where in emud.hw.__path__ for entry in os.scandir(where)
+             if entry.name.endswith(".py") and not entry.name.startswith("_")}
     found: dict[str, type[Device]] = {}
-    for info in sorted(pkgutil.iter_modules(emud.hw.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"emud.hw.{info.name}")
+    for name in sorted(names):
+        module = importlib.import_module(f"emud.hw.{name}")
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, Device)
                     and value.__module__ == module.__name__):
@@ -138,26 +140,32 @@ def _type_word(prop: Property[Any]) -> str:
 # --- the board table ---------------------------------------------------------------------
 
 
-@dataclass
 class Slot:
-    """One device of a board: what a TOML `[[device]]` table or a -device flag says."""
+    """One device of a board: what a TOML `[[device]]` table or a -device flag says.
+    (A plain class, as Board: dataclasses cost a plain run more than its board.)"""
 
-    type: str
-    id: str = ""
-    base: int | None = None
-    irq: int | None = None
-    props: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.id = self.id or self.type.rpartition(":")[2].lower()
+    def __init__(self, type: str, id: str = "", base: int | None = None,  # noqa: A002
+                 irq: int | None = None, props: dict[str, Any] | None = None) -> None:
+        self.type = type
+        self.id = id or type.rpartition(":")[2].lower()
+        self.base = base
+        self.irq = irq
+        self.props: dict[str, Any] = {} if props is None else props
 
     def record(self, props: bool = True) -> dict[str, Any]:
         out = {"type": self.type, "id": self.id, "base": self.base, "irq": self.irq}
         return out | {"props": dict(self.props)} if props else out
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Slot) and self.record() == other.record()
 
-@dataclass
-class Wire:
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Slot({self.type!r}, {self.id!r}, {self.base!r}, {self.irq!r}, {self.props!r})"
+
+
+class Wire(NamedTuple):
     src: str
     output: str
     dst: str
@@ -175,13 +183,22 @@ def parse_wire(text: str) -> Wire:
     return Wire(ends[0][0], ends[0][2], ends[1][0], ends[1][2])
 
 
-@dataclass
 class Board:
-    name: str
-    ram_base: int
-    interrupt_controller: str
-    slots: list[Slot]
-    wires: list[Wire]
+    def __init__(self, name: str, ram_base: int, interrupt_controller: str,
+                 slots: list[Slot], wires: list[Wire]) -> None:
+        self.name = name
+        self.ram_base = ram_base
+        self.interrupt_controller = interrupt_controller
+        self.slots = slots
+        self.wires = wires
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Board) and self.record() == other.record()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Board({self.name!r}, {len(self.slots)} slots)"
 
     def record(self, props: bool = True) -> dict[str, Any]:
         """The board as plain data; a snapshot's configuration record has it without
@@ -243,6 +260,8 @@ def board_from_record(data: Any, where: str = "board") -> Board:
 
 def load_board(path: str | Path) -> Board:
     """`--board FILE.toml`."""
+    import tomllib  # only for a board file: the built-in board is EMUD_VIRT
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -260,10 +279,25 @@ def load_board(path: str | Path) -> Board:
     return board
 
 
+# The built-in emud-virt board, as the record emud/boards/emud-virt.toml parses to
+# (tests/test_board.py keeps the two equal): a plain run needs no TOML parser for it.
+EMUD_VIRT: dict[str, Any] = {
+    "name": "emud-virt",
+    "ram-base": 0x8000_0000,
+    "interrupt-controller": "plic",
+    "wires": ["plic.meip -> cpu.mei", "clint.msip -> cpu.msi", "clint.mtip -> cpu.mti"],
+    "device": [
+        {"type": "syscon", "base": 0x0010_0000},
+        {"type": "clint", "base": 0x0200_0000},
+        {"type": "hpet", "base": 0xFED0_0000, "irq": 32},
+        {"type": "plic", "base": 0x0C00_0000},
+        {"type": "pl011", "id": "uart0", "base": 0x1000_0000, "irq": 10},
+    ],
+}
+
+
 def default_board() -> Board:
-    # Next to this module (importlib.resources would cost a plain run more than the board).
-    text = (Path(__file__).parent / "boards" / "emud-virt.toml").read_text()
-    return board_from_record(tomllib.loads(text), "emud-virt")
+    return board_from_record(EMUD_VIRT, "emud-virt")
 
 
 def parse_device(text: str) -> Slot | None:

@@ -251,6 +251,13 @@ def close_all(serials: list[CharBackend]) -> None:
         serial.close()
 
 
+def fail(serials: list[CharBackend], error: Exception) -> int:
+    """A machine that cannot be built: its backends closed, one line, status 1."""
+    close_all(serials)
+    print(f"emud: {error}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from emud.machine import ACCELERATORS, DEFAULT_ACCEL, DEFAULT_RAM_SIZE
 
@@ -448,35 +455,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emud: {e}", file=sys.stderr)
         return 1
     uarts = serials[:len(args.serial)]
-    from emud import api
-
-    try:
-        machine = api.Machine(args.image, ram=args.memory, icount=args.icount,
-                              accel=args.accel, globals=device_props, board=board,
-                              devices=devices, serial=uarts, snapshots=args.snapshots,
-                              semihosting=semihosting or False,
-                              semihosting_console=console or "ringbuf",
-                              translation_cache=args.translation_cache or True)
-    except api.ConfigError as e:
-        close_all(serials)
-        print(f"emud: {e}", file=sys.stderr)
-        return 1
     # Nothing to serve (no control plane, no socket, nothing recorded): no event loop.
     plain = not (args.gdb or args.qmp or args.daemonize or args.pidfile or args.record
                  or args.replay or args.trace_file or args.vcd
                  or any(isinstance(serial, SocketServerBackend) for serial in serials))
+    machine = None  # the API's Machine, for a daemon: a plain run builds without the API
+    if plain:
+        from emud.loader import ImageError
+        from emud.machine import build
+
+        try:
+            core = build(args.image, uarts, ram_size=args.memory, icount_shift=args.icount,
+                         accel=args.accel, device_props=device_props, board=board,
+                         devices=devices, semihosting=semihosting, semihosting_console=console,
+                         translation_cache=args.translation_cache or True)
+        except (ImageError, DeviceError, ValueError, OSError) as e:
+            return fail(serials, e)
+    else:
+        from emud import api
+
+        try:
+            machine = api.Machine(args.image, ram=args.memory, icount=args.icount,
+                                  accel=args.accel, globals=device_props, board=board,
+                                  devices=devices, serial=uarts, snapshots=args.snapshots,
+                                  semihosting=semihosting or False,
+                                  semihosting_console=console or "ringbuf",
+                                  translation_cache=args.translation_cache or True)
+        except api.ConfigError as e:
+            return fail(serials, e)
+        core = machine.core
     try:
-        if machine.core.image is not None:
-            log.symbolize = machine.core.image.symbolize
+        if core.image is not None:
+            log.symbolize = core.image.symbolize
         log.set_file(args.logfile)
         log.set_items(args.log_items)
         recorder = None
         if args.trace_file or args.vcd:
             from emud.timeline import Recorder
 
-            recorder = Recorder(machine.core, args.trace_file, args.vcd)
+            recorder = Recorder(core, args.trace_file, args.vcd)
     except OSError as e:
-        machine.close()
+        core.close()
         print(f"emud: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     stdio = any(isinstance(serial, StdioBackend) for serial in serials)
@@ -485,25 +504,25 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             with foreground.terminal_cbreak() if stdio else contextlib.nullcontext():
-                return foreground.run(machine.core)
+                return foreground.run(core)
         except KeyboardInterrupt:
             return 130
         finally:
             log.set_file(None)
-            machine.close()
+            core.close()
     from emud.replay.sessionfile import SessionError
 
     try:
-        replay, writer = start_replay(machine.core, args.record, args.replay,
-                                      args.replay_budget)
+        replay, writer = start_replay(core, args.record, args.replay, args.replay_budget)
     except (SessionError, OSError) as e:
         if recorder:
             recorder.close()
-        machine.close()
+        core.close()
         print(f"emud: {e}", file=sys.stderr)
         return 1
     from emud.daemon import Detached
 
+    assert machine is not None  # built with the API: not plain
     detached = Detached() if args.daemonize else None
 
     def ready(banner: str) -> None:
@@ -539,11 +558,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if writer is not None:
-            writer.close(machine.core.clock.icount, machine.core.clock.now_ns)
+            writer.close(core.clock.icount, core.clock.now_ns)
         if recorder:
             recorder.close()  # the JSON array's "]": after SIGTERM and guest poweroff too
         log.set_file(None)
-        machine.close()  # the serials, the semihosting console and its host files
+        core.close()  # the serials, the semihosting console and its host files
         if pidfile:
             pidfile.remove()
 

@@ -37,7 +37,6 @@ What a device declares (class attributes, all optional):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
 from emud.irq import IRQ
@@ -168,7 +167,6 @@ def _no_reset() -> None:
 BOARD_FACTS = ("id", "type", "base", "plic-source", "chardev")
 
 
-@dataclass
 class DeviceContext:
     """What the machine hands a device at realize; a device never imports the machine.
 
@@ -182,14 +180,23 @@ class DeviceContext:
     gets `DeviceContext(clock)`.
     """
 
-    clock: VirtualClock | None = None
-    dma_write: Callable[[int, int, int], None] = _no_dma
-    serial: CharBackend | None = None
-    poweroff: Callable[[int], None] = _no_poweroff
-    request_reset: Callable[[], None] = _no_reset
-    set_time_source: Callable[[Callable[[], int]], None] = lambda fn: None
-    guest_error: Callable[[str], None] = lambda text: None
-    unimp: Callable[[str], None] = lambda text: None
+    def __init__(self, clock: VirtualClock | None = None,
+                 dma_write: Callable[[int, int, int], None] = _no_dma,
+                 serial: CharBackend | None = None,
+                 poweroff: Callable[[int], None] = _no_poweroff,
+                 request_reset: Callable[[], None] = _no_reset,
+                 set_time_source: Callable[[Callable[[], int]], None] = lambda fn: None,
+                 guest_error: Callable[[str], None] = lambda text: None,
+                 unimp: Callable[[str], None] = lambda text: None) -> None:
+        # A plain class (no dataclass): a plain run imports this module and builds five.
+        self.clock = clock
+        self.dma_write = dma_write
+        self.serial = serial
+        self.poweroff = poweroff
+        self.request_reset = request_reset
+        self.set_time_source = set_time_source
+        self.guest_error = guest_error
+        self.unimp = unimp
 
     def need_clock(self, device: Device) -> VirtualClock:
         if self.clock is None:

@@ -21,8 +21,7 @@ import os
 import re
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from emud.hostfiles import SOCKET_UMASK, check_private_dir, ensure_private_dir, private_umask
 
@@ -45,8 +44,7 @@ class ListenError(OSError):
     """Binding failed.  The message is one line and names the option."""
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     kind: str  # "tcp" or "unix"
     host: str = ""
     port: int = 0

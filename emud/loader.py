@@ -13,8 +13,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 EM_RISCV = 243
 # e_machine names the error for a host binary shows (pyelftools' spelling, as before).
@@ -38,24 +38,24 @@ class CorruptElf(ValueError):
     """A header or table of the file points outside it (the detail of "corrupt ELF")."""
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     addr: int
     data: bytes
     memsz: int
 
 
-@dataclass
 class ElfImage:
-    path: Path
-    entry: int
-    segments: list[Segment]
-    symbols: dict[str, int]
-    digest: str  # sha256 of the file, part of a snapshot's configuration
-    _by_addr: list[tuple[int, str]] = field(default_factory=list, repr=False)
+    def __init__(self, path: Path, entry: int, segments: list[Segment],
+                 symbols: dict[str, int], digest: str) -> None:
+        self.path = path
+        self.entry = entry
+        self.segments = segments
+        self.symbols = symbols
+        self.digest = digest  # sha256 of the file, part of a snapshot's configuration
+        self._by_addr = sorted((addr, name) for name, addr in symbols.items())
 
-    def __post_init__(self) -> None:
-        self._by_addr = sorted((addr, name) for name, addr in self.symbols.items())
+    def __repr__(self) -> str:
+        return f"<ElfImage {self.path} entry {self.entry:#x}>"
 
     def symbolize(self, addr: int) -> str | None:
         """'name+0xoff' for the nearest symbol at or below addr."""

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emud import log, trace
@@ -18,7 +19,7 @@ from emud.cpu.hart import Hart
 from emud.cpu.translate import Translator
 from emud.device import Device, DeviceContext, DeviceError
 from emud.irq import IRQ
-from emud.loader import ElfImage, ImageError
+from emud.loader import ElfImage, ImageError, load_elf
 from emud.memory import AddressSpace, BusError, Ram, Region
 
 if TYPE_CHECKING:
@@ -232,6 +233,14 @@ class Machine:
         console = [self.semihosting.console] if self.semihosting is not None else []
         return [*self.serials, *console]
 
+    def close(self) -> None:
+        """Close the serial backends (sockets, files) and the semihosting files."""
+        for backend in self.serials:
+            backend.close()
+        if self.semihosting is not None:
+            self.semihosting.close()  # the host files it opened
+            self.semihosting.console.close()
+
     def device(self, ident: str) -> Device:
         """The board's device with this id."""
         node = self._node(ident)
@@ -369,3 +378,30 @@ class Machine:
                 return self.exit_code
             if state is RunState.IDLE:  # held input waits for the guest, which sleeps
                 return None
+
+
+def code_cache(spec: bool | str | Path | CodeCache, accel: str) -> CodeCache | None:
+    """A `translation_cache` option (True: the user's cache, False, "off", a directory or
+    a CodeCache) as the cache to give the machine (None: none)."""
+    if accel != "translate" or spec is False:
+        return None
+    from emud.cpu import codecache  # only the translator uses it
+
+    if isinstance(spec, codecache.CodeCache):
+        cache = spec
+    else:
+        cache = codecache.default_cache() if spec is True else codecache.from_spec(spec)
+    return cache if cache.enabled else None
+
+
+def build(image: str | Path | ElfImage | None, serial: Sequence[CharBackend], *,
+          translation_cache: bool | str | Path | CodeCache = False,
+          accel: str = DEFAULT_ACCEL, **options: Any) -> Machine:
+    """A Machine (`options` are its keywords) with `image` loaded: what emud.api.Machine
+    builds, and what a plain `emud run` builds without the API (tests/test_startup.py).
+    Raises ImageError, DeviceError, ValueError or OSError."""
+    machine = Machine(serial, accel=accel, translation_cache=code_cache(translation_cache, accel),
+                      **options)
+    if image is not None:
+        machine.load(image if isinstance(image, ElfImage) else load_elf(image))
+    return machine

@@ -10,8 +10,7 @@ from __future__ import annotations
 import bisect
 import mmap
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 PAGE_SHIFT = 12  # RAM comes in 4 KiB pages (its size; dirty tracking by checkpoints)
 
@@ -44,8 +43,7 @@ class Mmio(Protocol):
     def peek(self, offset: int, size: int) -> int: ...
 
 
-@dataclass
-class Region:
+class Region(NamedTuple):
     name: str
     base: int
     size: int

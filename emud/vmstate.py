@@ -30,8 +30,7 @@ Hooks (all optional):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 if TYPE_CHECKING:
     from emud.clock import Timer
@@ -59,10 +58,11 @@ class VMStateError(Exception):
 
 
 # --- field kinds ----------------------------------------------------------------------
+# NamedTuples and plain classes, not dataclasses: every device module builds these at
+# import, so a plain `emud run` does too, and dataclasses would cost it more than its run.
 
 
-@dataclass(frozen=True)
-class Scalar:
+class Scalar(NamedTuple):
     """A fixed-size integer (or bool) encoded big-endian; `name` is the vmdesc type."""
 
     name: str
@@ -89,24 +89,21 @@ INT32, UINT32 = Scalar("int32", 4, True), Scalar("uint32", 4)
 INT64, UINT64 = Scalar("int64", 8, True), Scalar("uint64", 8)
 
 
-@dataclass(frozen=True)
-class TimerKind:
+class TimerKind(NamedTuple):
     """A `clock.Timer`: its absolute deadline in ns, all-ones when not pending."""
 
     name: str = "timer"
     size: int = 8
 
 
-@dataclass(frozen=True)
-class Buffer:
+class Buffer(NamedTuple):
     """Raw bytes of a fixed size (`bytes`/`bytearray` attribute)."""
 
     size: int
     name: str = "buffer"
 
 
-@dataclass(frozen=True)
-class Unused:
+class Unused(NamedTuple):
     """Bytes the stream carries but nobody uses: zeros on save, skipped on load."""
 
     size: int
@@ -117,8 +114,7 @@ TIMER = TimerKind()
 Kind = Scalar | TimerKind | Buffer | Unused
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One entry of a vmsd's field list.
 
     `kind` is a scalar/timer/buffer/unused kind or a nested VMStateDescription
@@ -165,8 +161,7 @@ def unused(size: int) -> Field:
     return Field("unused", Unused(size))
 
 
-@dataclass(frozen=True)
-class Validate:
+class Validate(NamedTuple):
     """QEMU's VMSTATE_VALIDATE: no bytes; on load `check(state)` returns an error or None."""
 
     name: str
@@ -176,20 +171,30 @@ class Validate:
 Entry = Field | Validate
 
 
-@dataclass(eq=False)
 class VMStateDescription:
-    name: str
-    version_id: int
-    minimum_version_id: int
-    fields: Sequence[Entry]
-    subsections: Sequence[Subsection] = ()
-    pre_save: Callable[[Any], None] | None = None
-    post_save: Callable[[Any], None] | None = None
-    pre_load: Callable[[State], None] | None = None
-    post_load: Callable[[State, int], None] | None = None
-    loaded: Callable[[Any], None] | None = None
+    def __init__(self, name: str, version_id: int, minimum_version_id: int,
+                 fields: Sequence[Entry], subsections: Sequence[Subsection] = (),
+                 pre_save: Callable[[Any], None] | None = None,
+                 post_save: Callable[[Any], None] | None = None,
+                 pre_load: Callable[[State], None] | None = None,
+                 post_load: Callable[[State, int], None] | None = None,
+                 loaded: Callable[[Any], None] | None = None) -> None:
+        self.name = name
+        self.version_id = version_id
+        self.minimum_version_id = minimum_version_id
+        self.fields = fields
+        self.subsections = subsections
+        self.pre_save = pre_save
+        self.post_save = post_save
+        self.pre_load = pre_load
+        self.post_load = post_load
+        self.loaded = loaded
+        self._check()
 
-    def __post_init__(self) -> None:
+    def __repr__(self) -> str:
+        return f"<VMStateDescription {self.name} v{self.version_id}>"
+
+    def _check(self) -> None:
         seen: set[str] = set()
         for f in self.fields:
             if isinstance(f, Field) and f.num_field is not None and f.num_field not in seen:
@@ -265,8 +270,7 @@ class VMStateDescription:
         return header
 
 
-@dataclass(frozen=True)
-class Subsection:
+class Subsection(NamedTuple):
     vmsd: VMStateDescription
     needed: Callable[[Any], bool]
 
@@ -274,8 +278,7 @@ class Subsection:
 # --- section framing ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SectionHeader:
+class SectionHeader(NamedTuple):
     section_id: int
     idstr: str
     instance_id: int
@@ -345,12 +348,12 @@ class State:
         return dict(self._values)
 
 
-@dataclass
 class Staged:
     """A decoded, validated section waiting to be applied."""
 
-    state: State
-    applied: bool = field(default=False)
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.applied = False
 
     def apply(self) -> None:
         if self.applied:

@@ -20,9 +20,12 @@ from conftest import IMAGES, ROOT
 TIMEOUT = 30.0  # a safety net only: every wait below ends on output or the process's end
 # Never needed by a run without gdb, QMP, -S, --daemonize, --record/--replay or a trace
 # file; each costs a short run more start-up time than the run itself.
+# Nor the API (cli builds the machine with emud.machine.build), TOML (the built-in board
+# is data), dataclasses (each costs ~0.5 ms to define, their module ~5 ms) and inspect.
 UNUSED = ("asyncio", "elftools", "emud.gdbserver", "emud.monitor", "emud.daemon",
           "emud.replay", "emud.snapshots", "emud.migration", "emud.timeline",
-          "emud.timeline_render", "importlib.metadata", "sqlite3")
+          "emud.timeline_render", "importlib.metadata", "sqlite3", "emud.api", "tomllib",
+          "dataclasses", "inspect", "pkgutil")
 
 
 def imported_by(argv: list[str]) -> tuple[int, set[str]]:
@@ -57,10 +60,33 @@ def test_interp_run_imports_no_translator(tmp_path: Path) -> None:
 
 
 def test_a_control_plane_still_gets_the_daemon(tmp_path: Path) -> None:
-    """The same image with a trace file (its daemon events): the event loop is there."""
+    """The same image with a trace file (its daemon events): the event loop is there,
+    and the API's Machine that serves it."""
     code, modules = imported_by(["run", "-serial", "null", "--trace-file",
                                  str(tmp_path / "t.json"), str(IMAGES / "hello.elf")])
-    assert code == 0 and {"asyncio", "emud.daemon", "emud.timeline"} <= modules
+    assert code == 0 and {"asyncio", "emud.daemon", "emud.timeline", "emud.api"} <= modules
+
+
+def test_a_board_file_still_gets_tomllib(tmp_path: Path) -> None:
+    """--board FILE is parsed as TOML; a plain run with it imports only that besides."""
+    board = tmp_path / "board.toml"
+    board.write_text((ROOT / "emud" / "boards" / "emud-virt.toml").read_text())
+    code, modules = imported_by(["run", "-serial", "null", "--board", str(board),
+                                 str(IMAGES / "hello.elf")])
+    assert code == 0 and "tomllib" in modules
+    assert unused(modules) == ["tomllib", "tomllib._parser", "tomllib._re", "tomllib._types"]
+
+
+def test_a_bad_image_in_a_plain_run_is_one_line(tmp_path: Path) -> None:
+    """Built without the API, a plain run still reports an image it cannot load as one
+    line and status 1, as the API's ConfigError did."""
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"not an ELF file")
+    result = subprocess.run([sys.executable, "-m", "emud", "run", "-serial", "null", str(bad)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"emud: {bad}: ") and result.stderr.count("\n") == 1
 
 
 def test_sigterm_ends_a_plain_run_that_waits_for_input() -> None:
@@ -173,3 +199,14 @@ def test_ram_is_built_and_cleared_without_writing_it_and_compares_by_content() -
     assert a.data == b.data
     a.clear()
     assert a.data == bytes(1 << 20) and a.u32[100] == 0 and a.data != b.data
+
+
+def test_built_in_board_is_its_toml_file() -> None:
+    """emud/boards/emud-virt.toml (the template users copy for --board) and the built-in
+    board a run builds without TOML (emud.board.EMUD_VIRT) are the same board."""
+    from emud.board import EMUD_VIRT, default_board, load_board
+
+    path = ROOT / "emud" / "boards" / "emud-virt.toml"
+    with open(path, "rb") as f:
+        assert tomllib.load(f) == EMUD_VIRT
+    assert load_board(path) == default_board()

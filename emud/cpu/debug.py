@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 BREAK = "break"
 # Watchpoint kinds, named as in gdb's stop replies.
@@ -35,8 +35,7 @@ class DebugStop(Exception):
         self.pc = 0
 
 
-@dataclass(frozen=True)
-class Watchpoint:
+class Watchpoint(NamedTuple):
     addr: int
     length: int
     kind: str  # WATCH (stores), RWATCH (loads) or AWATCH (both)
