@@ -1,5 +1,3 @@
-import sys
+from emud.cli import console
 
-from emud.cli import main
-
-sys.exit(main())
+console()

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from emud import __version__
 from emud.device import DeviceError
@@ -605,5 +605,26 @@ def start_replay(machine: Machine, record: str | None, play: str | None, budget:
     return replay, writer
 
 
+def console() -> NoReturn:
+    """The `emud` command and `python -m emud`: main(), then the process ends with its code.
+
+    Without an event loop (a plain `emud run`, `emud timeline`, an error before any
+    serving) main has closed everything it opened when it returns, and the interpreter's
+    teardown (a full collection, every module's objects freed: ~10 ms, more than a short
+    run takes to emulate) changes nothing outside the process: the process ends at once,
+    stdout and stderr flushed.  After serving (asyncio: threads, sockets) it exits as usual.
+    """
+    code = main()
+    if "asyncio" not in sys.modules:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # the usual exit reports it, as Python does
+        else:
+            os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

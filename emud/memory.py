@@ -117,8 +117,8 @@ class Ram:
             self.flags[lo:hi] = self.flags[lo:hi].translate(_CLEAR[bits])
 
 
-_SET = [bytes(f | bits for f in range(256)) for bits in range(16)]
-_CLEAR = [bytes(f & ~bits for f in range(256)) for bits in range(16)]
+_SET = [bytes([f | bits for f in range(256)]) for bits in range(16)]
+_CLEAR = [bytes([f & ~bits for f in range(256)]) for bits in range(16)]
 
 
 class AddressSpace:

@@ -110,6 +110,25 @@ def test_sigterm_ends_a_plain_run_that_waits_for_input() -> None:
     assert proc.returncode == 0 and out == b"" and err == b""
 
 
+@pytest.mark.parametrize("accel", ["interp", "translate"])
+def test_a_plain_run_ends_at_once_with_everything_written(tmp_path: Path, accel: str) -> None:
+    """`python -m emud run` ends without the interpreter's teardown (emud.cli.console),
+    yet stdout (the UART), stderr (a -d log) and the exit code are those of a process
+    that ends as usual, byte for byte."""
+    argv = ["run", "--accel", accel, "--translation-cache", str(tmp_path), "-d", "in_asm",
+            str(IMAGES / "hello.elf")]
+    usual = f"import sys, emud.cli; sys.exit(emud.cli.main({argv!r}))"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(ROOT)  # buffered stdio, as in a shell pipeline
+    ends = [subprocess.run(command, cwd=ROOT, capture_output=True, timeout=TIMEOUT, env=env,
+                           stdin=subprocess.DEVNULL)
+            for command in ([sys.executable, "-m", "emud", *argv], [sys.executable, "-c", usual])]
+    at_once, as_usual = ends
+    assert at_once.stdout == as_usual.stdout == b"Hello from emud!\n"
+    assert at_once.stderr == as_usual.stderr and at_once.stderr.count(b"\n") > 10
+    assert at_once.returncode == as_usual.returncode == 0
+
+
 def test_version_is_pyproject_s() -> None:
     """emud.__version__ (--version, the translation cache's key) is the package's."""
     with open(ROOT / "pyproject.toml", "rb") as f:
