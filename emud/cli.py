@@ -617,8 +617,9 @@ def console() -> NoReturn:
     code = main()
     if "asyncio" not in sys.modules:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None when the process was started without it
+                    stream.flush()
         except (OSError, ValueError):
             pass  # the usual exit reports it, as Python does
         else:
