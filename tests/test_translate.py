@@ -24,7 +24,16 @@ from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import decode as d
 from emud.cpu.hart import Hart
-from emud.cpu.translate import STRETCH, Config, Discovery, Emitter, Insn, Translator, region_key
+from emud.cpu.translate import (
+    COPIES,
+    STRETCH,
+    Config,
+    Discovery,
+    Emitter,
+    Insn,
+    Translator,
+    region_key,
+)
 from emud.loader import load_elf
 from emud.machine import Machine
 from emud.memory import AddressSpace, Ram
@@ -323,6 +332,80 @@ handler:
     assert snap["x"][20] == 300 * sum((i // 8 + 1) * 8 for i in range(7))
     assert snap["x"][21] == sum((n // 8 + 1) * 8 for n in range(1, 301))
 
+
+
+def switch_program(cases: int) -> str:
+    """A bytecode-style loop: `head` loads a case number, jumps through a table (jr) to
+    one of `cases` small cases, each of which jumps back to the shared `tail`.  Every
+    16th step case 0 rewrites the immediate of its own `patch` instruction."""
+    body = []
+    for n in range(cases):
+        body.append(f"case{n}:")
+        if n == 0:
+            body += ["    andi t2, s2, 15", "    bnez t2, 1f", "    lw t1, 0(s7)",
+                     "    li t2, 0x100000", "    add t1, t1, t2", "    sw t1, 0(s7)", "1:",
+                     "patch:", "    addi s5, s5, 1"]
+        else:
+            body += [f"    xori s{4 + n % 3}, s{4 + n % 3}, {n * 37}", f"    addi s8, s8, {n}"]
+        body.append("    j tail")
+    table = "\n".join(f"    .word case{n}" for n in range(cases))
+    return PROLOGUE + f"""
+    la s7, patch
+    la s9, table
+    li s2, 3000
+    li s10, 1
+    .option norvc
+head:
+    li t0, 1103515245           # an LCG picks the case
+    mul s10, s10, t0
+    addi s10, s10, 1013
+    srli t0, s10, 16
+    li t1, {cases}
+    remu t0, t0, t1
+    slli t0, t0, 2
+    add t0, t0, s9
+    lw t0, 0(t0)
+    jr t0
+""" + "\n".join(body) + """
+tail:
+    addi s2, s2, -1
+    bnez s2, head
+""" + POWEROFF + """
+handler:
+    j handler
+    .align 2
+table:
+""" + table + "\n" + DATA
+
+
+@pytest.mark.parametrize("slices", [False, True])
+def test_a_switch_loop_reached_through_jr_matches_the_interpreter(
+        build_asm: Build, slices: bool) -> None:
+    """Regions entered from a jalr's target chain into each other, leave when the budget
+    runs out inside any of them (odd slices), and the case that rewrites its own code
+    drops exactly its regions: the same state as the interpreter."""
+    elf = build_asm(switch_program(24))
+    run = in_odd_slices(200_000, seed=3) if slices else until_poweroff(1_000_000)
+    snap, machine = both(elf, run, hot=4)
+    assert slices or snap["exit"] == 0
+    assert machine.image is not None
+    assert machine.image.symbols["case5"] in translator(machine).regions
+
+
+def test_a_shared_loop_head_is_not_copied_into_every_case(build_asm: Build) -> None:
+    """With tiering as in a plain run, the loop head and tail that all cases share are
+    held by a few regions (COPIES), not by one region per case, and none of the short
+    regions that go on into another region is demoted to the interpreter."""
+    elf = build_asm(switch_program(48))
+    machine = boot(elf, accel="translate")
+    machine.run_until_poweroff(max_insns=2_000_000)
+    assert machine.exit_code == 0
+    assert machine.image is not None
+    tr, symbols = translator(machine), machine.image.symbols
+    cases = [symbols[f"case{n}"] for n in range(1, 48)]
+    assert sum(pc in tr.regions for pc in cases) > 40
+    assert len(tr.code[symbols["head"]][1]) <= COPIES
+    assert not tr.demoted & {symbols["head"], symbols["tail"], *cases}
 
 # --- self-modifying code ----------------------------------------------------------------
 

@@ -22,7 +22,12 @@ icount at every interrupt, as the interpreter alone.
 Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
 visits and once it has run PAYBACK instructions per instruction of its region
 (whose blocks are those the interpreter has run).  A region that runs under
-MIN_RUN instructions per call over its first REVIEW calls is dropped for good.
+MIN_RUN instructions per call over its first REVIEW calls is dropped for good;
+a call that goes on into another region counts as long enough, since it does not
+go back through the run loop.  Code that COPIES regions already hold, at the
+entry of a region that passed its review, is left to that region rather than
+copied again, so that a loop head shared by hundreds of switch cases is
+compiled a few times, not once per case.
 Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
 function of the discovered code and the RAM config, so compiled regions can be
 cached under `region_key`.  RAM granules with translated code are flagged
@@ -60,6 +65,7 @@ MAX_REGION_INSNS = 200
 PAYBACK = 2  # instructions an entry must have run per instruction of its region
 REVIEW = 32  # region calls after which its instructions per call are judged
 MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
+COPIES = 8  # regions that may hold a copy of the code at another region's entry
 STRETCH = 64  # instructions the interpreter runs at once from a demoted entry
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
@@ -298,9 +304,7 @@ class Translator:
                     calls = runs.get(entry, 0) + 1
                     if calls <= review:  # its first `review` calls decide whether it stays
                         runs[entry] = calls
-                        ran = self.ran[entry] = self.ran.get(entry, 0) + left - rest
-                        if calls == review and ran < MIN_RUN * review:
-                            self._demote(entry)
+                        self._review(entry, calls, left - rest, not pc & 1 and pc in regions)
                     left = rest
                     if pc & 1 or not left or hart.stop_requested \
                             or (region := regions.get(pc)) is None:
@@ -360,6 +364,17 @@ class Translator:
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
+
+    def _review(self, entry: int, calls: int, ran: int, chained: bool) -> None:
+        """Count one of the first `review` calls of entry's region, which ran `ran`
+        instructions; demote it after the last if they ran too few per call.  A call that
+        went on into another region (`chained`) did not pay for leaving translated code,
+        so it counts as long enough: short regions that other regions share (a loop head
+        behind hundreds of switch cases) stay, and do not send the loop to the interpreter.
+        """
+        ran = self.ran[entry] = self.ran.get(entry, 0) + (max(ran, MIN_RUN) if chained else ran)
+        if calls == self.review and ran < MIN_RUN * calls:
+            self._demote(entry)
 
     def _demote(self, entry: int) -> None:
         """The region ran too few instructions per call to pay for entering it: the
@@ -510,9 +525,19 @@ class Translator:
         work = [entry]
         total = 0
         decoded, body = self.hart.decoded, self.emitter._body
+        # Code already copied into COPIES regions is left to the region at its pc, if one
+        # has passed its review (one under review may yet be demoted): a loop head behind
+        # hundreds of switch cases is compiled a few times, not into every case's region,
+        # while code shared by a few regions stays in each (no extra region calls).
+        runs, review, code, regions = self.runs, self.review, self.code, self.regions
+
+        def shared(pc: int) -> bool:
+            return pc != entry and pc in regions and runs.get(pc, 0) >= review \
+                and len(code[pc][1]) >= COPIES
 
         def lead(pc: int) -> None:
             if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS \
+                    and not shared(pc) \
                     and (not ran_only or pc in insns or decoded(pc)):
                 leaders.add(pc)
                 work.append(pc)
@@ -522,6 +547,8 @@ class Translator:
             for _ in range(MAX_BLOCK_INSNS):
                 if pc in insns:
                     lead(pc)  # two walks meet: one block, not two copies
+                    break
+                if shared(pc):  # falls into another region: leave to it
                     break
                 insn = self._fetch(pc)
                 if (insn is None or pc in breakpoints or pc in triggers
@@ -690,7 +717,8 @@ class Emitter:
             lines += ["    " + line for line in body]
             if insn.word & 0x7F in WRITES_RD:
                 known.pop(rd, None)
-                droppable.pop(rd, None)
+                if rd in droppable and body:  # overwritten before anything could leave
+                    lines[droppable.pop(rd)] = ""
         lines = [line for line in lines if line]
         last = block[-1]
         op, w = last.word & 0x7F, last.word
@@ -713,8 +741,11 @@ class Emitter:
                         f"        if not ({cond}):", "            break",
                         "    if b < 0:", "        break", *("    " + s for s in goto(last.npc))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
-            lines += [f"    if {cond}:", *("        " + s for s in taken or ["pass"]),
-                      "    else:", *("        " + s for s in fall or ["pass"])]
+            if not taken:  # one arm only: fewer lines to compile
+                taken, fall, cond = fall, taken, f"not ({cond})"
+            lines += [f"    if {cond}:", *("        " + s for s in taken)]
+            if fall:
+                lines += ["    else:", *("        " + s for s in fall)]
         elif op == d.OP_JAL:
             lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
         elif op == d.OP_JALR and not self._returns_to:
