@@ -346,7 +346,8 @@ def switch_program(cases: int) -> str:
                      "    li t2, 0x100000", "    add t1, t1, t2", "    sw t1, 0(s7)", "1:",
                      "patch:", "    addi s5, s5, 1"]
         else:
-            body += [f"    xori s{4 + n % 3}, s{4 + n % 3}, {n * 37}", f"    addi s8, s8, {n}"]
+            reg = f"s{4 + n % 3}"
+            body += [f"    xori {reg}, {reg}, {n * 37 % 2048}", f"    addi s8, s8, {n}"]
         body.append("    j tail")
     table = "\n".join(f"    .word case{n}" for n in range(cases))
     return PROLOGUE + f"""
@@ -396,14 +397,14 @@ def test_a_shared_loop_head_is_not_copied_into_every_case(build_asm: Build) -> N
     """With tiering as in a plain run, the loop head and tail that all cases share are
     held by a few regions (COPIES), not by one region per case, and none of the short
     regions that go on into another region is demoted to the interpreter."""
-    elf = build_asm(switch_program(48))
+    elf = build_asm(switch_program(96))
     machine = boot(elf, accel="translate")
     machine.run_until_poweroff(max_insns=2_000_000)
     assert machine.exit_code == 0
     assert machine.image is not None
     tr, symbols = translator(machine), machine.image.symbols
-    cases = [symbols[f"case{n}"] for n in range(1, 48)]
-    assert sum(pc in tr.regions for pc in cases) > 40
+    cases = [symbols[f"case{n}"] for n in range(1, 96)]
+    assert sum(pc in tr.regions for pc in cases) > 80
     assert len(tr.code[symbols["head"]][1]) <= COPIES
     assert not tr.demoted & {symbols["head"], symbols["tail"], *cases}
 
@@ -661,6 +662,20 @@ handler:
         assert ((loop, STRETCH) in asked) == bool(review)
     assert snaps[0] == snaps[1]
 
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_short_region_that_goes_on_into_another_is_not_demoted(
+        build_asm: Build, chained: bool) -> None:
+    """The review counts a call that went on into another region (not back to the run
+    loop) as long enough, however few instructions it ran itself."""
+    machine = boot(build_asm(LOOP_WITH_COLD_PATH))
+    assert machine.image is not None
+    tr, loop = translator(machine), machine.image.symbols["loop"]
+    assert tr.translate(loop) is not None
+    for calls in range(1, tr.review + 1):
+        tr._review(loop, calls, 2, chained)
+    assert (loop in tr.regions) == chained and (loop in tr.demoted) != chained
 
 # --- the persistent cache hook ----------------------------------------------------------------
 
