@@ -664,6 +664,36 @@ handler:
 
 
 
+@pytest.mark.parametrize("where", ["case5", "tail", "head"])
+def test_a_breakpoint_at_a_jr_target_or_shared_code_stops_there(
+        build_asm: Build, where: str) -> None:
+    """Set after the switch loop is translated, at a case (reached by jr), at the tail
+    or at the head (which regions may leave to instead of holding): every stop comes at
+    the same pc and icount as in the interpreter."""
+    elf = build_asm(switch_program(96))
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        if accel == "translate":
+            translator(machine).hot = 2
+        machine.run_until_poweroff(max_insns=30_000)
+        assert machine.image is not None
+        target = machine.image.symbols[where]
+        machine.hart.set_breakpoint(target, True)
+        stops = []
+        for _ in range(5):
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None
+            stops.append((stop.pc, machine.clock.icount))
+        runs.append((stops, snapshot(machine)))
+    assert runs[0] == runs[1]
+    assert {pc for pc, _ in runs[0][0]} == {target}
+    # Most cases still run translated, with the breakpoint set.
+    assert machine.image is not None
+    symbols, tr = machine.image.symbols, translator(machine)
+    assert sum(symbols[f"case{n}"] in tr.regions for n in range(96)) > 40
+
 @pytest.mark.parametrize("chained", [False, True])
 def test_a_short_region_that_goes_on_into_another_is_not_demoted(
         build_asm: Build, chained: bool) -> None:
