@@ -33,6 +33,7 @@ from emud.cpu.translate import (
     Insn,
     Translator,
     region_key,
+    translatable,
 )
 from emud.loader import load_elf
 from emud.machine import Machine
@@ -785,6 +786,21 @@ def test_emission_reads_only_its_inputs() -> None:
 
 
 # --- constant folding -------------------------------------------------------------------------
+
+
+def test_discovery_test_of_translatable_agrees_with_emission() -> None:
+    """translate.translatable (discovery's test) holds exactly where _body has lines,
+    for every major opcode, funct3 and the funct7 values that name operations."""
+    emitter = Emitter(Config(0x8000_0000, 16 << 20))
+    seen = set()
+    for op in range(0, 128, 4):
+        for f3 in range(8):
+            for f7 in (0, 1, 0x20, 0x21, 0x7F):
+                w = f7 << 25 | 5 << 20 | 6 << 15 | f3 << 12 | 7 << 7 | op | 3
+                body = emitter._body(Insn(0x8000_0000, w, 4))
+                assert translatable(w) == (body is not None), hex(w)
+                seen.add(body is not None)
+    assert seen == {True, False}
 
 
 def test_constants_fold_within_a_block() -> None:

@@ -524,7 +524,7 @@ class Translator:
         breakpoints, triggers = self.hart.breakpoints, self.hart.triggers.execute
         work = [entry]
         total = 0
-        decoded, body = self.hart.decoded, self.emitter._body
+        decoded = self.hart.decoded
         # Code already copied into COPIES regions is left to the region at its pc, if one
         # has passed its review (one under review may yet be demoted): a loop head behind
         # hundreds of switch cases is compiled a few times, not into every case's region,
@@ -552,7 +552,7 @@ class Translator:
                     break
                 insn = self._fetch(pc)
                 if (insn is None or pc in breakpoints or pc in triggers
-                        or body(insn) is None):
+                        or not translatable(insn.word)):
                     insns[pc] = None
                     break
                 insns[pc] = insn
@@ -769,6 +769,8 @@ class Emitter:
         """Python lines for one instruction (BAIL where it must leave before it), or None
         when it needs the interpreter.  `known`: registers of known value."""
         w, pc = insn.word, insn.pc
+        if not translatable(w):
+            return None
         op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
         a, b, dst = _reg(d.rs1(w), known), _reg(d.rs2(w), known), f"x{rd}"
         if op == d.OP_LUI:
@@ -777,8 +779,6 @@ class Emitter:
             return [f"{dst} = {(pc + d.imm_u(w)) & M}"] if rd else []
         if op == d.OP_IMM:
             imm = d.imm_i(w)
-            if f3 in (1, 5) and (f3, d.funct7(w)) not in ((1, 0), (5, 0), (5, 0x20)):
-                return None
             if not rd:
                 return []
             shamt, uimm = imm & 31, imm & M
@@ -800,9 +800,7 @@ class Emitter:
             }[f3]
             return [f"{dst} = {expr}"]
         if op == d.OP_OP:
-            template = OP_EXPR.get((d.funct7(w), f3))
-            if template is None:
-                return None
+            template = OP_EXPR[(d.funct7(w), f3)]
             if (d.funct7(w), f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
                 template = "{b}" if a == "0" else "{a}"
             elif rd and (d.funct7(w), f3) == (0, 0):  # wrapped like addi, not with & M
@@ -811,9 +809,7 @@ class Emitter:
                 return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
             return [f"{dst} = {template.format(a=a, b=b)}"] if rd else []
         if op == d.OP_LOAD:
-            kind = LOADS.get(f3)
-            if kind is None:
-                return None
+            kind = LOADS[f3]
             view, shift, mask = LOAD_VIEW[kind]
             bad = self.bad_address[kind[0]]
             if self.config.watch_loads:  # a load from a watched granule leaves
@@ -822,9 +818,7 @@ class Emitter:
             index = f"o >> {shift}" if shift else "o"
             return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
         if op == d.OP_STORE:
-            size = STORES.get(f3)
-            if size is None:
-                return None
+            size = STORES[f3]
             view, shift, mask = STORE_VIEW[size]
             # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's
             # store then does what the flag asks (invalidates, tells, stops or traps).
@@ -832,17 +826,30 @@ class Emitter:
             return [self._offset(a, d.imm_s(w)),
                     f"if {bad}:", f"    {BAIL}",
                     f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
-        if op == d.OP_BRANCH:
-            return [] if f3 in BRANCH_EXPR else None
         if op == d.OP_JAL:
             return [f"{dst} = {insn.npc}"] if rd else []
         if op == d.OP_JALR:
-            if f3:
-                return None
             return [f"t = ({a} + {d.imm_i(w)}) & {M - 1}"] + ([f"{dst} = {insn.npc}"] if rd else [])
-        if op == d.OP_MISC_MEM and f3 == 0:
-            return []  # FENCE: one hart, accesses are already in order
-        return None
+        return []  # a branch (its block's end emits it), or FENCE: one hart, in order
+
+
+def translatable(w: int) -> bool:
+    """Whether `Emitter._body` has Python for the instruction (else the interpreter runs
+    it): the test alone, without building lines, for discovery's walk."""
+    op, f3 = w & 0x7F, d.funct3(w)
+    if op in (d.OP_LUI, d.OP_AUIPC, d.OP_JAL):
+        return True
+    if op == d.OP_IMM:
+        return f3 not in (1, 5) or (f3, d.funct7(w)) in ((1, 0), (5, 0), (5, 0x20))
+    if op == d.OP_OP:
+        return (d.funct7(w), f3) in OP_EXPR
+    if op == d.OP_LOAD:
+        return f3 in LOADS
+    if op == d.OP_STORE:
+        return f3 in STORES
+    if op == d.OP_BRANCH:
+        return f3 in BRANCH_EXPR
+    return op in (d.OP_JALR, d.OP_MISC_MEM) and f3 == 0
 
 
 def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
