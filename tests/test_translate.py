@@ -454,6 +454,30 @@ def test_stores_next_to_code_keep_regions() -> None:
 # --- breakpoints --------------------------------------------------------------------------
 
 
+def breakpoint_stops(elf: Path, symbol: str, warmup: int,
+                     count: int) -> tuple[list[tuple[list[tuple[int, int, int]], dict[str, Any]]],
+                                          Machine]:
+    """On each accelerator (translate hot at 2): run `warmup` instructions, set a breakpoint
+    at `symbol`, resume `count` times; (pc, icount, s4) at each stop and the final
+    snapshot, interp's then translate's, and the translated machine."""
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        if accel == "translate":
+            translator(machine).hot = 2
+        machine.run_until_poweroff(max_insns=warmup)
+        assert machine.image is not None
+        machine.hart.set_breakpoint(machine.image.symbols[symbol], True)
+        stops = []
+        for _ in range(count):  # each resume runs the stopped instruction, then on to the next stop
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None
+            stops.append((stop.pc, machine.clock.icount, machine.hart.x[20]))
+        runs.append((stops, snapshot(machine)))
+    return runs, machine
+
+
 def test_breakpoint_in_a_translated_loop_stops_there(build_asm: Build) -> None:
     elf = build_asm(PROLOGUE + """
 loop:
@@ -464,22 +488,9 @@ target:
 handler:
     j handler
 """ + DATA)
-    runs = []
-    for accel in ("interp", "translate"):
-        machine = boot(elf, accel=accel)
-        if accel == "translate":
-            translator(machine).hot = 2
-        machine.run_until_poweroff(max_insns=10_000)
-        assert machine.image is not None
-        target = machine.image.symbols["target"]
-        machine.hart.set_breakpoint(target, True)
-        stops = []
-        for _ in range(10):  # each resume runs the stopped instruction, then on to the next stop
-            machine.run_slice()
-            stop = machine.hart.debug_stop
-            assert stop is not None
-            stops.append((stop.pc, machine.clock.icount, machine.hart.x[20]))
-        runs.append((stops, snapshot(machine)))
+    runs, machine = breakpoint_stops(elf, "target", 10_000, 10)
+    assert machine.image is not None
+    target = machine.image.symbols["target"]
     assert runs[0] == runs[1]
     assert {pc for pc, _, _ in runs[0][0]} == {target}
     # The loop stays translated with the breakpoint set: its region leaves before target.
@@ -664,35 +675,18 @@ handler:
     assert snaps[0] == snaps[1]
 
 
-
 @pytest.mark.parametrize("where", ["case5", "tail", "head"])
 def test_a_breakpoint_at_a_jr_target_or_shared_code_stops_there(
         build_asm: Build, where: str) -> None:
     """Set after the switch loop is translated, at a case (reached by jr), at the tail
     or at the head (which regions may leave to instead of holding): every stop comes at
     the same pc and icount as in the interpreter."""
-    elf = build_asm(switch_program(96))
-    runs = []
-    for accel in ("interp", "translate"):
-        machine = boot(elf, accel=accel)
-        if accel == "translate":
-            translator(machine).hot = 2
-        machine.run_until_poweroff(max_insns=30_000)
-        assert machine.image is not None
-        target = machine.image.symbols[where]
-        machine.hart.set_breakpoint(target, True)
-        stops = []
-        for _ in range(5):
-            machine.run_slice()
-            stop = machine.hart.debug_stop
-            assert stop is not None
-            stops.append((stop.pc, machine.clock.icount))
-        runs.append((stops, snapshot(machine)))
-    assert runs[0] == runs[1]
-    assert {pc for pc, _ in runs[0][0]} == {target}
-    # Most cases still run translated, with the breakpoint set.
+    runs, machine = breakpoint_stops(build_asm(switch_program(96)), where, 30_000, 5)
     assert machine.image is not None
     symbols, tr = machine.image.symbols, translator(machine)
+    assert runs[0] == runs[1]
+    assert {pc for pc, _, _ in runs[0][0]} == {symbols[where]}
+    # Most cases still run translated, with the breakpoint set.
     assert sum(symbols[f"case{n}"] in tr.regions for n in range(96)) > 40
 
 @pytest.mark.parametrize("chained", [False, True])
