@@ -24,7 +24,17 @@ from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import decode as d
 from emud.cpu.hart import Hart
-from emud.cpu.translate import STRETCH, Config, Discovery, Emitter, Insn, Translator, region_key
+from emud.cpu.translate import (
+    COPIES,
+    STRETCH,
+    Config,
+    Discovery,
+    Emitter,
+    Insn,
+    Translator,
+    region_key,
+    translatable,
+)
 from emud.loader import load_elf
 from emud.machine import Machine
 from emud.memory import AddressSpace, Ram
@@ -324,6 +334,81 @@ handler:
     assert snap["x"][21] == sum((n // 8 + 1) * 8 for n in range(1, 301))
 
 
+
+def switch_program(cases: int) -> str:
+    """A bytecode-style loop: `head` loads a case number, jumps through a table (jr) to
+    one of `cases` small cases, each of which jumps back to the shared `tail`.  Every
+    16th step case 0 rewrites the immediate of its own `patch` instruction."""
+    body = []
+    for n in range(cases):
+        body.append(f"case{n}:")
+        if n == 0:
+            body += ["    andi t2, s2, 15", "    bnez t2, 1f", "    lw t1, 0(s7)",
+                     "    li t2, 0x100000", "    add t1, t1, t2", "    sw t1, 0(s7)", "1:",
+                     "patch:", "    addi s5, s5, 1"]
+        else:
+            reg = f"s{4 + n % 3}"
+            body += [f"    xori {reg}, {reg}, {n * 37 % 2048}", f"    addi s8, s8, {n}"]
+        body.append("    j tail")
+    table = "\n".join(f"    .word case{n}" for n in range(cases))
+    return PROLOGUE + f"""
+    la s7, patch
+    la s9, table
+    li s2, 3000
+    li s10, 1
+    .option norvc
+head:
+    li t0, 1103515245           # an LCG picks the case
+    mul s10, s10, t0
+    addi s10, s10, 1013
+    srli t0, s10, 16
+    li t1, {cases}
+    remu t0, t0, t1
+    slli t0, t0, 2
+    add t0, t0, s9
+    lw t0, 0(t0)
+    jr t0
+""" + "\n".join(body) + """
+tail:
+    addi s2, s2, -1
+    bnez s2, head
+""" + POWEROFF + """
+handler:
+    j handler
+    .align 2
+table:
+""" + table + "\n" + DATA
+
+
+@pytest.mark.parametrize("slices", [False, True])
+def test_a_switch_loop_reached_through_jr_matches_the_interpreter(
+        build_asm: Build, slices: bool) -> None:
+    """Regions entered from a jalr's target chain into each other, leave when the budget
+    runs out inside any of them (odd slices), and the case that rewrites its own code
+    drops exactly its regions: the same state as the interpreter."""
+    elf = build_asm(switch_program(24))
+    run = in_odd_slices(200_000, seed=3) if slices else until_poweroff(1_000_000)
+    snap, machine = both(elf, run, hot=4)
+    assert slices or snap["exit"] == 0
+    assert machine.image is not None
+    assert machine.image.symbols["case5"] in translator(machine).regions
+
+
+def test_a_shared_loop_head_is_not_copied_into_every_case(build_asm: Build) -> None:
+    """With tiering as in a plain run, the loop head and tail that all cases share are
+    held by a few regions (COPIES), not by one region per case, and none of the short
+    regions that go on into another region is demoted to the interpreter."""
+    elf = build_asm(switch_program(96))
+    machine = boot(elf, accel="translate")
+    machine.run_until_poweroff(max_insns=2_000_000)
+    assert machine.exit_code == 0
+    assert machine.image is not None
+    tr, symbols = translator(machine), machine.image.symbols
+    cases = [symbols[f"case{n}"] for n in range(1, 96)]
+    assert sum(pc in tr.regions for pc in cases) > 80
+    assert len(tr.code[symbols["head"]][1]) <= COPIES
+    assert not tr.demoted & {symbols["head"], symbols["tail"], *cases}
+
 # --- self-modifying code ----------------------------------------------------------------
 
 
@@ -369,6 +454,30 @@ def test_stores_next_to_code_keep_regions() -> None:
 # --- breakpoints --------------------------------------------------------------------------
 
 
+def breakpoint_stops(elf: Path, symbol: str, warmup: int,
+                     count: int) -> tuple[list[tuple[list[tuple[int, int, int]], dict[str, Any]]],
+                                          Machine]:
+    """On each accelerator (translate hot at 2): run `warmup` instructions, set a breakpoint
+    at `symbol`, resume `count` times; (pc, icount, s4) at each stop and the final
+    snapshot, interp's then translate's, and the translated machine."""
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        if accel == "translate":
+            translator(machine).hot = 2
+        machine.run_until_poweroff(max_insns=warmup)
+        assert machine.image is not None
+        machine.hart.set_breakpoint(machine.image.symbols[symbol], True)
+        stops = []
+        for _ in range(count):  # each resume runs the stopped instruction, then on to the next stop
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None
+            stops.append((stop.pc, machine.clock.icount, machine.hart.x[20]))
+        runs.append((stops, snapshot(machine)))
+    return runs, machine
+
+
 def test_breakpoint_in_a_translated_loop_stops_there(build_asm: Build) -> None:
     elf = build_asm(PROLOGUE + """
 loop:
@@ -379,22 +488,9 @@ target:
 handler:
     j handler
 """ + DATA)
-    runs = []
-    for accel in ("interp", "translate"):
-        machine = boot(elf, accel=accel)
-        if accel == "translate":
-            translator(machine).hot = 2
-        machine.run_until_poweroff(max_insns=10_000)
-        assert machine.image is not None
-        target = machine.image.symbols["target"]
-        machine.hart.set_breakpoint(target, True)
-        stops = []
-        for _ in range(10):  # each resume runs the stopped instruction, then on to the next stop
-            machine.run_slice()
-            stop = machine.hart.debug_stop
-            assert stop is not None
-            stops.append((stop.pc, machine.clock.icount, machine.hart.x[20]))
-        runs.append((stops, snapshot(machine)))
+    runs, machine = breakpoint_stops(elf, "target", 10_000, 10)
+    assert machine.image is not None
+    target = machine.image.symbols["target"]
     assert runs[0] == runs[1]
     assert {pc for pc, _, _ in runs[0][0]} == {target}
     # The loop stays translated with the breakpoint set: its region leaves before target.
@@ -579,6 +675,33 @@ handler:
     assert snaps[0] == snaps[1]
 
 
+@pytest.mark.parametrize("where", ["case5", "tail", "head"])
+def test_a_breakpoint_at_a_jr_target_or_shared_code_stops_there(
+        build_asm: Build, where: str) -> None:
+    """Set after the switch loop is translated, at a case (reached by jr), at the tail
+    or at the head (which regions may leave to instead of holding): every stop comes at
+    the same pc and icount as in the interpreter."""
+    runs, machine = breakpoint_stops(build_asm(switch_program(96)), where, 30_000, 5)
+    assert machine.image is not None
+    symbols, tr = machine.image.symbols, translator(machine)
+    assert runs[0] == runs[1]
+    assert {pc for pc, _, _ in runs[0][0]} == {symbols[where]}
+    # Most cases still run translated, with the breakpoint set.
+    assert sum(symbols[f"case{n}"] in tr.regions for n in range(96)) > 40
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_a_short_region_that_goes_on_into_another_is_not_demoted(
+        build_asm: Build, chained: bool) -> None:
+    """The review counts a call that went on into another region (not back to the run
+    loop) as long enough, however few instructions it ran itself."""
+    machine = boot(build_asm(LOOP_WITH_COLD_PATH))
+    assert machine.image is not None
+    tr, loop = translator(machine), machine.image.symbols["loop"]
+    assert tr.translate(loop) is not None
+    for calls in range(1, tr.review + 1):
+        tr._review(loop, calls, 2, chained)
+    assert (loop in tr.regions) == chained and (loop in tr.demoted) != chained
+
 # --- the persistent cache hook ----------------------------------------------------------------
 
 
@@ -657,6 +780,21 @@ def test_emission_reads_only_its_inputs() -> None:
 
 
 # --- constant folding -------------------------------------------------------------------------
+
+
+def test_discovery_test_of_translatable_agrees_with_emission() -> None:
+    """translate.translatable (discovery's test) holds exactly where _body has lines,
+    for every major opcode, funct3 and the funct7 values that name operations."""
+    emitter = Emitter(Config(0x8000_0000, 16 << 20))
+    seen = set()
+    for op in range(0, 128, 4):
+        for f3 in range(8):
+            for f7 in (0, 1, 0x20, 0x21, 0x7F):
+                w = f7 << 25 | 5 << 20 | 6 << 15 | f3 << 12 | 7 << 7 | op | 3
+                body = emitter._body(Insn(0x8000_0000, w, 4))
+                assert translatable(w) == (body is not None), hex(w)
+                seen.add(body is not None)
+    assert seen == {True, False}
 
 
 def test_constants_fold_within_a_block() -> None:

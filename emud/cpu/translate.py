@@ -22,7 +22,12 @@ icount at every interrupt, as the interpreter alone.
 Cold code runs in the interpreter; a pc becomes a region entry after `HOT`
 visits and once it has run PAYBACK instructions per instruction of its region
 (whose blocks are those the interpreter has run).  A region that runs under
-MIN_RUN instructions per call over its first REVIEW calls is dropped for good.
+MIN_RUN instructions per call over its first REVIEW calls is dropped for good;
+a call that goes on into another region counts as long enough, since it does not
+go back through the run loop.  Code that COPIES regions already hold, at the
+entry of a region that passed its review, is left to that region rather than
+copied again, so that a loop head shared by hundreds of switch cases is
+compiled a few times, not once per case.
 Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
 function of the discovered code and the RAM config, so compiled regions can be
 cached under `region_key`.  RAM granules with translated code are flagged
@@ -60,6 +65,7 @@ MAX_REGION_INSNS = 200
 PAYBACK = 2  # instructions an entry must have run per instruction of its region
 REVIEW = 32  # region calls after which its instructions per call are judged
 MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
+COPIES = 32  # regions that may hold a copy of the code at another region's entry
 STRETCH = 64  # instructions the interpreter runs at once from a demoted entry
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
@@ -298,9 +304,7 @@ class Translator:
                     calls = runs.get(entry, 0) + 1
                     if calls <= review:  # its first `review` calls decide whether it stays
                         runs[entry] = calls
-                        ran = self.ran[entry] = self.ran.get(entry, 0) + left - rest
-                        if calls == review and ran < MIN_RUN * review:
-                            self._demote(entry)
+                        self._review(entry, calls, left - rest, not pc & 1 and pc in regions)
                     left = rest
                     if pc & 1 or not left or hart.stop_requested \
                             or (region := regions.get(pc)) is None:
@@ -360,6 +364,17 @@ class Translator:
         if region is None:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
+
+    def _review(self, entry: int, calls: int, ran: int, chained: bool) -> None:
+        """Count one of the first `review` calls of entry's region, which ran `ran`
+        instructions; demote it after the last if they ran too few per call.  A call that
+        went on into another region (`chained`) did not pay for leaving translated code,
+        so it counts as long enough: short regions that other regions share (a loop head
+        behind hundreds of switch cases) stay, and do not send the loop to the interpreter.
+        """
+        ran = self.ran[entry] = self.ran.get(entry, 0) + (max(ran, MIN_RUN) if chained else ran)
+        if calls == self.review and ran < MIN_RUN * calls:
+            self._demote(entry)
 
     def _demote(self, entry: int) -> None:
         """The region ran too few instructions per call to pay for entering it: the
@@ -509,10 +524,20 @@ class Translator:
         breakpoints, triggers = self.hart.breakpoints, self.hart.triggers.execute
         work = [entry]
         total = 0
-        decoded, body = self.hart.decoded, self.emitter._body
+        decoded = self.hart.decoded
+        # Code already copied into COPIES regions is left to the region at its pc, if one
+        # has passed its review (one under review may yet be demoted): a loop head behind
+        # hundreds of switch cases is compiled a few times, not into every case's region,
+        # while code shared by a few regions stays in each (no extra region calls).
+        runs, review, code, regions = self.runs, self.review, self.code, self.regions
+
+        def shared(pc: int) -> bool:
+            return pc != entry and pc in regions and runs.get(pc, 0) >= review \
+                and len(code[pc][1]) >= COPIES
 
         def lead(pc: int) -> None:
             if pc not in leaders and len(leaders) < MAX_BLOCKS and total < MAX_REGION_INSNS \
+                    and not shared(pc) \
                     and (not ran_only or pc in insns or decoded(pc)):
                 leaders.add(pc)
                 work.append(pc)
@@ -523,9 +548,11 @@ class Translator:
                 if pc in insns:
                     lead(pc)  # two walks meet: one block, not two copies
                     break
+                if shared(pc):  # falls into another region: leave to it
+                    break
                 insn = self._fetch(pc)
                 if (insn is None or pc in breakpoints or pc in triggers
-                        or body(insn) is None):
+                        or not translatable(insn.word)):
                     insns[pc] = None
                     break
                 insns[pc] = insn
@@ -690,7 +717,8 @@ class Emitter:
             lines += ["    " + line for line in body]
             if insn.word & 0x7F in WRITES_RD:
                 known.pop(rd, None)
-                droppable.pop(rd, None)
+                if rd in droppable and body:  # overwritten before anything could leave
+                    lines[droppable.pop(rd)] = ""
         lines = [line for line in lines if line]
         last = block[-1]
         op, w = last.word & 0x7F, last.word
@@ -713,8 +741,11 @@ class Emitter:
                         f"        if not ({cond}):", "            break",
                         "    if b < 0:", "        break", *("    " + s for s in goto(last.npc))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
-            lines += [f"    if {cond}:", *("        " + s for s in taken or ["pass"]),
-                      "    else:", *("        " + s for s in fall or ["pass"])]
+            if not taken:  # one arm only: fewer lines to compile
+                taken, fall, cond = fall, taken, f"not ({cond})"
+            lines += [f"    if {cond}:", *("        " + s for s in taken)]
+            if fall:
+                lines += ["    else:", *("        " + s for s in fall)]
         elif op == d.OP_JAL:
             lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
         elif op == d.OP_JALR and not self._returns_to:
@@ -738,6 +769,8 @@ class Emitter:
         """Python lines for one instruction (BAIL where it must leave before it), or None
         when it needs the interpreter.  `known`: registers of known value."""
         w, pc = insn.word, insn.pc
+        if not translatable(w):
+            return None
         op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
         a, b, dst = _reg(d.rs1(w), known), _reg(d.rs2(w), known), f"x{rd}"
         if op == d.OP_LUI:
@@ -746,8 +779,6 @@ class Emitter:
             return [f"{dst} = {(pc + d.imm_u(w)) & M}"] if rd else []
         if op == d.OP_IMM:
             imm = d.imm_i(w)
-            if f3 in (1, 5) and (f3, d.funct7(w)) not in ((1, 0), (5, 0), (5, 0x20)):
-                return None
             if not rd:
                 return []
             shamt, uimm = imm & 31, imm & M
@@ -769,9 +800,7 @@ class Emitter:
             }[f3]
             return [f"{dst} = {expr}"]
         if op == d.OP_OP:
-            template = OP_EXPR.get((d.funct7(w), f3))
-            if template is None:
-                return None
+            template = OP_EXPR[(d.funct7(w), f3)]
             if (d.funct7(w), f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
                 template = "{b}" if a == "0" else "{a}"
             elif rd and (d.funct7(w), f3) == (0, 0):  # wrapped like addi, not with & M
@@ -780,9 +809,7 @@ class Emitter:
                 return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
             return [f"{dst} = {template.format(a=a, b=b)}"] if rd else []
         if op == d.OP_LOAD:
-            kind = LOADS.get(f3)
-            if kind is None:
-                return None
+            kind = LOADS[f3]
             view, shift, mask = LOAD_VIEW[kind]
             bad = self.bad_address[kind[0]]
             if self.config.watch_loads:  # a load from a watched granule leaves
@@ -791,9 +818,7 @@ class Emitter:
             index = f"o >> {shift}" if shift else "o"
             return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
         if op == d.OP_STORE:
-            size = STORES.get(f3)
-            if size is None:
-                return None
+            size = STORES[f3]
             view, shift, mask = STORE_VIEW[size]
             # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's
             # store then does what the flag asks (invalidates, tells, stops or traps).
@@ -801,17 +826,30 @@ class Emitter:
             return [self._offset(a, d.imm_s(w)),
                     f"if {bad}:", f"    {BAIL}",
                     f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
-        if op == d.OP_BRANCH:
-            return [] if f3 in BRANCH_EXPR else None
         if op == d.OP_JAL:
             return [f"{dst} = {insn.npc}"] if rd else []
         if op == d.OP_JALR:
-            if f3:
-                return None
             return [f"t = ({a} + {d.imm_i(w)}) & {M - 1}"] + ([f"{dst} = {insn.npc}"] if rd else [])
-        if op == d.OP_MISC_MEM and f3 == 0:
-            return []  # FENCE: one hart, accesses are already in order
-        return None
+        return []  # a branch (its block's end emits it), or FENCE: one hart, in order
+
+
+def translatable(w: int) -> bool:
+    """Whether `Emitter._body` has Python for the instruction (else the interpreter runs
+    it): the test alone, without building lines, for discovery's walk."""
+    op, f3 = w & 0x7F, d.funct3(w)
+    if op in (d.OP_LUI, d.OP_AUIPC, d.OP_JAL):
+        return True
+    if op == d.OP_IMM:
+        return f3 not in (1, 5) or (f3, d.funct7(w)) in ((1, 0), (5, 0), (5, 0x20))
+    if op == d.OP_OP:
+        return (d.funct7(w), f3) in OP_EXPR
+    if op == d.OP_LOAD:
+        return f3 in LOADS
+    if op == d.OP_STORE:
+        return f3 in STORES
+    if op == d.OP_BRANCH:
+        return f3 in BRANCH_EXPR
+    return op in (d.OP_JALR, d.OP_MISC_MEM) and f3 == 0
 
 
 def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
