@@ -25,7 +25,7 @@ import pytest
 from conftest import IMAGES, ROOT
 from emud.monitor.commands import MAX_STEP
 
-TIMEOUT = 15.0
+TIMEOUT = 60.0  # a failure guard only: every wait ends on what the screen shows
 EMUD = [sys.executable, "-m", "emud"]
 
 
