@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import repeat
 from operator import length_hint
 from typing import Any, Protocol
@@ -111,6 +112,10 @@ class Hart:
         self.time_source: Callable[[], int] = lambda: clock.now_ns // 100  # 10 MHz mtime
         # Run-loop flags
         self.synced = False  # the clock is exact: a NeedsSync instruction may run
+        # The batch `interpret` runs now (None: none): its steps left, and the icount
+        # its last step would have; together they give the icount inside it.
+        self._steps: repeat[None] | None = None
+        self._batch_last = 0
         self.waiting = False  # in WFI with nothing to wake it
         self.stop_requested = False  # leave the run loop after this instruction
         # Debugger (emud/cpu/debug.py)
@@ -273,10 +278,33 @@ class Hart:
             raise Trap(Cause.ILLEGAL_INSN, insn)
         return value
 
+    def csr_reader(self, csr: int, insn: int) -> Callable[[], int]:
+        """csr_read of one CSR as a function, for an op to call with no lookup."""
+        read = CSR_READS.get(csr)
+        if read is not None:
+            return partial(read, self)
+        return partial(self.csr_read, csr, insn)
+
+    def csr_writer(self, csr: int, insn: int) -> Callable[[int], None]:
+        """csr_write of one CSR as a function; a plain register is set directly."""
+        field = PLAIN_FIELDS.get(csr)
+        if field is not None:
+            return partial(setattr, self, field)
+        return lambda value: self.csr_write(csr, value, insn)
+
+    def icount_now(self) -> int:
+        """The icount of the instruction running now.  Inside a batch the clock lags
+        (it is advanced when the batch ends), but how many steps the batch has left tells
+        exactly how many of its instructions retired before this one."""
+        steps = self._steps
+        if steps is None or self.synced:
+            return self.clock.icount
+        return self._batch_last - length_hint(steps)
+
     def csr_write(self, csr: int, value: int, insn: int) -> None:
         if is_read_only(csr):
             raise Trap(Cause.ILLEGAL_INSN, insn)
-        icount = self.clock.icount
+        icount = self.icount_now()
         match csr:
             case Csr.MSTATUS:
                 if (value >> MPP_SHIFT & 3) not in (PRV_U, PRV_M):  # WARL: keep the old MPP
@@ -598,6 +626,12 @@ class Hart:
         needs it exact), and interrupts are looked at between batches.  A batch counts
         with `repeat`: how many steps it has left tells how many ran when an op
         raised, which is cheaper than a counter (range makes an int per step)."""
+        try:
+            return self._interpret(budget)
+        finally:
+            self._steps = None  # outside a batch the clock is exact
+
+    def _interpret(self, budget: int) -> int:
         cache, decode, clock = self.cache, self.decode, self.clock
         pc = self.pc
         done = 0
@@ -608,8 +642,9 @@ class Hart:
             n = budget - done
             i = 0  # instructions of this batch that retired
             step = 0  # 1: the batch ended with an instruction that trapped or ran synced
+            self._batch_last = clock.icount + n - 1  # for icount_now
             while True:
-                steps = repeat(None, n - i)
+                self._steps = steps = repeat(None, n - i)
                 try:
                     # Ops raise only Trap, NeedsSync and DebugStop; a KeyError can only
                     # be a cache miss.
@@ -650,6 +685,7 @@ class Hart:
                     self.pc = pc
                     return done + i
                 break
+            self._steps = None
             if step:  # that instruction takes its step after the trap or synced run
                 clock.advance_insns(1)
                 cache = self.cache  # traps, mret and CSR writes may change the context
@@ -674,12 +710,16 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _cycle(hart: Hart) -> int:
-    return hart.clock.icount + hart.cycle_offset
+    return hart.icount_now() + hart.cycle_offset
 
 
 def _instret(hart: Hart) -> int:
-    return hart.clock.icount + hart.instret_offset
+    return hart.icount_now() + hart.instret_offset
 
+
+# The CSRs that csr_write stores unchanged into an attribute of the hart.
+PLAIN_FIELDS: dict[int, str] = {Csr.MSCRATCH: "mscratch", Csr.MCAUSE: "mcause", Csr.MTVAL: "mtval",
+                Csr.MCOUNTEREN: "mcounteren"}
 
 # The CSRs read by a plain function of the hart (PMP, hpm counters and triggers are ranges).
 CSR_READS: dict[int, Callable[[Hart], int]] = {
