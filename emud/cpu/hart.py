@@ -640,10 +640,10 @@ class Hart:
                 pc = self.enter_trap(INTERRUPT_BIT | irq, 0, pc)
                 cache = self.cache
             n = budget - done
-            i = 0  # instructions of this batch that retired
-            step = 0  # 1: the batch ended with an instruction that trapped or ran synced
-            self._batch_last = clock.icount + n - 1  # for icount_now
-            while True:
+            i = 0  # steps of this batch taken: instructions retired, trapped or run synced
+            base = clock.icount  # the clock reaches base + i by the end of the batch
+            self._batch_last = base + n - 1  # for icount_now
+            while i < n:
                 self._steps = steps = repeat(None, n - i)
                 try:
                     # Ops raise only Trap, NeedsSync and DebugStop; a KeyError can only
@@ -656,46 +656,77 @@ class Hart:
                     try:
                         decode(pc)
                     except Trap as trap:  # fetch fault
-                        clock.advance_insns(i)
-                        pc = self.enter_trap(trap.cause, trap.tval, pc)
-                        step = 1
-                    else:
-                        continue  # nothing retired and time did not move: go on
+                        pc = self._take_trap(trap, pc, base + i)
+                        i += 1
+                        break
+                    # nothing retired and time did not move: go on
                 except NeedsSync:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
-                    self.synced = True
-                    try:
-                        pc = cache[pc]()
-                    except Trap as trap:
-                        pc = self.enter_trap(trap.cause, trap.tval, pc)
-                    finally:
-                        self.synced = False
-                    step = 1
+                    pc = self._run_synced(cache, pc, base + i)
+                    i += 1
+                    if not self._batch_goes_on(cache, n - i):
+                        break
                 except Trap as trap:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
+                    if log.trap_hooks:  # they look at the clock: it must be exact
+                        pc = self._take_trap(trap, pc, base + i)
+                        i += 1
+                        break
+                    # Nothing is due inside a batch, and a trap leaves interrupts off
+                    # (M-mode, MIE clear): the batch goes on into the handler, the clock
+                    # to catch up at its end.
                     pc = self.enter_trap(trap.cause, trap.tval, pc)
-                    step = 1
+                    cache = self.cache
+                    i += 1
                 except DebugStop as stop:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
+                    clock.advance_insns(base + i - clock.icount)
                     stop.pc = pc
                     self.debug_stop = stop
                     self.pc = pc
                     return done + i
-                break
             self._steps = None
-            if step:  # that instruction takes its step after the trap or synced run
-                clock.advance_insns(1)
-                cache = self.cache  # traps, mret and CSR writes may change the context
-            else:
-                clock.advance_insns(i)
-            done += i + step
+            clock.advance_insns(base + i - clock.icount)
+            cache = self.cache  # traps, mret and CSR writes may change the context
+            done += i
             if done < budget:  # a timer armed during this run may be due before its end
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
+
+    def _take_trap(self, trap: Trap, pc: int, icount: int) -> int:
+        """Take a trap at an exact clock: advanced to `icount` (the instructions before
+        it), then by the step of the faulting instruction.  Returns the handler's pc."""
+        clock = self.clock
+        clock.advance_insns(icount - clock.icount)
+        pc = self.enter_trap(trap.cause, trap.tval, pc)
+        clock.advance_insns(1)
+        return pc
+
+    def _run_synced(self, cache: dict[int, Op], pc: int, icount: int) -> int:
+        """Run the instruction at pc with the clock exact (advanced to `icount`), then
+        give it its step; returns the next pc (a trap's handler if it trapped)."""
+        clock = self.clock
+        clock.advance_insns(icount - clock.icount)
+        self.synced = True
+        try:
+            pc = cache[pc]()
+        except Trap as trap:
+            pc = self.enter_trap(trap.cause, trap.tval, pc)
+        finally:
+            self.synced = False
+        clock.advance_insns(1)
+        return pc
+
+    def _batch_goes_on(self, cache: dict[int, Op], left: int) -> bool:
+        """After a synced instruction: whether the batch may run its `left` steps as the
+        next batch would.  Not if it must stop or wait, the context changed, an interrupt
+        is now deliverable, or a deadline now falls inside those steps."""
+        if not left or self.stop_requested or self.waiting or self.cache is not cache:
+            return False
+        if self.mip & self.mie and self._deliverable_irq() is not None:
+            return False
+        return self.clock.insns_until_deadline(left) == left
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
