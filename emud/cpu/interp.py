@@ -297,6 +297,16 @@ def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             b = x[rs2]
             x[rd] = x[rs1] // b if b else M
             return npc
+    elif key == (1, 4):  # div: the usual case, both non-negative, is an unsigned division
+        def op() -> int:
+            a, b = x[rs1], x[rs2]
+            x[rd] = a // b if a < SIGN and 0 < b < SIGN else div(a, b)
+            return npc
+    elif key == (1, 6):  # rem, likewise
+        def op() -> int:
+            a, b = x[rs1], x[rs2]
+            x[rd] = a % b if a < SIGN and 0 < b < SIGN else rem(a, b)
+            return npc
     elif key == (1, 7):
         def op() -> int:
             b = x[rs2]
