@@ -25,6 +25,10 @@ from emud.cpu import interp
 from emud.cpu.csr import Cause
 from emud.cpu.decode import OP_BRANCH, OP_IMM, OP_OP, enc_b, enc_i, enc_r, enc_s
 from emud.cpu.hart import Hart
+from emud.hw.clint import Clint
+from emud.hw.hpet import HPET
+from emud.hw.pl011 import PL011, PL011Luminary
+from emud.hw.plic import Plic
 from emud.loader import load_elf
 from emud.machine import CLINT_BASE, Machine, RunState
 from emud.memory import AddressSpace, Ram
@@ -421,3 +425,11 @@ def test_csr_forms_read_and_write_like_csr_read_and_write(hart: Hart) -> None:
                     ) if written else old
         assert hart.mscratch == expected, (f3, rs1, rd)
         assert hart.x[6] == (old if rd == 6 else 0), (f3, rs1, rd)
+
+
+def test_only_devices_whose_reads_change_nothing_are_read_inside_a_batch() -> None:
+    """A read of the CLINT (its read is its peek) or the HPET (a read only logs) runs in
+    the batch; the UART's pops its receive FIFO and the PLIC's claims an interrupt, so
+    those end the batch (NeedsSync) as any device store does."""
+    assert Clint.quiet_reads and HPET.quiet_reads
+    assert not PL011.quiet_reads and not PL011Luminary.quiet_reads and not Plic.quiet_reads

@@ -356,7 +356,10 @@ class Hart:
 
     # --- memory slow paths (called from closures) ----------------------------------
 
-    def load_slow(self, addr: int, size: int, signed: bool) -> int:
+    def load_slow(self, addr: int, size: int, signed: bool, inline: bool = True) -> int:
+        """A load the fast path does not do.  `inline`: a quiet device read may run
+        inside the batch (not for an AMO, whose store may still need a sync and re-run
+        it)."""
         if self.triggers.loads:  # a trigger's breakpoint comes before a misaligned fault
             self._check_access_trigger(addr, size, False)
         if addr & (size - 1):
@@ -368,7 +371,11 @@ class Hart:
         ram = self.bus.ram
         if not ram.contains(addr, size):
             if not self.synced:
-                raise NeedsSync
+                if not inline or self._steps is None or not self.bus.quiet_read(addr):
+                    raise NeedsSync
+                # Inside a batch, a read that changes nothing the run loop reacts to
+                # (interrupts, deadlines) runs at once, the clock brought up to it.
+                self.clock.advance_insns(self.icount_now() - self.clock.icount)
             try:
                 value = self.bus.read(addr, size)
             except BusError:
@@ -404,7 +411,7 @@ class Hart:
 
     def amo_load(self, addr: int) -> int:
         try:
-            return self.load_slow(addr, 4, False)
+            return self.load_slow(addr, 4, False, inline=False)
         except Trap as trap:  # an AMO reports its access faults as store/AMO faults
             if trap.cause != Cause.LOAD_ACCESS:
                 raise  # a trigger's breakpoint stays one
