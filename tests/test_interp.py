@@ -433,3 +433,22 @@ def test_only_devices_whose_reads_change_nothing_are_read_inside_a_batch() -> No
     those end the batch (NeedsSync) as any device store does."""
     assert Clint.quiet_reads and HPET.quiet_reads
     assert not PL011.quiet_reads and not PL011Luminary.quiet_reads and not Plic.quiet_reads
+
+
+def test_fetch_at_the_end_of_ram(hart: Hart) -> None:
+    """decode reads a whole word when it lies in RAM, else halfword by halfword: an
+    instruction in the last bytes decodes, one that runs past the end faults where
+    its second half would be."""
+    ram = hart.bus.ram
+    end = ram.base + ram.size
+    addi = enc_i(OP_IMM, 5, 0, 0, 7)  # addi t0, zero, 7
+    ram.data[ram.size - 4:] = addi.to_bytes(4, "little")
+    hart.decode(end - 4)()
+    assert hart.x[5] == 7
+    ram.data[ram.size - 2:] = (0x4289).to_bytes(2, "little")  # c.li t0, 2
+    hart.decode(end - 2)()
+    assert hart.x[5] == 2
+    ram.data[ram.size - 2:] = (addi & 0xFFFF).to_bytes(2, "little")  # 32 bits, half in RAM
+    with pytest.raises(interp.Trap) as trap:
+        hart.decode(end - 2)
+    assert (trap.value.cause, trap.value.tval) == (Cause.INSN_ACCESS, end)

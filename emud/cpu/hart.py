@@ -431,9 +431,16 @@ class Hart:
     def decode(self, pc: int) -> Op:
         """Predecode the instruction at pc and remember it.  Fetch faults raise Trap."""
         ram = self.bus.ram
-        low = self.raw_halfword(pc)
+        offset = pc - ram.base
+        if not self.checked and 0 <= offset <= ram.size - 4 and not offset & 1:
+            # The common fetch, whole in RAM with nothing to check: one 32-bit read.
+            word = int.from_bytes(ram.data[offset:offset + 4], "little")
+            low = word & 0xFFFF
+        else:
+            word = -1  # fetch halfword by halfword, each checked (raw_halfword)
+            low = self.raw_halfword(pc)
         if low & 3 == 3:
-            insn, length = low | (self.raw_halfword(pc + 2) << 16), 4
+            insn, length = word if word >= 0 else low | (self.raw_halfword(pc + 2) << 16), 4
         else:
             insn, length = expand_compressed(low), 2
         op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
