@@ -6,8 +6,8 @@ Guests are the committed images (a long one is cut at --insns instructions; a sh
 one is run again on a fresh machine until it has retired about --insns, so that
 decoding cold code counts as it does in a real short run) and tight synthetic
 loops assembled here with the cross toolchain (ALU, loads and stores, calls,
-mul/div, CSR accesses).  Only the run is timed: building the machine and loading
-the image are not.
+mul/div, CSR accesses, polling a device register: CLINT mtime).  Only the run is
+timed: building the machine and loading the image are not.
 
 With --baseline DIR (a checkout of another emud revision, e.g. made with
 `git worktree add /tmp/base main`) every guest is measured A/B: the emud this
@@ -109,6 +109,16 @@ loop:
     div a6, a2, a1
     rem a7, a2, a1
     add a0, a0, a3
+    addi t6, t6, -1
+    bnez t6, loop
+""",
+    "loop_mmio": """
+    li s0, 0x0200BFF8
+loop:
+    lw a0, 0(s0)
+    addi a1, a1, 1
+    xor a2, a1, a0
+    add a3, a3, a2
     addi t6, t6, -1
     bnez t6, loop
 """,

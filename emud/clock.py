@@ -30,12 +30,14 @@ class Timer:
     def modify(self, deadline_ns: int) -> None:
         self.expire_time = max(0, deadline_ns)
         self._clock._timers.add(self)
+        self._clock._reschedule()
         if self._clock.observer is not None:  # the timeline (--trace-file)
             self._clock.observer("arm", self)
 
     def cancel(self) -> None:
         self.expire_time = NEVER
         self._clock._timers.discard(self)
+        self._clock._reschedule()
 
 
 class VirtualClock:
@@ -46,6 +48,10 @@ class VirtualClock:
         self.now_ns = 0
         self.icount = 0  # instructions retired since reset of the clock
         self._timers: set[Timer] = set()
+        # The earliest expire_time of the armed timers, kept up to date as they are armed
+        # and cancelled: advancing the clock (after every batch of instructions and every
+        # synced instruction) compares with it instead of scanning the timers.
+        self._deadline = NEVER
         self._created = 0
         self.observer: Callable[[str, Timer], None] | None = None  # told "arm" and "fire"
 
@@ -56,12 +62,15 @@ class VirtualClock:
     def timer(self, callback: Callable[[], None]) -> Timer:
         return Timer(self, callback)
 
+    def _reschedule(self) -> None:
+        self._deadline = min((t.expire_time for t in self._timers), default=NEVER)
+
     def next_deadline(self) -> int:
-        return min((t.expire_time for t in self._timers), default=NEVER)
+        return self._deadline
 
     def insns_until_deadline(self, limit: int) -> int:
         """How many instructions may run before the earliest deadline (at least 1)."""
-        deadline = self.next_deadline()
+        deadline = self._deadline
         if deadline == NEVER:
             return limit
         step = 1 << self.shift
@@ -71,7 +80,8 @@ class VirtualClock:
     def advance_insns(self, count: int) -> None:
         self.icount += count
         self.now_ns += count << self.shift
-        self.run_timers()
+        if self.now_ns >= self._deadline:
+            self.run_timers()
 
     def jump_to_next_deadline(self) -> bool:
         """Idle until the next deadline (WFI).  False when no timer is armed."""
@@ -97,6 +107,7 @@ class VirtualClock:
                 return
             if due in fired:
                 due.expire_time = self.now_ns + (1 << self.shift)
+                self._reschedule()
                 continue
             fired.add(due)
             due.cancel()

@@ -219,6 +219,10 @@ class Device:
     irq_outputs: ClassVar[int] = 1  # outputs `irq = N` wires, in order, from N on
     wants_serial: ClassVar[bool] = False
     trace_events: ClassVar[tuple[TraceEvent, ...]] = ()
+    # A guest read changes no state (it may log): the interpreter reads it inside a batch
+    # of instructions, with the clock exact, instead of ending the batch.  Set for a
+    # device whose `read` is its `peek`; another says so itself.
+    quiet_reads: ClassVar[bool] = True
     realized = False
     ctx: DeviceContext  # set by realize
 
@@ -226,6 +230,11 @@ class Device:
         self.id: str = self.name
         for key, value in props.items():
             self.set_property(key, value)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "quiet_reads" not in cls.__dict__:
+            cls.quiet_reads = cls.read is Device.read
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"

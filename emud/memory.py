@@ -149,6 +149,12 @@ class AddressSpace:
             return self.regions[i]
         return None
 
+    def quiet_read(self, addr: int) -> bool:
+        """Whether a guest read at addr changes no state: a device that says its reads
+        do not (`quiet_reads`)."""
+        region = self.find(addr)
+        return region is not None and bool(getattr(region.device, "quiet_reads", False))
+
     def _mmio(self, addr: int, size: int) -> tuple[Mmio, int]:
         region = self.find(addr)
         if region is None or region.device is None or addr + size > region.end:

@@ -13,6 +13,7 @@ instruction at a time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ from emud.cpu import interp
 from emud.cpu.csr import Cause
 from emud.cpu.decode import OP_BRANCH, OP_IMM, OP_OP, enc_b, enc_i, enc_r, enc_s
 from emud.cpu.hart import Hart
+from emud.hw.clint import Clint
+from emud.hw.hpet import HPET
+from emud.hw.pl011 import PL011, PL011Luminary
+from emud.hw.plic import Plic
 from emud.loader import load_elf
 from emud.machine import CLINT_BASE, Machine, RunState
 from emud.memory import AddressSpace, Ram
@@ -308,3 +313,142 @@ def test_odd_ram_takes_the_slow_path(ram_base: int, ram_size: int, base_value: i
                     ("misaligned", True): Cause.LOAD_MISALIGNED,
                     ("misaligned", False): Cause.STORE_MISALIGNED}[cause, load]
         assert (trap.value.cause, trap.value.tval) == (expected, address)
+
+
+# Hot code that talks to the clock without leaving its batch: counter CSRs are read and
+# written inline (the icount comes from the batch's steps left), mtime is an MMIO read
+# (synced, after which the batch goes on), and a write to msip raises an interrupt that
+# must be taken right after it.  Each pass records mcycle, mtime read just after it, and
+# minstret; the msip handler records mepc.
+CLOCK_RECORD = 0x8000_9000
+CLOCK_GUEST = f"""
+    .option norvc
+    .globl _start
+_start:
+    la t0, handler
+    csrw mtvec, t0
+    li s1, {CLOCK_RECORD:#x}
+    li s2, {CLINT_BASE + 0xBFF8:#x}   # mtime
+    li s4, {CLINT_BASE:#x}            # msip
+    li t0, 0x8                        # MSIE
+    csrw mie, t0
+    csrsi mstatus, 8
+    li t0, 1000
+    csrw mcycle, t0                   # inline: the next read sees 1000 + 1
+    csrr s5, mcycle
+    li s3, 300
+loop:
+    csrr a0, mcycle
+    lw a1, 0(s2)
+    csrr a2, minstret
+    csrw mscratch, a2
+    csrr a3, mscratch
+    sw a0, 0(s1)
+    sw a1, 4(s1)
+    sw a3, 8(s1)
+    addi s1, s1, 12
+    andi t0, s3, 63
+    bnez t0, 1f
+    li t0, 1
+    sw t0, 0(s4)                      # msip: the interrupt comes before the next insn
+after_msip:
+    addi a4, a4, 1
+1:  addi s3, s3, -1
+    bnez s3, loop
+{PASS_OR_FAIL}
+    .balign 4
+handler:
+    sw zero, 0(s4)                    # msip cleared: lowers the interrupt
+    csrr t1, mepc
+    la t2, after_msip
+    bne t1, t2, fail
+    addi a5, a5, 1
+    mret
+"""
+
+
+def run_clock_guest(elf: Path, accel: str, slice_length: int) -> Machine:
+    machine = Machine(RingBackend(), accel=accel)
+    machine.load(load_elf(elf))
+    run_sliced(machine, slice_length)
+    return machine
+
+
+def test_clock_reads_inside_batches_are_exact(build_asm: Callable[[str], Path]) -> None:
+    elf = build_asm(CLOCK_GUEST)
+    machine = run_clock_guest(elf, "interp", 1 << 20)
+    assert machine.exit_code == 0  # every msip interrupt was taken right after its store
+    x, ram = machine.hart.x, machine.bus.ram
+    assert x[21] == 1001  # s5: mcycle written inline, read by the next instruction
+    assert x[15] == 4  # a5: the passes with s3 = 256, 192, 128 and 64 raised msip
+    data = ram.data[CLOCK_RECORD - ram.base:]
+    records = [[int.from_bytes(data[i + k:i + k + 4], "little") for k in (0, 4, 8)]
+               for i in range(0, 300 * 12, 12)]
+    offset = 1000 - 11  # mcycle - icount since the write: it is instruction 11 (from 0)
+    for cycle, mtime, instret in records:
+        icount = cycle - offset
+        assert mtime == (icount + 1) // 100  # read one instruction later, 1 ns each
+        assert instret == icount + 2  # minstret counts from reset, two instructions on
+    steps = [b[0] - a[0] for a, b in pairwise(records)]
+    # a pass: 13 instructions; one that raises msip: 3 more and the 7 of the handler
+    assert sorted(set(steps)) == [13, 13 + 3 + 7]
+
+
+@pytest.mark.parametrize("accel,slice_length", [("interp", 1), ("interp", 5),
+                                                ("translate", 1 << 20)])
+def test_clock_guest_is_the_same_however_run(build_asm: Callable[[str], Path], accel: str,
+                                             slice_length: int) -> None:
+    elf = build_asm(CLOCK_GUEST)
+    reference = run_clock_guest(elf, "interp", 1 << 20)
+    other = run_clock_guest(elf, accel, slice_length)
+    ram, ram2 = reference.bus.ram, other.bus.ram
+    assert (other.clock.icount, other.clock.now_ns, tuple(other.hart.x), bytes(ram2.data)) == (
+        reference.clock.icount, reference.clock.now_ns, tuple(reference.hart.x),
+        bytes(ram.data))
+
+
+def test_csr_forms_read_and_write_like_csr_read_and_write(hart: Hart) -> None:
+    """csrrw/csrrs/csrrc and their immediate forms, through each specialised closure."""
+    base = 0x8000_0000
+    for f3, rs1, rd in [(1, 5, 6), (1, 5, 0), (2, 5, 6), (2, 0, 6), (3, 5, 6), (5, 9, 6),
+                        (6, 9, 6), (7, 9, 0), (6, 0, 6)]:
+        hart.mscratch = 0xF0F0_0F0F
+        hart.x[5] = 0x1234_00FF
+        hart.x[6] = 0
+        insn = 0x340 << 20 | rs1 << 15 | f3 << 12 | rd << 7 | 0x73
+        assert interp.build(hart, insn, base, 4)() == base + 4
+        src = rs1 if f3 & 4 else (hart.x[5] if rs1 == 5 else 0)
+        old = 0xF0F0_0F0F
+        kind = f3 & 3
+        written = kind == 1 or rs1 != 0
+        expected = (src if kind == 1 else old | src if kind == 2 else old & ~src & M
+                    ) if written else old
+        assert hart.mscratch == expected, (f3, rs1, rd)
+        assert hart.x[6] == (old if rd == 6 else 0), (f3, rs1, rd)
+
+
+def test_only_devices_whose_reads_change_nothing_are_read_inside_a_batch() -> None:
+    """A read of the CLINT (its read is its peek) or the HPET (a read only logs) runs in
+    the batch; the UART's pops its receive FIFO and the PLIC's claims an interrupt, so
+    those end the batch (NeedsSync) as any device store does."""
+    assert Clint.quiet_reads and HPET.quiet_reads
+    assert not PL011.quiet_reads and not PL011Luminary.quiet_reads and not Plic.quiet_reads
+
+
+def test_fetch_at_the_end_of_ram(hart: Hart) -> None:
+    """decode reads a whole word when it lies in RAM, else halfword by halfword: an
+    instruction in the last bytes decodes, one that runs past the end faults where
+    its second half would be."""
+    ram = hart.bus.ram
+    end = ram.base + ram.size
+    addi = enc_i(OP_IMM, 5, 0, 0, 7)  # addi t0, zero, 7
+    ram.data[ram.size - 4:] = addi.to_bytes(4, "little")
+    hart.decode(end - 4)()
+    assert hart.x[5] == 7
+    ram.data[ram.size - 2:] = (0x4289).to_bytes(2, "little")  # c.li t0, 2
+    hart.decode(end - 2)()
+    assert hart.x[5] == 2
+    ram.data[ram.size - 2:] = (addi & 0xFFFF).to_bytes(2, "little")  # 32 bits, half in RAM
+    with pytest.raises(interp.Trap) as trap:
+        hart.decode(end - 2)
+    assert (trap.value.cause, trap.value.tval) == (Cause.INSN_ACCESS, end)

@@ -111,3 +111,25 @@ def counter_bit(csr: int) -> int | None:
     if 0xC00 <= csr <= 0xC1F or 0xC80 <= csr <= 0xC9F:
         return csr & 0x1F
     return None
+
+
+# Writes that touch only the hart's own registers (or its counters, whose icount the
+# hart knows exactly inside a batch): they run inline, without a clock sync, and the
+# batch goes on after them.  Writes to mstatus and mie may make an interrupt deliverable
+# or switch the predecoded code (MPRV), PMP and trigger writes rebuild code: those end
+# the batch through NeedsSync, as do writes to read-only or unknown CSRs (they trap).
+PLAIN_WRITES = frozenset({
+    Csr.MTVEC, Csr.MCOUNTEREN, Csr.MSCRATCH, Csr.MEPC, Csr.MCAUSE, Csr.MTVAL,
+    Csr.MISA, Csr.MIP, Csr.MSTATUSH, Csr.MCOUNTINHIBIT,
+    Csr.MCYCLE, Csr.MCYCLEH, Csr.MINSTRET, Csr.MINSTRETH,
+})
+
+
+def needs_sync(csr: int, writes: bool) -> bool:
+    """Whether a CSR access must run with the clock exact (NeedsSync): a read of `time`
+    (its source reads the virtual clock), or a write with effects beyond the hart's own
+    registers.  Every other read sees state that does not change inside a batch (mip
+    changes only when a device is accessed or a timer fires, which ends a batch)."""
+    if csr in (Csr.TIME, Csr.TIMEH):
+        return True
+    return writes and csr not in PLAIN_WRITES and not is_hpm(csr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import repeat
 from operator import length_hint
 from typing import Any, Protocol
@@ -111,6 +112,10 @@ class Hart:
         self.time_source: Callable[[], int] = lambda: clock.now_ns // 100  # 10 MHz mtime
         # Run-loop flags
         self.synced = False  # the clock is exact: a NeedsSync instruction may run
+        # The batch `interpret` runs now (None: none): its steps left, and the icount
+        # its last step would have; together they give the icount inside it.
+        self._steps: repeat[None] | None = None
+        self._batch_last = 0
         self.waiting = False  # in WFI with nothing to wake it
         self.stop_requested = False  # leave the run loop after this instruction
         # Debugger (emud/cpu/debug.py)
@@ -273,10 +278,33 @@ class Hart:
             raise Trap(Cause.ILLEGAL_INSN, insn)
         return value
 
+    def csr_reader(self, csr: int, insn: int) -> Callable[[], int]:
+        """csr_read of one CSR as a function, for an op to call with no lookup."""
+        read = CSR_READS.get(csr)
+        if read is not None:
+            return partial(read, self)
+        return partial(self.csr_read, csr, insn)
+
+    def csr_writer(self, csr: int, insn: int) -> Callable[[int], None]:
+        """csr_write of one CSR as a function; a plain register is set directly."""
+        field = PLAIN_FIELDS.get(csr)
+        if field is not None:
+            return partial(setattr, self, field)
+        return lambda value: self.csr_write(csr, value, insn)
+
+    def icount_now(self) -> int:
+        """The icount of the instruction running now.  Inside a batch the clock lags
+        (it is advanced when the batch ends), but how many steps the batch has left tells
+        exactly how many of its instructions retired before this one."""
+        steps = self._steps
+        if steps is None or self.synced:
+            return self.clock.icount
+        return self._batch_last - length_hint(steps)
+
     def csr_write(self, csr: int, value: int, insn: int) -> None:
         if is_read_only(csr):
             raise Trap(Cause.ILLEGAL_INSN, insn)
-        icount = self.clock.icount
+        icount = self.icount_now()
         match csr:
             case Csr.MSTATUS:
                 if (value >> MPP_SHIFT & 3) not in (PRV_U, PRV_M):  # WARL: keep the old MPP
@@ -328,7 +356,10 @@ class Hart:
 
     # --- memory slow paths (called from closures) ----------------------------------
 
-    def load_slow(self, addr: int, size: int, signed: bool) -> int:
+    def load_slow(self, addr: int, size: int, signed: bool, inline: bool = True) -> int:
+        """A load the fast path does not do.  `inline`: a quiet device read may run
+        inside the batch (not for an AMO, whose store may still need a sync and re-run
+        it)."""
         if self.triggers.loads:  # a trigger's breakpoint comes before a misaligned fault
             self._check_access_trigger(addr, size, False)
         if addr & (size - 1):
@@ -340,7 +371,11 @@ class Hart:
         ram = self.bus.ram
         if not ram.contains(addr, size):
             if not self.synced:
-                raise NeedsSync
+                if not inline or self._steps is None or not self.bus.quiet_read(addr):
+                    raise NeedsSync
+                # Inside a batch, a read that changes nothing the run loop reacts to
+                # (interrupts, deadlines) runs at once, the clock brought up to it.
+                self.clock.advance_insns(self.icount_now() - self.clock.icount)
             try:
                 value = self.bus.read(addr, size)
             except BusError:
@@ -376,7 +411,7 @@ class Hart:
 
     def amo_load(self, addr: int) -> int:
         try:
-            return self.load_slow(addr, 4, False)
+            return self.load_slow(addr, 4, False, inline=False)
         except Trap as trap:  # an AMO reports its access faults as store/AMO faults
             if trap.cause != Cause.LOAD_ACCESS:
                 raise  # a trigger's breakpoint stays one
@@ -396,9 +431,16 @@ class Hart:
     def decode(self, pc: int) -> Op:
         """Predecode the instruction at pc and remember it.  Fetch faults raise Trap."""
         ram = self.bus.ram
-        low = self.raw_halfword(pc)
+        offset = pc - ram.base
+        if not self.checked and 0 <= offset <= ram.size - 4 and not offset & 1:
+            # The common fetch, whole in RAM with nothing to check: one 32-bit read.
+            word = int.from_bytes(ram.data[offset:offset + 4], "little")
+            low = word & 0xFFFF
+        else:
+            word = -1  # fetch halfword by halfword, each checked (raw_halfword)
+            low = self.raw_halfword(pc)
         if low & 3 == 3:
-            insn, length = low | (self.raw_halfword(pc + 2) << 16), 4
+            insn, length = word if word >= 0 else low | (self.raw_halfword(pc + 2) << 16), 4
         else:
             insn, length = expand_compressed(low), 2
         op = interp._illegal(low) if insn == ILLEGAL else interp.build(self, insn, pc, length)
@@ -598,6 +640,12 @@ class Hart:
         needs it exact), and interrupts are looked at between batches.  A batch counts
         with `repeat`: how many steps it has left tells how many ran when an op
         raised, which is cheaper than a counter (range makes an int per step)."""
+        try:
+            return self._interpret(budget)
+        finally:
+            self._steps = None  # outside a batch the clock is exact
+
+    def _interpret(self, budget: int) -> int:
         cache, decode, clock = self.cache, self.decode, self.clock
         pc = self.pc
         done = 0
@@ -606,10 +654,11 @@ class Hart:
                 pc = self.enter_trap(INTERRUPT_BIT | irq, 0, pc)
                 cache = self.cache
             n = budget - done
-            i = 0  # instructions of this batch that retired
-            step = 0  # 1: the batch ended with an instruction that trapped or ran synced
-            while True:
-                steps = repeat(None, n - i)
+            i = 0  # steps of this batch taken: instructions retired, trapped or run synced
+            base = clock.icount  # the clock reaches base + i by the end of the batch
+            self._batch_last = base + n - 1  # for icount_now
+            while i < n:
+                self._steps = steps = repeat(None, n - i)
                 try:
                     # Ops raise only Trap, NeedsSync and DebugStop; a KeyError can only
                     # be a cache miss.
@@ -621,45 +670,77 @@ class Hart:
                     try:
                         decode(pc)
                     except Trap as trap:  # fetch fault
-                        clock.advance_insns(i)
-                        pc = self.enter_trap(trap.cause, trap.tval, pc)
-                        step = 1
-                    else:
-                        continue  # nothing retired and time did not move: go on
+                        pc = self._take_trap(trap, pc, base + i)
+                        i += 1
+                        break
+                    # nothing retired and time did not move: go on
                 except NeedsSync:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
-                    self.synced = True
-                    try:
-                        pc = cache[pc]()
-                    except Trap as trap:
-                        pc = self.enter_trap(trap.cause, trap.tval, pc)
-                    finally:
-                        self.synced = False
-                    step = 1
+                    pc = self._run_synced(cache, pc, base + i)
+                    i += 1
+                    if not self._batch_goes_on(cache, n - i):
+                        break
                 except Trap as trap:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
+                    if log.trap_hooks:  # they look at the clock: it must be exact
+                        pc = self._take_trap(trap, pc, base + i)
+                        i += 1
+                        break
+                    # Nothing is due inside a batch, and a trap leaves interrupts off
+                    # (M-mode, MIE clear): the batch goes on into the handler, the clock
+                    # to catch up at its end.
                     pc = self.enter_trap(trap.cause, trap.tval, pc)
-                    step = 1
+                    cache = self.cache
+                    i += 1
                 except DebugStop as stop:
                     i = n - length_hint(steps) - 1
-                    clock.advance_insns(i)
+                    clock.advance_insns(base + i - clock.icount)
                     stop.pc = pc
                     self.debug_stop = stop
                     self.pc = pc
                     return done + i
-                break
-            if step:  # that instruction takes its step after the trap or synced run
-                clock.advance_insns(1)
-                cache = self.cache  # traps, mret and CSR writes may change the context
-            else:
-                clock.advance_insns(i)
-            done += i + step
+            self._steps = None
+            clock.advance_insns(base + i - clock.icount)
+            cache = self.cache  # traps, mret and CSR writes may change the context
+            done += i
             if done < budget:  # a timer armed during this run may be due before its end
                 budget = done + clock.insns_until_deadline(budget - done)
         self.pc = pc
         return done
+
+    def _take_trap(self, trap: Trap, pc: int, icount: int) -> int:
+        """Take a trap at an exact clock: advanced to `icount` (the instructions before
+        it), then by the step of the faulting instruction.  Returns the handler's pc."""
+        clock = self.clock
+        clock.advance_insns(icount - clock.icount)
+        pc = self.enter_trap(trap.cause, trap.tval, pc)
+        clock.advance_insns(1)
+        return pc
+
+    def _run_synced(self, cache: dict[int, Op], pc: int, icount: int) -> int:
+        """Run the instruction at pc with the clock exact (advanced to `icount`), then
+        give it its step; returns the next pc (a trap's handler if it trapped)."""
+        clock = self.clock
+        clock.advance_insns(icount - clock.icount)
+        self.synced = True
+        try:
+            pc = cache[pc]()
+        except Trap as trap:
+            pc = self.enter_trap(trap.cause, trap.tval, pc)
+        finally:
+            self.synced = False
+        clock.advance_insns(1)
+        return pc
+
+    def _batch_goes_on(self, cache: dict[int, Op], left: int) -> bool:
+        """After a synced instruction: whether the batch may run its `left` steps as the
+        next batch would.  Not if it must stop or wait, the context changed, an interrupt
+        is now deliverable, or a deadline now falls inside those steps."""
+        if not left or self.stop_requested or self.waiting or self.cache is not cache:
+            return False
+        if self.mip & self.mie and self._deliverable_irq() is not None:
+            return False
+        return self.clock.insns_until_deadline(left) == left
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -674,12 +755,16 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _cycle(hart: Hart) -> int:
-    return hart.clock.icount + hart.cycle_offset
+    return hart.icount_now() + hart.cycle_offset
 
 
 def _instret(hart: Hart) -> int:
-    return hart.clock.icount + hart.instret_offset
+    return hart.icount_now() + hart.instret_offset
 
+
+# The CSRs that csr_write stores unchanged into an attribute of the hart.
+PLAIN_FIELDS: dict[int, str] = {Csr.MSCRATCH: "mscratch", Csr.MCAUSE: "mcause", Csr.MTVAL: "mtval",
+                Csr.MCOUNTEREN: "mcounteren"}
 
 # The CSRs read by a plain function of the hart (PMP, hpm counters and triggers are ranges).
 CSR_READS: dict[int, Callable[[Hart], int]] = {

@@ -7,9 +7,10 @@ is the fastest thing CPython offers for this shape of code.
 
 Control leaves a closure by an exception only in rare cases: `Trap` (a
 synchronous exception, the instruction did not retire) and `NeedsSync` (the
-instruction must run with the clock and counters exact: CSR accesses, MMIO,
-WFI, MRET; the run loop commits progress and calls it again with
-`hart.synced` set).
+instruction must run with the clock exact: MMIO, WFI, MRET, reads of `time` and
+CSR writes that may change what interrupts or code apply; the run loop commits
+progress and calls it again with `hart.synced` set).  Other CSR accesses run in
+the batch: the counters read `hart.icount_now()`, exact there too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emud.cpu import decode as d
-from emud.cpu.csr import PRV_M, Cause, lowest_privilege
+from emud.cpu.csr import PRV_M, Cause, lowest_privilege, needs_sync
 from emud.cpu.semihosting import is_call as is_semihosting_call
 from emud.memory import FLAG_LOAD, FLAG_SHIFT
 
@@ -296,6 +297,16 @@ def _op(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
             b = x[rs2]
             x[rd] = x[rs1] // b if b else M
             return npc
+    elif key == (1, 4):  # div: the usual case, both non-negative, is an unsigned division
+        def op() -> int:
+            a, b = x[rs1], x[rs2]
+            x[rd] = a // b if a < SIGN and 0 < b < SIGN else div(a, b)
+            return npc
+    elif key == (1, 6):  # rem, likewise
+        def op() -> int:
+            a, b = x[rs1], x[rs2]
+            x[rd] = a % b if a < SIGN and 0 < b < SIGN else rem(a, b)
+            return npc
     elif key == (1, 7):
         def op() -> int:
             b = x[rs2]
@@ -547,28 +558,66 @@ def _system(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
         return _privileged(hart, insn, pc, npc)
     if f3 == 4:
         return None
-    x, rd, rs1, csr = hart.x, d.rd(insn), d.rs1(insn), insn >> 20
-    immediate, kind = f3 & 4, f3 & 3  # kind: 1 write, 2 set, 3 clear
+    rd, rs1, csr, kind = d.rd(insn), d.rs1(insn), insn >> 20, f3 & 3
     # csrrs/csrrc with x0 (or uimm 0) do not write; csrrw with rd=x0 does not read.
     writes = kind == 1 or rs1 != 0
     reads = kind != 1 or rd != 0
     machine_only = lowest_privilege(csr) == PRV_M
+    user = hart.priv != PRV_M  # the context this op is decoded for (one cache per priv)
+    if user and machine_only:
+        return _illegal(insn)
 
-    def op() -> int:
+    read = hart.csr_reader(csr, insn) if reads else None
+    write = hart.csr_writer(csr, insn) if writes else None
+    access = _csr_access(hart, insn, npc, read, write)
+    if user:  # U-mode may use a counter only while mcounteren enables it
+        plain = access
+
+        def access() -> int:
+            if not hart.user_csr_allowed(csr):
+                raise Trap(Cause.ILLEGAL_INSN, insn)
+            return plain()
+
+    if not needs_sync(csr, writes):  # the commonest accesses stay in the batch
+        return access
+
+    def synced() -> int:
         if not hart.synced:
             raise NeedsSync
-        if hart.priv != PRV_M and (machine_only or not hart.user_csr_allowed(csr)):
-            raise Trap(Cause.ILLEGAL_INSN, insn)
+        return access()
+
+    return synced
+
+
+def _csr_access(hart: Hart, insn: int, npc: int, read: Callable[[], int] | None,
+                write: Callable[[int], None] | None) -> Op:
+    """The CSR instruction's effect (`read` None: it does not read, `write` None: it does
+    not write); csrr and csrw, the commonest forms, in closures of their own."""
+    x, rd, rs1, f3 = hart.x, d.rd(insn), d.rs1(insn), d.funct3(insn)
+    immediate, kind = f3 & 4, f3 & 3  # kind: 1 write, 2 set, 3 clear
+    if write is None and read is not None:  # csrr
+        def op() -> int:
+            value = read()
+            if rd:
+                x[rd] = value
+            return npc
+        return op
+    if write is not None and read is None and not immediate:  # csrw
+        def csrw() -> int:
+            write(x[rs1])
+            return npc
+        return csrw
+
+    def csrrx() -> int:
         src = rs1 if immediate else x[rs1]
-        old = hart.csr_read(csr, insn) if reads else 0
-        if writes:
-            new = src if kind == 1 else (old | src) if kind == 2 else (old & ~src)
-            hart.csr_write(csr, new & M, insn)
+        old = read() if read is not None else 0
+        if write is not None:
+            write((src if kind == 1 else (old | src) if kind == 2 else (old & ~src)) & M)
         if rd:
             x[rd] = old
         return npc
 
-    return op
+    return csrrx
 
 
 def _privileged(hart: Hart, insn: int, pc: int, npc: int) -> Op | None:
