@@ -18,7 +18,7 @@ from conftest import IMAGES, PASS_OR_FAIL, ROOT, boot
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.device import DeviceContext, DeviceError
-from emud.hw.hpet import HPET, VMSTATE_HPET, catch_up
+from emud.hw.hpet import HPET, ISA_IRQ0_LINE, RTC_ISA_IRQ, VMSTATE_HPET, catch_up
 from emud.machine import HPET_BASE, HPET_IRQ_BASE, RAM_BASE, Machine
 from emud.vmstate import VMStateError
 
@@ -790,7 +790,15 @@ def test_save_then_load_gives_identical_reads(steps: list[Op], later: int) -> No
     assert [(t.qemu_timer.pending, t.qemu_timer.expire_time)
             for t in dst.hpet.timers[:3]] == deadlines
     if not any(t.config & FSB_EN for t in src.hpet.timers):  # FSB_EN 0->1 leaves a line up
-        assert [irq.level for irq in dst.hpet.irqs] == [irq.level for irq in src.hpet.irqs]
+        # A line the PIT or RTC input holds up is up after the load (the load drives each
+        # line to what the state implies), even where a timer routed there lowered it in
+        # the source since: QEMU's line is the last writer's, which no state records.
+        held = {line for line, level in ((ISA_IRQ0_LINE, src.hpet.pit_in.level),
+                                         (RTC_ISA_IRQ, src.hpet.rtc_irq_level))
+                if level and not src.hpet.legacy}
+        assert all(dst.hpet.irqs[line].level for line in held)
+        assert [irq.level for n, irq in enumerate(dst.hpet.irqs) if n not in held] == \
+            [irq.level for n, irq in enumerate(src.hpet.irqs) if n not in held]
     assert VMSTATE_HPET.save(dst.hpet) == VMSTATE_HPET.save(src.hpet)
     src.run_to(src.clock.now_ns + later)
     dst.run_to(dst.clock.now_ns + later)
