@@ -304,6 +304,10 @@ class Hart:
     def csr_write(self, csr: int, value: int, insn: int) -> None:
         if is_read_only(csr):
             raise Trap(Cause.ILLEGAL_INSN, insn)
+        field = PLAIN_FIELDS.get(csr)
+        if field is not None:  # stored unchanged (csr_writer sets these directly too)
+            setattr(self, field, value)
+            return
         icount = self.icount_now()
         match csr:
             case Csr.MSTATUS:
@@ -311,8 +315,6 @@ class Hart:
                     value = value & ~MSTATUS_MPP | self.mstatus & MSTATUS_MPP
                 self.mstatus = value & MSTATUS_WRITABLE
                 self.update_context()
-            case Csr.MCOUNTEREN:
-                self.mcounteren = value
             case _ if Csr.PMPCFG0 <= csr <= Csr.PMPCFG3:
                 self.pmpcfg[:] = pmp.cfg_write(self.pmpcfg, csr - Csr.PMPCFG0, value)
                 self.pmp_changed()
@@ -325,14 +327,8 @@ class Hart:
             case Csr.MTVEC:
                 if value & 3 < 2:  # modes 2 and 3 are reserved: keep the old value
                     self.mtvec = value
-            case Csr.MSCRATCH:
-                self.mscratch = value
             case Csr.MEPC:
                 self.mepc = value & ~1
-            case Csr.MCAUSE:
-                self.mcause = value
-            case Csr.MTVAL:
-                self.mtval = value
             case Csr.MISA | Csr.MIP | Csr.MSTATUSH | Csr.MCOUNTINHIBIT:
                 pass  # WARL fields we keep fixed; mip bits are driven by devices
             case _ if is_hpm(csr):
@@ -762,9 +758,10 @@ def _instret(hart: Hart) -> int:
     return hart.icount_now() + hart.instret_offset
 
 
-# The CSRs that csr_write stores unchanged into an attribute of the hart.
-PLAIN_FIELDS: dict[int, str] = {Csr.MSCRATCH: "mscratch", Csr.MCAUSE: "mcause", Csr.MTVAL: "mtval",
-                Csr.MCOUNTEREN: "mcounteren"}
+# The CSRs a write stores unchanged into an attribute of the hart (csr_write and
+# csr_writer both take them from here).
+PLAIN_FIELDS: dict[int, str] = {Csr.MSCRATCH: "mscratch", Csr.MCAUSE: "mcause",
+                                Csr.MTVAL: "mtval", Csr.MCOUNTEREN: "mcounteren"}
 
 # The CSRs read by a plain function of the hart (PMP, hpm counters and triggers are ranges).
 CSR_READS: dict[int, Callable[[Hart], int]] = {
