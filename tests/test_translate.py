@@ -579,6 +579,63 @@ def test_random_programs_match_the_interpreter(chunk: int) -> None:
             run_random(program, seed, True, ram_size), seed
 
 
+
+NARROW = [5, 6, 7, 8, 9, 10, 11, 12]  # few registers: each result feeds the next ones
+
+
+def bounded_program(rng: random.Random) -> list[int]:
+    """Like random_program, but shaped for what emission infers of values: narrow values
+    (masks, shifts, byte loads) that then add, shift, multiply, divide and compare;
+    pointers made from the data base plus such a value; the same address accessed again
+    (skipped checks); forward branches (blocks entered from one block only)."""
+    body: list[int] = []
+    for _ in range(rng.randint(8, 40)):
+        kind = rng.random()
+        rd, rs1, rs2 = rng.choice(NARROW), rng.choice(NARROW), rng.choice(NARROW)
+        if kind < 0.15:  # a narrow value
+            body.append(rng.choice([
+                d.enc_i(d.OP_IMM, rd, 7, rs1, rng.choice((1, 255, 0x7FF, -1, -256))),
+                d.enc_i(d.OP_IMM, rd, 5, rs1, rng.randrange(32) | rng.choice((0, 0x400))),
+                d.enc_i(d.OP_LOAD, rd, rng.choice((4, 5)), BASE, rng.randrange(0, 256, 2)),
+                d.enc_u(d.OP_LUI, rd, rng.choice((0xFFFFF000, 0x7FFFF000, 0x80000000))),
+            ]))
+        elif kind < 0.45:
+            f7, f3 = rng.choice(R_OPS)
+            body.append(d.enc_r(d.OP_OP, rd, f3, rs1, rs2, f7))
+        elif kind < 0.65:
+            f3 = rng.choice([0, 0, 1, 2, 3, 4, 6])
+            imm = rng.randrange(32) if f3 == 1 else rng.choice(
+                (rng.randrange(-2048, 2048), 2047, -2048, -1, 1))
+            body.append(d.enc_i(d.OP_IMM, rd, f3, rs1, imm))
+        elif kind < 0.75:  # a pointer: data base plus a (maybe narrow) value
+            body.append(d.enc_r(d.OP_OP, rd, 0, BASE, rs1, 0))
+        elif kind < 0.9:  # accesses through a pointer, the same address twice or more
+            base = rng.choice((BASE, rs1))
+            off = rng.randrange(-8, 64) & ~rng.choice((0, 1, 3))
+            for _ in range(rng.randint(1, 3)):
+                if rng.random() < 0.5:
+                    body.append(d.enc_i(d.OP_LOAD, rd, rng.choice(LOADS), base, off))
+                else:
+                    body.append(d.enc_s(d.OP_STORE, rng.choice(STORES), base, rs2, off))
+        else:
+            skip = rng.randint(1, 3)
+            body.append(d.enc_b(d.OP_BRANCH, rng.choice([0, 1, 4, 5, 6, 7]), rs1,
+                                rng.choice((rs2, 0)), 4 * (skip + 1)))
+            body += [d.enc_i(d.OP_IMM, rng.choice(NARROW), 0, rng.choice(NARROW), 1)
+                     for _ in range(skip)]
+    loop = [*body, d.enc_i(d.OP_IMM, LOOP, 0, LOOP, -1)]
+    return [*loop, d.enc_b(d.OP_BRANCH, 1, LOOP, 0, -4 * len(loop)), d.enc_j(d.OP_JAL, 0, 0)]
+
+
+@pytest.mark.parametrize("chunk", range(3))
+def test_programs_on_narrow_values_match_the_interpreter(chunk: int) -> None:
+    ram_size = 96 * 1024 if chunk == 2 else 64 * 1024
+    for seed in range(chunk * 100, chunk * 100 + 100):
+        program = bounded_program(random.Random(seed))
+        assert run_random(program, seed, False, ram_size) == \
+            run_random(program, seed, True, ram_size), seed
+
+
 # --- tiering --------------------------------------------------------------------------------
 
 LOOP_WITH_COLD_PATH = PROLOGUE + """
@@ -838,3 +895,37 @@ handler:
 """ + DATA)
     snap, _ = both(elf, in_odd_slices(20_000))
     assert snap["exit"] == 0 and snap["x"][22] == -400 & 0xFFFF_FFFF and snap["x"][23] != 0
+
+
+def emitted(code: list[int]) -> str:
+    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
+                  for i, w in enumerate(code))
+    return Emitter(Config(0x8000_0000, 16 << 20)).source(
+        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
+
+
+def test_what_is_known_of_values_drops_tests_that_cannot_fail() -> None:
+    """A byte loaded, shifted and added to a pointer that passed an address test cannot
+    wrap; a second access at the same address skips the test (a store keeps the flag
+    test); a signed compare of non-negative values is the unsigned one.  Any write to a
+    register forgets what was known of it."""
+    source = emitted([
+        d.enc_i(d.OP_LOAD, 10, 4, 11, 8),      # lbu a0, 8(a1): a1 is now a RAM address
+        d.enc_i(d.OP_IMM, 10, 1, 10, 2),       # slli a0, a0, 2: at most 1020, no mask
+        d.enc_r(d.OP_OP, 12, 0, 11, 10, 0),    # add a2, a1, a0: cannot pass 2**32
+        d.enc_i(d.OP_LOAD, 13, 2, 11, 8),      # lw a3, 8(a1): the test above covers it
+        d.enc_s(d.OP_STORE, 2, 11, 13, 8),     # sw a3, 8(a1): only the flag test
+        d.enc_i(d.OP_IMM, 11, 0, 11, 4),       # addi a1, a1, 4: still inside 32 bits
+        d.enc_i(d.OP_LOAD, 14, 2, 11, 4),      # lw a4, 4(a1): a1 changed, tested again
+        d.enc_r(d.OP_OP, 15, 0, 14, 10, 0),    # add a5, a4, a0: a4 is any word, wraps
+        d.enc_i(d.OP_IMM, 16, 5, 13, 1),       # srli a6, a3, 1: under 2**31
+        d.enc_b(d.OP_BRANCH, 4, 10, 16, -36),  # blt a0, a6: both non-negative
+    ])
+    body = source.split("while True:", 1)[1]
+    assert "x10 = x10 << 2" in body and "x12 = x11 + x10\n" in body + "\n"
+    assert body.count("if o & -16777216:") == 1  # the lbu
+    assert body.count("if o & -16777213:") == 2  # the first lw, and the one after the addi
+    assert body.count("if flags[o >> 4]:") == 1
+    assert "x11 = x11 + 4\n" in body and "if x11 > 4294967295" not in body
+    assert "x15 = x14 + x10" in body and "if x15 > 4294967295:" in body
+    assert "if not (x10 < x16):" in body and "^ 2147483648" not in body

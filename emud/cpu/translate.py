@@ -594,7 +594,11 @@ class Emitter:
                 else f"o >= {size}" + (f" or o & {n - 1}" if n > 1 else ""))
             for n in (1, 2, 4)
         }
-        self._returns_to: dict[int, int] = {}  # of the region being emitted
+        # Of the region being emitted: where a jalr may continue, blocks entered from
+        # one block only (they start with what it ended knowing), and what each knew.
+        self._returns_to: dict[int, int] = {}
+        self._sole: dict[int, int] = {}
+        self._facts_out: dict[int, Facts] = {}
 
     def source(self, found: Discovery) -> str:
         """The source of a module defining `region(x, r) -> (next_pc, r)`."""
@@ -609,6 +613,8 @@ class Emitter:
         returns_to = {pc: index[pc] for pc in found.returns if pc in index}
         reserve = _reserves(blocks, edges, set(returns_to.values()))
         self._returns_to = returns_to
+        self._sole = _sole_predecessors(blocks, edges, set(returns_to.values()))
+        self._facts_out = {}
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
         used, dirty = _registers([insn for block in blocks for insn in block])
         if len(used) >= UNPACK_ALL:
@@ -695,9 +701,11 @@ class Emitter:
         if reserve is not None:
             lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; b = -1; break"]
         lines.append(f"    r -= {n}")
-        # Registers of known value in this block: folded into what reads them.  A
-        # constant written again before anything may leave the block is dropped.
-        known: dict[int, int] = {}
+        # What is known of the registers in this block (Facts).  A constant is folded
+        # into what reads it, and dropped when written again before anything may leave.
+        before = self._facts_out.get(self._sole.get(i, -1))
+        facts = before.copy() if before is not None else Facts()
+        known = facts.known
         droppable: dict[int, int] = {}  # register -> index of its constant's line
         for k, insn in enumerate(block):
             value = _fold(insn, known)
@@ -705,21 +713,20 @@ class Emitter:
             if value is not None:
                 if rd in droppable:
                     lines[droppable[rd]] = ""
-                known[rd] = value
+                facts.wrote(rd, value=value)
                 droppable[rd] = len(lines)
                 lines.append(f"    x{rd} = {value}")
                 continue
-            body = self._body(insn, known) or []
+            body = self._body(insn, facts) or []
             if any(BAIL in line for line in body):
                 droppable.clear()
                 bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
                 body = [line.replace(BAIL, bail) for line in body]
             lines += ["    " + line for line in body]
-            if insn.word & 0x7F in WRITES_RD:
-                known.pop(rd, None)
-                if rd in droppable and body:  # overwritten before anything could leave
-                    lines[droppable.pop(rd)] = ""
+            if insn.word & 0x7F in WRITES_RD and rd in droppable and body:
+                lines[droppable.pop(rd)] = ""  # overwritten before anything could leave
         lines = [line for line in lines if line]
+        self._facts_out[i] = facts
         last = block[-1]
         op, w = last.word & 0x7F, last.word
 
@@ -735,6 +742,8 @@ class Emitter:
 
         if op == d.OP_BRANCH:
             a, b, f3 = _reg(d.rs1(w), known), _reg(d.rs2(w), known), d.funct3(w)
+            if f3 in (4, 5) and facts.span(d.rs1(w))[1] < S and facts.span(d.rs2(w))[1] < S:
+                f3 += 2  # both non-negative: the signed order is the unsigned one
             cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
             if (last.pc + d.imm_b(w)) & M == block[0].pc:  # a one-block loop: a bare while
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
@@ -765,72 +774,213 @@ class Emitter:
             return f"o = {a} - {base - imm}"
         return f"o = ({a} + {(imm - base) & M}) & {M}"
 
-    def _body(self, insn: Insn, known: dict[int, int] | None = None) -> list[str] | None:
+    def _body(self, insn: Insn, facts: Facts | None = None) -> list[str] | None:
         """Python lines for one instruction (BAIL where it must leave before it), or None
-        when it needs the interpreter.  `known`: registers of known value."""
-        w, pc = insn.word, insn.pc
+        when it needs the interpreter.  `facts`: what is known of the registers, which
+        the instruction's effects update."""
+        w = insn.word
         if not translatable(w):
             return None
-        op, rd, f3 = w & 0x7F, d.rd(w), d.funct3(w)
-        a, b, dst = _reg(d.rs1(w), known), _reg(d.rs2(w), known), f"x{rd}"
-        if op == d.OP_LUI:
-            return [f"{dst} = {d.imm_u(w)}"] if rd else []
-        if op == d.OP_AUIPC:
-            return [f"{dst} = {(pc + d.imm_u(w)) & M}"] if rd else []
-        if op == d.OP_IMM:
-            imm = d.imm_i(w)
-            if not rd:
-                return []
-            shamt, uimm = imm & 31, imm & M
-            if f3 == 0 and imm and a != "0":
-                # Faster than `& M`, whose 32-bit operand takes CPython's slow int path.
-                if imm > 0:
-                    return [f"{dst} = {a} + {imm}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"]
-                return [f"{dst} = {a} - {-imm}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
-            expr = {
-                0: a if imm == 0 else str(uimm),
-                # Masked before the shift, the mask fits one CPython int digit.
-                1: f"({a} & {M >> shamt}) << {shamt}" if shamt > 1 else f"({a} << {shamt}) & {M}",
-                2: f"1 if ({a} ^ {S}) < {uimm ^ S} else 0",
-                3: f"1 if {a} < {uimm} else 0",
-                4: f"{a} ^ {uimm}",
-                5: f"(({a} ^ {S}) - {S} >> {shamt}) & {M}" if w >> 30 & 1 else f"{a} >> {shamt}",
-                6: f"{a} | {uimm}",
-                7: f"{a} & {uimm}",
-            }[f3]
-            return [f"{dst} = {expr}"]
-        if op == d.OP_OP:
-            template = OP_EXPR[(d.funct7(w), f3)]
-            if (d.funct7(w), f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
-                template = "{b}" if a == "0" else "{a}"
-            elif rd and (d.funct7(w), f3) == (0, 0):  # wrapped like addi, not with & M
-                return [f"{dst} = {a} + {b}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"]
-            elif rd and (d.funct7(w), f3) == (0x20, 0):
-                return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"]
-            return [f"{dst} = {template.format(a=a, b=b)}"] if rd else []
+        facts = facts or Facts()
+        op, rd = w & 0x7F, d.rd(w)
         if op == d.OP_LOAD:
-            kind = LOADS[f3]
-            view, shift, mask = LOAD_VIEW[kind]
-            bad = self.bad_address[kind[0]]
-            if self.config.watch_loads:  # a load from a watched granule leaves
-                bad += f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}"
-            lines = [self._offset(a, d.imm_i(w)), f"if {bad}:", f"    {BAIL}"]
-            index = f"o >> {shift}" if shift else "o"
-            return lines + ([f"{dst} = {view}[{index}]{mask}"] if rd else [])
-        if op == d.OP_STORE:
-            size = STORES[f3]
-            view, shift, mask = STORE_VIEW[size]
+            lines, span = self._load(insn, facts)
+        elif op == d.OP_STORE:
+            return self._store(insn, facts)
+        elif not rd:
+            return [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}"] \
+                if op == d.OP_JALR else []
+        elif op == d.OP_IMM:
+            lines, span = self._alu_imm(insn, facts)
+        elif op == d.OP_OP:
+            lines, span = self._alu(insn, facts)
+        elif op == d.OP_LUI:
+            lines, span = [f"x{rd} = {d.imm_u(w)}"], FULL
+        elif op == d.OP_AUIPC:
+            lines, span = [f"x{rd} = {(insn.pc + d.imm_u(w)) & M}"], FULL
+        elif op == d.OP_JAL:
+            lines, span = [f"x{rd} = {insn.npc}"], (insn.npc, insn.npc)
+        elif op == d.OP_JALR:
+            lines = [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}",
+                     f"x{rd} = {insn.npc}"]
+            span = (insn.npc, insn.npc)
+        else:
+            return []  # a branch (its block's end emits it), or FENCE: one hart, in order
+        facts.wrote(rd, span)
+        return lines
+
+    def _alu_imm(self, insn: Insn, facts: Facts) -> tuple[list[str], Span]:
+        w, rs1 = insn.word, d.rs1(insn.word)
+        f3, imm, dst, a = d.funct3(w), d.imm_i(w), f"x{d.rd(w)}", _reg(rs1, facts.known)
+        lo, hi = facts.span(rs1)
+        shamt, uimm = imm & 31, imm & M
+        if f3 == 0 and imm and a != "0":
+            # Where the range says it cannot wrap, no test; else the test is faster
+            # than `& M`, whose 32-bit operand takes CPython's slow int path.
+            if imm > 0:
+                if hi + imm <= M:
+                    return [f"{dst} = {a} + {imm}"], (lo + imm, hi + imm)
+                return [f"{dst} = {a} + {imm}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
+            if lo + imm >= 0:
+                return [f"{dst} = {a} - {-imm}"], (lo + imm, hi + imm)
+            return [f"{dst} = {a} - {-imm}", f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+        if f3 == 0:
+            return [f"{dst} = {a if imm == 0 else uimm}"], (lo, hi) if imm == 0 else (uimm, uimm)
+        if f3 == 1:
+            if hi << shamt <= M:
+                return [f"{dst} = {a} << {shamt}" if shamt else f"{dst} = {a}"], \
+                    (lo << shamt, hi << shamt)
+            # Masked before the shift, the mask fits one CPython int digit.
+            return [f"{dst} = ({a} & {M >> shamt}) << {shamt}" if shamt > 1
+                    else f"{dst} = ({a} << {shamt}) & {M}"], FULL
+        if f3 == 2:
+            if hi < S and uimm < S:  # both non-negative: the unsigned order
+                return [f"{dst} = 1 if {a} < {uimm} else 0"], (0, 1)
+            return [f"{dst} = 1 if ({a} ^ {S}) < {uimm ^ S} else 0"], (0, 1)
+        if f3 == 3:
+            return [f"{dst} = 1 if {a} < {uimm} else 0"], (0, 1)
+        if f3 == 5:
+            if w >> 30 & 1 and hi >= S:
+                return [f"{dst} = (({a} ^ {S}) - {S} >> {shamt}) & {M}"], FULL
+            return [f"{dst} = {a} >> {shamt}"], (lo >> shamt, hi >> shamt)
+        op = {4: "^", 6: "|", 7: "&"}[f3]
+        span = (0, min(hi, uimm)) if f3 == 7 else (0, _cover(max(hi, uimm)))
+        return [f"{dst} = {a} {op} {uimm}"], span
+
+    def _alu(self, insn: Insn, facts: Facts) -> tuple[list[str], Span]:
+        w = insn.word
+        f7, f3, rs1, rs2 = d.funct7(w), d.funct3(w), d.rs1(w), d.rs2(w)
+        a, b, dst = _reg(rs1, facts.known), _reg(rs2, facts.known), f"x{d.rd(w)}"
+        (alo, ahi), (blo, bhi) = facts.span(rs1), facts.span(rs2)
+        if (f7, f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
+            return [f"{dst} = {b if a == '0' else a}"], (blo, bhi) if a == "0" else (alo, ahi)
+        if (f7, f3) == (0, 0):  # wrapped like addi, not with & M
+            if ahi + bhi <= M:
+                return [f"{dst} = {a} + {b}"], (alo + blo, ahi + bhi)
+            return [f"{dst} = {a} + {b}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
+        if (f7, f3) == (0x20, 0):
+            if alo >= bhi:
+                return [f"{dst} = {a} - {b}"], (alo - bhi, ahi - blo)
+            return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+        small = ahi < S and bhi < S  # both non-negative as signed numbers
+        if (f7, f3) in ((0, 4), (0, 6)):
+            return [f"{dst} = {a} {'^' if f3 == 4 else '|'} {b}"], (0, _cover(max(ahi, bhi)))
+        if (f7, f3) == (0, 7):
+            return [f"{dst} = {a} & {b}"], (0, min(ahi, bhi))
+        if (f7, f3) in ((0, 2), (0, 3)):
+            cond = "{a} < {b}" if f3 == 3 or small else SIGNED_LT
+            return [f"{dst} = 1 if ({cond.format(a=a, b=b)}) else 0"], (0, 1)
+        if f3 == 5 and f7 in (0, 0x20) and (f7 == 0 or ahi < S):  # srl, or sra of a positive
+            return [f"{dst} = {a} >> ({b} & 31)"], (0, ahi)
+        if (f7, f3) == (1, 0) and ahi * bhi <= M:
+            return [f"{dst} = {a} * {b}"], (alo * blo, ahi * bhi)
+        if (f7, f3) in ((1, 4), (1, 5)) and blo > 0 and (f3 == 5 or small):
+            return [f"{dst} = {a} // {b}"], (alo // bhi, ahi // blo)  # no zero, no sign
+        if (f7, f3) in ((1, 6), (1, 7)) and blo > 0 and (f3 == 7 or small):
+            return [f"{dst} = {a} % {b}"], (0, min(ahi, bhi - 1))
+        span = (0, ahi) if (f7, f3) == (1, 7) else FULL  # remu: a itself, or less
+        return [f"{dst} = {OP_EXPR[(f7, f3)].format(a=a, b=b)}"], span
+
+    def _check(self, insn: Insn, facts: Facts, size: int, store: bool) -> list[str]:
+        """The address test of an access (o, the offset into RAM, then a BAIL when it
+        is not plain RAM), less what an earlier access at the same rs1 + imm tested."""
+        w, rs1 = insn.word, d.rs1(insn.word)
+        imm = d.imm_s(w) if store else d.imm_i(w)
+        where = (rs1, imm)
+        lines = [] if facts.o == where else [self._offset(_reg(rs1, facts.known), imm)]
+        facts.o = where
+        before = facts.checked.get(where)
+        if before is not None and before[0] >= size:  # aligned and inside RAM already
+            if store and not before[1]:
+                lines += [f"if flags[o >> {FLAG_SHIFT}]:", f"    {BAIL}"]
+            facts.checked[where] = (before[0], True) if store else before
+            return lines
+        bad = self.bad_address[size]
+        if store:
             # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's
             # store then does what the flag asks (invalidates, tells, stops or traps).
-            bad = f"{self.bad_address[size]} or flags[o >> {FLAG_SHIFT}]"
-            return [self._offset(a, d.imm_s(w)),
-                    f"if {bad}:", f"    {BAIL}",
-                    f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
-        if op == d.OP_JAL:
-            return [f"{dst} = {insn.npc}"] if rd else []
-        if op == d.OP_JALR:
-            return [f"t = ({a} + {d.imm_i(w)}) & {M - 1}"] + ([f"{dst} = {insn.npc}"] if rd else [])
-        return []  # a branch (its block's end emits it), or FENCE: one hart, in order
+            bad += f" or flags[o >> {FLAG_SHIFT}]"
+        elif self.config.watch_loads:  # a load from a watched granule leaves
+            bad += f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}"
+        facts.checked[where] = (size, store or (before is not None and before[1]))
+        # Passed: rs1 lies in the RAM the offset reaches (an exact range if it cannot wrap).
+        lo = self.config.base - imm
+        if rs1 and rs1 not in facts.known and lo >= 0 and lo + self.config.size - 1 <= M:
+            low, high = facts.span(rs1)
+            facts.ranges[rs1] = (max(low, lo), min(high, lo + self.config.size - 1))
+        return lines + [f"if {bad}:", f"    {BAIL}"]
+
+    def _load(self, insn: Insn, facts: Facts) -> tuple[list[str], Span]:
+        w, rd = insn.word, d.rd(insn.word)
+        kind = LOADS[d.funct3(w)]
+        view, shift, mask = LOAD_VIEW[kind]
+        lines = self._check(insn, facts, kind[0], False)
+        index = f"o >> {shift}" if shift else "o"
+        span = (0, (1 << 8 * kind[0]) - 1) if not kind[1] else FULL
+        return lines + ([f"x{rd} = {view}[{index}]{mask}"] if rd else []), span
+
+    def _store(self, insn: Insn, facts: Facts) -> list[str]:
+        size = STORES[d.funct3(insn.word)]
+        view, shift, mask = STORE_VIEW[size]
+        lines = self._check(insn, facts, size, True)
+        b = _reg(d.rs2(insn.word), facts.known)
+        return lines + [f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
+
+
+Span = tuple[int, int]  # the lowest and highest value a register may hold
+FULL: Span = (0, M)
+
+
+def _cover(n: int) -> int:
+    """The largest value an or or xor of values up to n can give."""
+    return (1 << n.bit_length()) - 1
+
+
+class Facts:
+    """What emission knows of the registers inside one block, from its start (nothing
+    is known there: a block may be entered from anywhere).
+
+    - known: values, folded into what reads them;
+    - ranges: where a register's value lies (from loads, masks, shifts, a passed
+      address check), so that an add that cannot pass 2**32 needs no wrap test, a
+      shift no mask, a signed compare of non-negative values the unsigned one;
+    - checked: (rs1, imm) -> (size, store) of accesses that passed the address test
+      there (store: the flag test too), so another access there skips it; o: the
+      (rs1, imm) that o holds the offset of.  Translated code never changes flags.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[int, int] = {}
+        self.ranges: dict[int, Span] = {}
+        self.checked: dict[tuple[int, int], tuple[int, bool]] = {}
+        self.o: tuple[int, int] | None = None
+
+    def copy(self) -> Facts:
+        facts = Facts()
+        facts.known, facts.ranges = dict(self.known), dict(self.ranges)
+        facts.checked, facts.o = dict(self.checked), self.o
+        return facts
+
+    def span(self, n: int) -> Span:
+        if not n:
+            return (0, 0)
+        value = self.known.get(n)
+        return (value, value) if value is not None else self.ranges.get(n, FULL)
+
+    def wrote(self, rd: int, span: Span = FULL, value: int | None = None) -> None:
+        """rd now holds `value` (a constant), or some value in `span`."""
+        if not rd:
+            return
+        self.known.pop(rd, None)
+        self.ranges.pop(rd, None)
+        if value is not None:
+            self.known[rd] = value
+        elif span != FULL:
+            self.ranges[rd] = span
+        for where in [where for where in self.checked if where[0] == rd]:
+            del self.checked[where]
+        if self.o is not None and self.o[0] == rd:
+            self.o = None
 
 
 def translatable(w: int) -> bool:
@@ -895,6 +1045,23 @@ def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
 def _depth(spans: list[tuple[int, int]]) -> int:
     """How deep properly nested ranges go."""
     return max(sum(1 for h2, t2 in spans if h2 <= h and t <= t2) for h, t in spans)
+
+
+def _sole_predecessors(blocks: list[list[Insn]], edges: list[list[int]],
+                       entries: set[int]) -> dict[int, int]:
+    """Block -> the one earlier block that can lead to it, by a branch, a plain jump or
+    falling through, where nothing else can (not the entry, nor a return address: a
+    call's return comes back from the callee).  Such a block starts knowing whatever
+    that block ended knowing."""
+    preds: dict[int, list[int]] = {}
+    for i, targets in enumerate(edges):
+        block = blocks[i]
+        w = block[-1].word if block else 0
+        call = w & 0x7F == d.OP_JALR or (w & 0x7F == d.OP_JAL and d.rd(w))
+        for j in set(targets):
+            preds.setdefault(j, []).append(-1 if call else i)
+    return {j: p[0] for j, p in preds.items()
+            if len(p) == 1 and 0 <= p[0] < j and j not in entries}
 
 
 def _reserves(blocks: list[list[Insn]], edges: list[list[int]],
