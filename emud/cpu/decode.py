@@ -7,6 +7,8 @@ base ISA.
 
 from __future__ import annotations
 
+import functools
+
 MASK32 = 0xFFFF_FFFF
 
 
@@ -178,6 +180,7 @@ def _ci_imm(h: int) -> int:
     return sext((_bit(h, 12) << 5) | _bits(h, 6, 2), 6)
 
 
+@functools.cache  # a pure function of 65536 inputs, asked again at each (re)decode
 def expand_compressed(h: int) -> int:
     """The 32-bit instruction a 16-bit RVC instruction stands for (RV32), or ILLEGAL."""
     quadrant, f3 = h & 3, _bits(h, 15, 13)

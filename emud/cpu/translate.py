@@ -253,6 +253,7 @@ class Translator:
         self.heat: dict[int, int] = {}  # entry -> dispatcher visits
         self.needed: dict[int, int] = {}  # entry -> visits it needs for its region's size
         self.runs: dict[int, int] = {}  # entry -> calls of its region, up to REVIEW
+        self.reviewing: set[int] = set()  # entries whose regions are under review
         self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
         self.demoted: set[int] = set()  # entries whose regions did not pay
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
@@ -283,7 +284,7 @@ class Translator:
     def run(self, budget: int) -> int:
         """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
         hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
-        runs, review, demoted = self.runs, self.review, self.demoted
+        runs, reviewing, demoted = self.runs, self.reviewing, self.demoted
         pc = hart.pc
         done = committed = 0
         irq = hart._deliverable_irq() is not None
@@ -301,9 +302,8 @@ class Translator:
                 while True:
                     entry = pc
                     pc, rest = region(x, left)
-                    calls = runs.get(entry, 0) + 1
-                    if calls <= review:  # its first `review` calls decide whether it stays
-                        runs[entry] = calls
+                    if entry in reviewing:  # its first `review` calls decide whether it stays
+                        calls = runs[entry] = runs.get(entry, 0) + 1
                         self._review(entry, calls, left - rest, not pc & 1 and pc in regions)
                     left = rest
                     if pc & 1 or not left or hart.stop_requested \
@@ -373,8 +373,10 @@ class Translator:
         behind hundreds of switch cases) stay, and do not send the loop to the interpreter.
         """
         ran = self.ran[entry] = self.ran.get(entry, 0) + (max(ran, MIN_RUN) if chained else ran)
-        if calls == self.review and ran < MIN_RUN * calls:
-            self._demote(entry)
+        if calls >= self.review:
+            self.reviewing.discard(entry)
+            if ran < MIN_RUN * calls:
+                self._demote(entry)
 
     def _demote(self, entry: int) -> None:
         """The region ran too few instructions per call to pay for entering it: the
@@ -423,6 +425,7 @@ class Translator:
 
     def _drop(self, entry: int) -> list[int]:
         del self.regions[entry]
+        self.reviewing.discard(entry)
         pcs, exit_pcs = self.members.pop(entry)
         gone = []
         for pc in pcs:
@@ -455,6 +458,7 @@ class Translator:
         self.heat.clear()
         self.needed.clear()
         self.runs.clear()
+        self.reviewing.clear()
         self.ran.clear()
         self.demoted.clear()
         self.lengths.clear()
@@ -494,6 +498,8 @@ class Translator:
         exec(code, namespace)
         region: Region = namespace.pop("region")  # type: ignore[assignment]
         self.regions[entry] = region
+        if self.runs.get(entry, 0) < self.review:
+            self.reviewing.add(entry)
         self._depend(entry, insns)
         if log.in_asm:
             log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
