@@ -186,7 +186,7 @@ class Hart:
                 dropped.update(cache)
                 cache.clear()
         for pc in dropped:  # left in no context: no longer decoded (FLAG_CODE may go)
-            if not self.decoded(pc):
+            if not any(pc in cache for cache in self._caches.values()):
                 self._lengths.pop(pc, None)
         self.update_context()
 
@@ -545,8 +545,9 @@ class Hart:
             self.invalidate_code(pc, 1)
 
     def decoded(self, pc: int) -> bool:
-        """Whether an instruction at pc is predecoded in any context."""
-        return any(pc in cache for cache in self._caches.values())
+        """Whether an instruction at pc is predecoded in any context: `_lengths` holds
+        exactly those pcs (decode adds, invalidation, PMP changes and flushes remove)."""
+        return pc in self._lengths
 
     def add_watchpoint(self, w: Watchpoint) -> None:
         """Stores to the watched RAM granules take the slow path (FLAG_DEBUG); while any
