@@ -793,9 +793,12 @@ class Emitter:
             lines, span = self._load(insn, facts)
         elif op == d.OP_STORE:
             return self._store(insn, facts)
+        elif op == d.OP_JALR:
+            lines = [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}"]
+            lines += [f"x{rd} = {insn.npc}"] if rd else []
+            span = (insn.npc, insn.npc)
         elif not rd:
-            return [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}"] \
-                if op == d.OP_JALR else []
+            return []
         elif op == d.OP_IMM:
             lines, span = self._alu_imm(insn, facts)
         elif op == d.OP_OP:
@@ -806,10 +809,6 @@ class Emitter:
             lines, span = [f"x{rd} = {(insn.pc + d.imm_u(w)) & M}"], FULL
         elif op == d.OP_JAL:
             lines, span = [f"x{rd} = {insn.npc}"], (insn.npc, insn.npc)
-        elif op == d.OP_JALR:
-            lines = [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}",
-                     f"x{rd} = {insn.npc}"]
-            span = (insn.npc, insn.npc)
         else:
             return []  # a branch (its block's end emits it), or FENCE: one hart, in order
         facts.wrote(rd, span)
@@ -821,15 +820,7 @@ class Emitter:
         lo, hi = facts.span(rs1)
         shamt, uimm = imm & 31, imm & M
         if f3 == 0 and imm and a != "0":
-            # Where the range says it cannot wrap, no test; else the test is faster
-            # than `& M`, whose 32-bit operand takes CPython's slow int path.
-            if imm > 0:
-                if hi + imm <= M:
-                    return [f"{dst} = {a} + {imm}"], (lo + imm, hi + imm)
-                return [f"{dst} = {a} + {imm}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
-            if lo + imm >= 0:
-                return [f"{dst} = {a} - {-imm}"], (lo + imm, hi + imm)
-            return [f"{dst} = {a} - {-imm}", f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+            return _sum(dst, a, "+" if imm > 0 else "-", abs(imm), (lo + imm, hi + imm))
         if f3 == 0:
             return [f"{dst} = {a if imm == 0 else uimm}"], (lo, hi) if imm == 0 else (uimm, uimm)
         if f3 == 1:
@@ -860,14 +851,10 @@ class Emitter:
         (alo, ahi), (blo, bhi) = facts.span(rs1), facts.span(rs2)
         if (f7, f3) in ((0, 0), (0, 4), (0, 6)) and "0" in (a, b):  # mv and friends
             return [f"{dst} = {b if a == '0' else a}"], (blo, bhi) if a == "0" else (alo, ahi)
-        if (f7, f3) == (0, 0):  # wrapped like addi, not with & M
-            if ahi + bhi <= M:
-                return [f"{dst} = {a} + {b}"], (alo + blo, ahi + bhi)
-            return [f"{dst} = {a} + {b}", f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
+        if (f7, f3) == (0, 0):
+            return _sum(dst, a, "+", b, (alo + blo, ahi + bhi))
         if (f7, f3) == (0x20, 0):
-            if alo >= bhi:
-                return [f"{dst} = {a} - {b}"], (alo - bhi, ahi - blo)
-            return [f"{dst} = {a} - {b}", f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+            return _sum(dst, a, "-", b, (alo - bhi, ahi - blo))
         small = ahi < S and bhi < S  # both non-negative as signed numbers
         if (f7, f3) in ((0, 4), (0, 6)):
             return [f"{dst} = {a} {'^' if f3 == 4 else '|'} {b}"], (0, _cover(max(ahi, bhi)))
@@ -937,14 +924,27 @@ Span = tuple[int, int]  # the lowest and highest value a register may hold
 FULL: Span = (0, M)
 
 
+def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str], Span]:
+    """dst = a + b or a - b (`op`), where `span` is the range of the exact result:
+    wrapped to 32 bits only if it may leave 0..M.  The wrap is a test, faster than
+    `& M`, whose 32-bit operand takes CPython's slow int path."""
+    line = f"{dst} = {a} {op} {b}"
+    if span[0] >= 0 and span[1] <= M:
+        return [line], span
+    if op == "+":
+        return [line, f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
+    return [line, f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+
+
 def _cover(n: int) -> int:
     """The largest value an or or xor of values up to n can give."""
     return (1 << n.bit_length()) - 1
 
 
 class Facts:
-    """What emission knows of the registers inside one block, from its start (nothing
-    is known there: a block may be entered from anywhere).
+    """What emission knows of the registers inside one block, from its start: nothing,
+    as a block may be entered from anywhere, unless one block only leads to it
+    (`_sole_predecessors`), whose Facts it then starts from.
 
     - known: values, folded into what reads them;
     - ranges: where a register's value lies (from loads, masks, shifts, a passed
