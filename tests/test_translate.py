@@ -854,15 +854,19 @@ def test_discovery_test_of_translatable_agrees_with_emission() -> None:
     assert seen == {True, False}
 
 
+def emitted(code: list[int]) -> str:
+    """The source of the one-block region of `code` at the start of 16 MiB of RAM."""
+    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
+                  for i, w in enumerate(code))
+    return Emitter(Config(0x8000_0000, 16 << 20)).source(
+        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
+
+
 def test_constants_fold_within_a_block() -> None:
     """li a0, 0x12345678 (lui + addi) becomes one assignment; an operation on a known
     register uses the value; the exits still see every register written."""
-    code = [d.enc_u(d.OP_LUI, 10, 0x12345 << 12), d.enc_i(d.OP_IMM, 10, 0, 10, 0x678),
-            d.enc_r(d.OP_OP, 11, 0, 10, 12, 0), d.enc_j(d.OP_JAL, 0, -12)]
-    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
-                  for i, w in enumerate(code))
-    source = Emitter(Config(0x8000_0000, 16 << 20)).source(
-        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
+    source = emitted([d.enc_u(d.OP_LUI, 10, 0x12345 << 12), d.enc_i(d.OP_IMM, 10, 0, 10, 0x678),
+                      d.enc_r(d.OP_OP, 11, 0, 10, 12, 0), d.enc_j(d.OP_JAL, 0, -12)])
     assert "x10 = 305419896" in source and f"x10 = {0x12345 << 12}" not in source
     assert "x11 = 305419896 + x12" in source and "x[10] = x10" in source
 
@@ -895,13 +899,6 @@ handler:
 """ + DATA)
     snap, _ = both(elf, in_odd_slices(20_000))
     assert snap["exit"] == 0 and snap["x"][22] == -400 & 0xFFFF_FFFF and snap["x"][23] != 0
-
-
-def emitted(code: list[int]) -> str:
-    insns = tuple((0x8000_0000 + 4 * i, Insn(0x8000_0000 + 4 * i, w, 4))
-                  for i, w in enumerate(code))
-    return Emitter(Config(0x8000_0000, 16 << 20)).source(
-        Discovery(0x8000_0000, (0x8000_0000,), (), insns))
 
 
 def test_what_is_known_of_values_drops_tests_that_cannot_fail() -> None:
