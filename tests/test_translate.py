@@ -11,6 +11,7 @@ regions, and each test checks that regions really ran.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 import types
 from collections.abc import Callable
@@ -149,6 +150,11 @@ DATA = """
 log: .space 4096
 data: .space 1024
 """
+# The end of a test program: power off, a trap handler that spins, the data.
+END = POWEROFF + """
+handler:
+    j handler
+""" + DATA
 
 
 def log_words(machine: Machine, count: int) -> list[int]:
@@ -224,10 +230,7 @@ loop:
     add s5, s5, t2
     addi s2, s2, -1
     bnez s2, loop
-""" + POWEROFF + """
-handler:
-    j handler
-""" + DATA)
+""" + END)
     snap, machine = both(elf, until_poweroff(1_000_000))
     assert snap["exit"] == 0 and snap["x"][20] != 0
 
@@ -406,7 +409,9 @@ def test_a_shared_loop_head_is_not_copied_into_every_case(build_asm: Build) -> N
     tr, symbols = translator(machine), machine.image.symbols
     cases = [symbols[f"case{n}"] for n in range(1, 96)]
     assert sum(pc in tr.regions for pc in cases) > 80
-    assert len(tr.code[symbols["head"]][1]) <= COPIES
+    # Regions made while the head's own region is under review (its first 32 calls)
+    # copy it too: a few more than COPIES, far fewer than the 95 cases.
+    assert len(tr.code[symbols["head"]][1]) <= COPIES + 8
     assert not tr.demoted & {symbols["head"], symbols["tail"], *cases}
 
 # --- self-modifying code ----------------------------------------------------------------
@@ -433,10 +438,7 @@ patch:
     {fence}
 1:  addi s2, s2, -1
     bnez s2, loop
-""" + POWEROFF + """
-handler:
-    j handler
-""" + DATA)
+""" + END)
     snap, _ = both(elf, until_poweroff(1_000_000))
     assert snap["exit"] == 0
     assert snap["x"][21] == sum(1 + i // 64 for i in range(1000))
@@ -711,10 +713,7 @@ loop:
     add s4, s4, t1
     addi s2, s2, -1
     bnez s2, loop
-""" + POWEROFF + """
-handler:
-    j handler
-""" + DATA)
+""" + END)
     snaps = []
     for review in (0, 32):
         machine = boot(elf)
@@ -798,7 +797,7 @@ def test_a_cache_hit_runs_the_stored_code_and_emits_nothing(
     assert stored and len(cache.codes) == stored and cache.hits == len(regions[1])
     stored_functions = {c for code in cache.codes.values() for c in code.co_consts
                         if isinstance(c, types.CodeType)}
-    assert all(f.__code__ in stored_functions for f in regions[1].values())
+    assert all(inspect.unwrap(f).__code__ in stored_functions for f in regions[1].values())
     assert regions[0].keys() == regions[1].keys() and snaps[0] == snaps[1]
 
 
@@ -893,10 +892,7 @@ loop:
     add s7, s7, t1
     addi s2, s2, -1
     bnez s2, loop
-""" + POWEROFF + """
-handler:
-    j handler
-""" + DATA)
+""" + END)
     snap, _ = both(elf, in_odd_slices(20_000))
     assert snap["exit"] == 0 and snap["x"][22] == -400 & 0xFFFF_FFFF and snap["x"][23] != 0
 
@@ -926,3 +922,70 @@ def test_what_is_known_of_values_drops_tests_that_cannot_fail() -> None:
     assert "x11 = x11 + 4\n" in body and "if x11 > 4294967295" not in body
     assert "x15 = x14 + x10" in body and "if x15 > 4294967295:" in body
     assert "if not (x10 < x16):" in body and "^ 2147483648" not in body
+
+
+def emitted_blocks(code: list[int | None], leaders: list[int]) -> str:
+    """The source of the region of `code` (None: needs the interpreter) at the start of
+    16 MiB of RAM, with blocks at the instruction indices `leaders`."""
+    base = 0x8000_0000
+    insns = tuple((base + 4 * i, None if w is None else Insn(base + 4 * i, w, 4))
+                  for i, w in enumerate(code))
+    return Emitter(Config(base, 16 << 20)).source(
+        Discovery(base, tuple(base + 4 * i for i in leaders), (), insns))
+
+
+def test_a_forward_jump_to_a_short_block_runs_a_copy_of_it() -> None:
+    """The loop's latch (two instructions) follows the exit block in the layout: the
+    branch runs a copy of it in place, knowing what the branch's block knew, and the
+    latch itself, entered only that way, is left out."""
+    source = emitted_blocks([
+        d.enc_i(d.OP_LOAD, 10, 2, 11, 0),     # A: lw a0, 0(a1): a1 is now a RAM address
+        d.enc_b(d.OP_BRANCH, 0, 10, 12, 12),  #    beq a0, a2, X
+        d.enc_i(d.OP_IMM, 11, 0, 11, 4),      # C: addi a1, a1, 4 (no wrap test)
+        d.enc_j(d.OP_JAL, 0, -12),            #    j A
+        d.enc_i(d.OP_IMM, 13, 0, 13, 1),      # X: addi a3, a3, 1
+        None,                                 #    (ecall)
+    ], [0, 2, 4])
+    body = source.split("while True:", 1)[1]
+    branch = body.index("if not (x10 == x12):")
+    assert body.count("x11 = x11 + 4\n") == 1 and branch < body.index("x11 = x11 + 4\n")
+    assert "if x11 > 4294967295" not in body and "b = 2" not in body
+    assert body.count("if b <= ") == 2  # A and X: C has no code of its own
+
+
+def test_copied_blocks_match_the_interpreter(build_asm: Build) -> None:
+    """A partition-style loop, whose shared latch is reached by a branch from the loop
+    above it (copied there) and by falling through from the swap: budgets that end
+    anywhere, the same state as the interpreter."""
+    elf = build_asm(PROLOGUE + """
+    mv a0, s3
+    li t0, 0
+    li t3, 64
+    li t4, 73
+fill:                       # 64 words of a pattern, so that both arms run
+    mul t1, t0, t4
+    andi t1, t1, 255
+    sw t1, 0(a0)
+    addi a0, a0, 4
+    addi t0, t0, 1
+    bne t0, t3, fill
+    li s2, 200
+again:
+    mv a0, s3
+    addi a1, s3, 252
+scan:
+    lw t1, 0(a0)
+    blt t1, s2, latch
+    lw t2, 0(a1)
+    sw t2, 0(a0)
+    sw t1, 0(a1)
+    addi a1, a1, -4
+latch:
+    addi a0, a0, 4
+    bltu a0, a1, scan
+    add s4, s4, a0
+    addi s2, s2, -1
+    bnez s2, again
+""" + END)
+    snap, machine = both(elf, in_odd_slices(60_000))
+    assert snap["exit"] == 0 and snap["x"][20] != 0

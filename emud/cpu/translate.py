@@ -41,6 +41,7 @@ at it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import types
 from collections.abc import Callable
@@ -58,18 +59,20 @@ Region = Callable[[list[int], int], tuple[int, int]]
 
 M = 0xFFFF_FFFF
 S = 0x8000_0000
-HOT = 16  # dispatcher visits before a pc gets a region
+HOT = 8  # dispatcher visits before a pc gets a region
 MAX_BLOCKS = 32  # enough for a whole recursive function (quicksort), epilogue included
 MAX_BLOCK_INSNS = 64
 MAX_REGION_INSNS = 200
 PAYBACK = 2  # instructions an entry must have run per instruction of its region
 REVIEW = 32  # region calls after which its instructions per call are judged
 MIN_RUN = 6  # fewer instructions per call than this: entering the region costs more
+COPY_INSNS = 4  # a forward jump to a block this short runs a copy of it in place
 COPIES = 32  # regions that may hold a copy of the code at another region's entry
 STRETCH = 64  # instructions the interpreter runs at once from a demoted entry
 NOT_TRANSLATABLE = -(1 << 62)  # heat of an entry whose first instruction needs the interpreter
 MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
+NAMESPACE = ("u32", "u16", "s16", "u8", "s8", "flags")  # RAM views, bound as defaults
 UNPACK_ALL = 12  # from this many registers, one `_, x1, ..., x31 = x` beats loading each
 KEY_FORMAT = b"emud-region-1"  # bump when the meaning of a key's inputs changes
 
@@ -253,7 +256,6 @@ class Translator:
         self.heat: dict[int, int] = {}  # entry -> dispatcher visits
         self.needed: dict[int, int] = {}  # entry -> visits it needs for its region's size
         self.runs: dict[int, int] = {}  # entry -> calls of its region, up to REVIEW
-        self.reviewing: set[int] = set()  # entries whose regions are under review
         self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
         self.demoted: set[int] = set()  # entries whose regions did not pay
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
@@ -284,7 +286,7 @@ class Translator:
     def run(self, budget: int) -> int:
         """Hart.interpret's contract: retire up to `budget` instructions, the same way."""
         hart, clock, regions, x = self.hart, self.hart.clock, self.regions, self.hart.x
-        runs, reviewing, demoted = self.runs, self.reviewing, self.demoted
+        demoted = self.demoted
         pc = hart.pc
         done = committed = 0
         irq = hart._deliverable_irq() is not None
@@ -298,16 +300,12 @@ class Translator:
             if region is not None:
                 # Regions chain without the checks above: none of them can change
                 # while only translated code runs (a region never touches a CSR or a device).
+                # No odd pc is an entry, and with no budget left a region leaves at once
+                # by its entry's check (odd): one lookup ends the chain.
                 left = budget - done
                 while True:
-                    entry = pc
-                    pc, rest = region(x, left)
-                    if entry in reviewing:  # its first `review` calls decide whether it stays
-                        calls = runs[entry] = runs.get(entry, 0) + 1
-                        self._review(entry, calls, left - rest, not pc & 1 and pc in regions)
-                    left = rest
-                    if pc & 1 or not left or hart.stop_requested \
-                            or (region := regions.get(pc)) is None:
+                    pc, left = region(x, left)
+                    if (region := regions.get(pc)) is None:
                         break
                 done = budget - left
                 if not pc & 1:
@@ -365,18 +363,34 @@ class Translator:
             self.heat[pc] = NOT_TRANSLATABLE
         return region
 
-    def _review(self, entry: int, calls: int, ran: int, chained: bool) -> None:
+    def _reviewed(self, entry: int, region: Region) -> Region:
+        """Region, counting its calls until its review is over: its first `review` calls
+        decide whether it stays (the run loop calls it like any region, at no cost to
+        regions past their review)."""
+        regions, review = self.regions, self._review
+
+        @functools.wraps(region)
+        def reviewed(x: list[int], r: int) -> tuple[int, int]:
+            pc, rest = region(x, r)
+            review(entry, region, r - rest, not pc & 1 and pc in regions)
+            return pc, rest
+        return reviewed
+
+    def _review(self, entry: int, region: Region, ran: int, chained: bool) -> None:
         """Count one of the first `review` calls of entry's region, which ran `ran`
-        instructions; demote it after the last if they ran too few per call.  A call that
-        went on into another region (`chained`) did not pay for leaving translated code,
-        so it counts as long enough: short regions that other regions share (a loop head
-        behind hundreds of switch cases) stay, and do not send the loop to the interpreter.
+        instructions; after the last, demote it if they ran too few per call, else call
+        it directly from now on.  A call that went on into another region (`chained`)
+        did not pay for leaving translated code, so it counts as long enough: short
+        regions that other regions share (a loop head behind hundreds of switch cases)
+        stay, and do not send the loop to the interpreter.
         """
+        calls = self.runs[entry] = self.runs.get(entry, 0) + 1
         ran = self.ran[entry] = self.ran.get(entry, 0) + (max(ran, MIN_RUN) if chained else ran)
         if calls >= self.review:
-            self.reviewing.discard(entry)
             if ran < MIN_RUN * calls:
                 self._demote(entry)
+            else:
+                self.regions[entry] = region
 
     def _demote(self, entry: int) -> None:
         """The region ran too few instructions per call to pay for entering it: the
@@ -425,7 +439,6 @@ class Translator:
 
     def _drop(self, entry: int) -> list[int]:
         del self.regions[entry]
-        self.reviewing.discard(entry)
         pcs, exit_pcs = self.members.pop(entry)
         gone = []
         for pc in pcs:
@@ -458,7 +471,6 @@ class Translator:
         self.heat.clear()
         self.needed.clear()
         self.runs.clear()
-        self.reviewing.clear()
         self.ran.clear()
         self.demoted.clear()
         self.lengths.clear()
@@ -497,9 +509,9 @@ class Translator:
         namespace = self.namespace
         exec(code, namespace)
         region: Region = namespace.pop("region")  # type: ignore[assignment]
-        self.regions[entry] = region
         if self.runs.get(entry, 0) < self.review:
-            self.reviewing.add(entry)
+            region = self._reviewed(entry, region)
+        self.regions[entry] = region
         self._depend(entry, insns)
         if log.in_asm:
             log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
@@ -605,6 +617,11 @@ class Emitter:
         self._returns_to: dict[int, int] = {}
         self._sole: dict[int, int] = {}
         self._facts_out: dict[int, Facts] = {}
+        self._blocks: list[list[Insn]] = []
+        self._reserve: dict[int, int] = {}
+        self._leave = "b = -1; break"  # how the block being emitted leaves the region
+        self._incoming: dict[int, int] = {}
+        self._copied: dict[int, int] = {}
 
     def source(self, found: Discovery) -> str:
         """The source of a module defining `region(x, r) -> (next_pc, r)`."""
@@ -621,17 +638,32 @@ class Emitter:
         self._returns_to = returns_to
         self._sole = _sole_predecessors(blocks, edges, set(returns_to.values()))
         self._facts_out = {}
+        self._blocks, self._reserve = blocks, reserve
+        # Jumps into each block, and those that ran a copy of it instead (_end): a block
+        # whose every way in is a copy is left out.  The entry and return sites are
+        # entered from outside.
+        self._incoming = {j: 1 for j in returns_to.values()} | {0: 1}
+        for targets in edges:
+            for j in targets:
+                self._incoming[j] = self._incoming.get(j, 0) + 1
+        self._copied = {}
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
+        start = ["    b = 0"]
+        if len(blocks) == 1 and not returns_to and not _self_loop(blocks[0]):
+            body, start = [line[4:] for line in body[1:]], []  # one pass: no `if b <= 0`
         used, dirty = _registers([insn for block in blocks for insn in block])
         if len(used) >= UNPACK_ALL:
             load = ["    _, " + ", ".join(f"x{n}" for n in range(1, 32)) + " = x"]
         else:
             load = [f"    x{n} = x[{n}]" for n in used]
+        # Only what the body uses: each default costs compile() and every call.
+        text = "\n".join(body)
+        bound = [f"{name}={name}" for name in NAMESPACE if f"{name}[" in text]
+        bound += [f"T={returns_to!r}"] if "T.get(" in text else []
         return "\n".join([
-            "def region(x, r, u32=u32, u16=u16, s16=s16, u8=u8, s8=s8, flags=flags, "
-            f"T={returns_to!r}):",
+            f"def region({', '.join(['x', 'r', *bound])}):",
             *load,
-            "    b = 0",
+            *start,
             "    while True:",
             *body,
             *(f"    x[{n}] = x{n}" for n in dirty),
@@ -687,6 +719,13 @@ class Emitter:
                           f"{pad}    if b < {i}:", f"{pad}        continue"]
                 i = end + 1
                 continue
+            # An exit sets b = -1 for the loops around it to pass on; from the outermost
+            # loop (not inside a one-block loop's own while), nothing looks at b.
+            if i in self._copied and self._copied[i] == self._incoming.get(i):  # only copies
+                i += 1
+                continue
+            top = indent == 2 and not _self_loop(blocks[i])
+            self._leave = "break" if top else "b = -1; break"
             lines += [pad + line
                       for line in self._block(i, blocks[i], index, insns, lo, hi, reserve.get(i))]
             i += 1
@@ -701,16 +740,23 @@ class Emitter:
         """
         if not block:  # its first instruction needs the interpreter
             pc = next(pc for pc, j in index.items() if j == i)
-            return [f"if b <= {i}:", f"    npc = {pc | 1}; b = -1; break"]
-        n = len(block)
+            return [f"if b <= {i}:", f"    npc = {pc | 1}; {self._leave}"]
         lines = [f"if b <= {i}:"]
         if reserve is not None:
-            lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; b = -1; break"]
-        lines.append(f"    r -= {n}")
-        # What is known of the registers in this block (Facts).  A constant is folded
-        # into what reads it, and dropped when written again before anything may leave.
+            lines += [f"    if r < {reserve}:", f"        npc = {block[0].pc | 1}; {self._leave}"]
+        # What is known of the registers in this block (Facts).
         before = self._facts_out.get(self._sole.get(i, -1))
         facts = before.copy() if before is not None else Facts()
+        lines += self._straight(block, facts)
+        self._facts_out[i] = facts
+        return self._end(i, block, facts, lines, index, insns, lo, hi, True)
+
+    def _straight(self, block: list[Insn], facts: Facts) -> list[str]:
+        """The block's charge and instructions (indented once), updating `facts`.  A
+        constant is folded into what reads it, and dropped when written again before
+        anything may leave."""
+        n = len(block)
+        lines = [f"    r -= {n}"]
         known = facts.known
         droppable: dict[int, int] = {}  # register -> index of its constant's line
         for k, insn in enumerate(block):
@@ -726,24 +772,45 @@ class Emitter:
             body = self._body(insn, facts) or []
             if any(BAIL in line for line in body):
                 droppable.clear()
-                bail = f"npc = {insn.pc | 1}; r += {n - k}; b = -1; break"
+                bail = f"npc = {insn.pc | 1}; r += {n - k}; {self._leave}"
                 body = [line.replace(BAIL, bail) for line in body]
             lines += ["    " + line for line in body]
             if insn.word & 0x7F in WRITES_RD and rd in droppable and body:
                 lines[droppable.pop(rd)] = ""  # overwritten before anything could leave
-        lines = [line for line in lines if line]
-        self._facts_out[i] = facts
+        return [line for line in lines if line]
+
+    def _copyable(self, j: int) -> bool:
+        """Block j is short enough to copy where a forward jump goes to it: it checks no
+        budget (a forward jump's charge covers it) and does not end in jalr."""
+        block = self._blocks[j]
+        return 0 < len(block) <= COPY_INSNS and j not in self._reserve \
+            and block[-1].word & 0x7F != d.OP_JALR
+
+    def _end(self, i: int, block: list[Insn], facts: Facts, lines: list[str],
+             index: dict[int, int], insns: dict[int, Insn | None], lo: int, hi: int,
+             copies: bool) -> list[str]:
+        """`lines` (block i's code, or a copy's in block i) with the block's ending added.
+        `copies`: a forward jump to a short block later in the loop runs a copy of it
+        there, knowing what this block knew, instead of stepping through the blocks
+        between (each an `if b <= k` test) to reach it."""
+        known = facts.known
         last = block[-1]
         op, w = last.word & 0x7F, last.word
 
         def goto(target: int) -> list[str]:
             j = index.get(target)
             if j is None:
-                return [f"npc = {target}; b = -1; break"]
+                return [f"npc = {target}; {self._leave}"]
             if not lo <= j <= hi:
                 return [f"b = {j}", "break"]
             if j == i + 1:
                 return []
+            if copies and j > i + 1 and self._copyable(j):
+                self._copied[j] = self._copied.get(j, 0) + 1
+                copy = facts.copy()
+                code = self._straight(self._blocks[j], copy)
+                code = self._end(i, self._blocks[j], copy, code, index, insns, lo, hi, False)
+                return [line[4:] for line in code]
             return [f"b = {j}"] + (["continue"] if j <= i else [])
 
         if op == d.OP_BRANCH:
@@ -751,7 +818,7 @@ class Emitter:
             if f3 in (4, 5) and facts.span(d.rs1(w))[1] < S and facts.span(d.rs2(w))[1] < S:
                 f3 += 2  # both non-negative: the signed order is the unsigned one
             cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
-            if (last.pc + d.imm_b(w)) & M == block[0].pc:  # a one-block loop: a bare while
+            if _self_loop(block):  # a one-block loop: a bare while
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
                         f"        if not ({cond}):", "            break",
                         "    if b < 0:", "        break", *("    " + s for s in goto(last.npc))]
@@ -764,12 +831,12 @@ class Emitter:
         elif op == d.OP_JAL:
             lines += ["    " + s for s in goto((last.pc + d.imm_j(w)) & M)]
         elif op == d.OP_JALR and not self._returns_to:
-            lines += ["    npc = t; b = -1; break"]
+            lines += [f"    npc = t; {self._leave}"]
         elif op == d.OP_JALR:  # a return to a call in the region continues there
             lines += ["    b = T.get(t, -1)", "    if b < 0:", "        npc = t; break",
                       f"    if {lo} <= b <= {hi}:", "        continue", "    break"]
         elif insns.get(last.npc, 0) is None:  # the next instruction needs the interpreter
-            lines += [f"    npc = {last.npc | 1}; b = -1; break"]
+            lines += [f"    npc = {last.npc | 1}; {self._leave}"]
         else:
             lines += ["    " + s for s in goto(last.npc)]
         return lines
@@ -794,7 +861,8 @@ class Emitter:
         elif op == d.OP_STORE:
             return self._store(insn, facts)
         elif op == d.OP_JALR:
-            lines = [f"t = ({_reg(d.rs1(w), facts.known)} + {d.imm_i(w)}) & {M - 1}"]
+            a, imm = _reg(d.rs1(w), facts.known), d.imm_i(w)
+            lines = [f"t = ({a} + {imm}) & {M - 1}" if imm else f"t = {a} & {M - 1}"]
             lines += [f"x{rd} = {insn.npc}"] if rd else []
             span = (insn.npc, insn.npc)
         elif not rd:
@@ -934,6 +1002,12 @@ def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str]
     if op == "+":
         return [line, f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
     return [line, f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+
+
+def _self_loop(block: list[Insn]) -> bool:
+    """The block ends in a branch back to its own start."""
+    w = block[-1].word if block else 0
+    return w & 0x7F == d.OP_BRANCH and (block[-1].pc + d.imm_b(w)) & M == block[0].pc
 
 
 def _cover(n: int) -> int:
