@@ -30,7 +30,8 @@ copied again, so that a loop head shared by hundreds of switch cases is
 compiled a few times, not once per case.
 Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
 function of the discovered code and the RAM config, so compiled regions can be
-cached under `region_key`.  RAM granules with translated code are flagged
+cached under `region_key`; sources that differ only in their literals share one
+compile() (`shapes.Shapes`).  RAM granules with translated code are flagged
 FLAG_CODE, so a region's store there leaves the region like any store to a
 flagged granule; the interpreter's store then drops exactly the regions holding
 an instruction it overlaps (`invalidate`); fence.i drops them all.  A region
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from emud import log
 from emud.cpu import decode as d
 from emud.cpu.interp import ALU_RR, LOADS, STORES
+from emud.cpu.shapes import Shapes
 from emud.memory import FLAG_CODE, FLAG_LOAD, FLAG_SHIFT, GRANULE
 
 if TYPE_CHECKING:
@@ -267,6 +269,7 @@ class Translator:
         self.members: dict[int, tuple[list[int], list[int]]] = {}
         ram = self.ram
         self._emitters: dict[Config, Emitter] = {}
+        self.shapes = Shapes()  # compile() once per shape of region source
         self.namespace: dict[str, object] = {
             "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
             "flags": ram.flags, **HELPERS,
@@ -503,7 +506,7 @@ class Translator:
             key = region_key(self.emitter.config, found)
             code = self.cache.get(key)
         if code is None:
-            code = compile(self.emitter.source(found), f"<region {entry:#010x}>", "exec")
+            code = self.shapes.compile(self.emitter.source(found), f"<region {entry:#010x}>")
             if key is not None and self.cache is not None:
                 self.cache.put(key, code)
         namespace = self.namespace
