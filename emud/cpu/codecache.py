@@ -9,7 +9,8 @@ starts hot.
 - Keys: the translator's key bytes (which name the code bytes the region was
   built from), salted with emud's version, the Python bytecode tag
   (`sys.implementation.cache_tag`), a hash of the translator's sources
-  (translate.py, and interp.py and decode.py it builds on) and FORMAT, so a
+  (translate.py, shapes.py that compiles its sources, and interp.py and decode.py
+  it builds on) and FORMAT, so a
   changed translator never loads old code, even at the same version.  A file's
   name is the sha256 of the salted key, in hex.
 - Files: a header (MAGIC, FORMAT, the full key digest, the payload's length and
@@ -67,9 +68,9 @@ def default_dir() -> Path:
     return Path(base) / "emud" / "translations"
 
 
-# What a region's code is made from: the translator, and the decoder and ALU semantics
-# (interp.ALU_RR) it folds constants with.
-TRANSLATOR_SOURCES = ("translate.py", "interp.py", "decode.py")
+# What a region's code is made from: the translator and its compiler, and the decoder and
+# ALU semantics (interp.ALU_RR) it folds constants with.
+TRANSLATOR_SOURCES = ("translate.py", "shapes.py", "interp.py", "decode.py")
 
 
 def _translator_hash() -> bytes:
