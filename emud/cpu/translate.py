@@ -271,9 +271,7 @@ class Translator:
         self._emitters: dict[Config, Emitter] = {}
         self.shapes = Shapes()  # compile() once per shape of region source
         self.namespace: dict[str, object] = {
-            "u32": ram.u32, "u16": ram.u16, "s16": ram.s16, "u8": ram.u8, "s8": ram.s8,
-            "flags": ram.flags, **HELPERS,
-        }
+            **{name: getattr(ram, name) for name in NAMESPACE}, **HELPERS}
 
     @property
     def emitter(self) -> Emitter:
@@ -668,7 +666,7 @@ class Emitter:
             *load,
             *start,
             "    while True:",
-            *body,
+            text,
             *(f"    x[{n}] = x{n}" for n in dirty),
             "    return npc, r",
         ])
@@ -722,11 +720,11 @@ class Emitter:
                           f"{pad}    if b < {i}:", f"{pad}        continue"]
                 i = end + 1
                 continue
+            if i in self._copied and self._copied[i] == self._incoming.get(i):
+                i += 1  # only copies of it run
+                continue
             # An exit sets b = -1 for the loops around it to pass on; from the outermost
             # loop (not inside a one-block loop's own while), nothing looks at b.
-            if i in self._copied and self._copied[i] == self._incoming.get(i):  # only copies
-                i += 1
-                continue
             top = indent == 2 and not _self_loop(blocks[i])
             self._leave = "break" if top else "b = -1; break"
             lines += [pad + line
