@@ -78,11 +78,13 @@ NAMESPACE = ("u32", "u16", "s16", "u8", "s8", "flags")  # RAM views, bound as de
 UNPACK_ALL = 12  # from this many registers, one `_, x1, ..., x31 = x` beats loading each
 KEY_FORMAT = b"emud-region-1"  # bump when the meaning of a key's inputs changes
 
-# Signed a < b: the unsigned order when the signs agree, the reverse when they differ.
-# Cheaper than comparing a ^ S with b ^ S, much cheaper for values under 2**30 (one
-# CPython int digit, where an xor with S would make two).
-SIGNED_LT = f"({{a}} < {{b}}) if ({{a}} ^ {{b}}) < {S} else ({{a}} > {{b}})"
-SIGNED_GE = f"({{a}} >= {{b}}) if ({{a}} ^ {{b}}) < {S} else ({{a}} < {{b}})"
+# Signed a < b from the unsigned values: by the sign of one, then of the other.  Faster
+# than comparing a ^ S with b ^ S, or picking the order by the sign of a ^ b: those
+# make an xor, which CPython does not specialise, and two-digit ints.
+SIGNED_LT = (f"({{a}} < {{b}} if {{b}} < {S} else False) if {{a}} < {S} "
+             f"else ({{b}} < {S} or {{a}} < {{b}})")
+SIGNED_GE = (f"({{a}} >= {{b}} if {{b}} < {S} else True) if {{a}} < {S} "
+             f"else ({{b}} >= {S} and {{a}} >= {{b}})")
 # Register-register operations as Python expressions over {a} and {b} (both in 0..M).
 OP_EXPR: dict[tuple[int, int], str] = {
     (0x00, 0): f"({{a}} + {{b}}) & {M}",
@@ -206,6 +208,20 @@ def _reg(n: int, known: dict[int, int] | None = None) -> str:
     if known and n in known:
         return str(known[n])
     return f"x{n}" if n else "0"
+
+
+def _signed(ge: bool, a: str, b: str) -> str:
+    """Signed a < b (a >= b if `ge`) of two operands (_reg's).  Against a constant k
+    the signed order is one range of unsigned values: one chained compare."""
+    if b.isdigit():  # a < k: a in k..S-1 is not, for k >= S a in S..k-1 is
+        k = int(b)
+        inside, less = (f"{k} <= {a} < {S}", False) if k < S else (f"{S} <= {a} < {k}", True)
+    elif a.isdigit():  # k < b: b in k+1..S-1 is, for k >= S b in S..k is not
+        k = int(a)
+        inside, less = (f"{k} < {b} < {S}", True) if k < S else (f"{S} <= {b} <= {k}", False)
+    else:
+        return (SIGNED_GE if ge else SIGNED_LT).format(a=a, b=b)
+    return inside if less != ge else f"not {inside}"
 
 
 # OP-IMM funct3 -> the register-register operation it is, with the immediate as rs2.
@@ -619,6 +635,7 @@ class Emitter:
         self._sole: dict[int, int] = {}
         self._facts_out: dict[int, Facts] = {}
         self._blocks: list[list[Insn]] = []
+        self._index: dict[int, int] = {}
         self._reserve: dict[int, int] = {}
         self._leave = "b = -1; break"  # how the block being emitted leaves the region
         self._incoming: dict[int, int] = {}
@@ -639,7 +656,7 @@ class Emitter:
         self._returns_to = returns_to
         self._sole = _sole_predecessors(blocks, edges, set(returns_to.values()))
         self._facts_out = {}
-        self._blocks, self._reserve = blocks, reserve
+        self._blocks, self._reserve, self._index = blocks, reserve, index
         # Jumps into each block, and those that ran a copy of it instead (_end): a block
         # whose every way in is a copy is left out.  The entry and return sites are
         # entered from outside.
@@ -725,7 +742,7 @@ class Emitter:
                 continue
             # An exit sets b = -1 for the loops around it to pass on; from the outermost
             # loop (not inside a one-block loop's own while), nothing looks at b.
-            top = indent == 2 and not _self_loop(blocks[i])
+            top = indent == 2 and not self._bare_loop(i)
             self._leave = "break" if top else "b = -1; break"
             lines += [pad + line
                       for line in self._block(i, blocks[i], index, insns, lo, hi, reserve.get(i))]
@@ -787,6 +804,27 @@ class Emitter:
         return 0 < len(block) <= COPY_INSNS and j not in self._reserve \
             and block[-1].word & 0x7F != d.OP_JALR
 
+    def _latch(self, i: int) -> tuple[int, bool] | None:
+        """For block i ending in a branch: a short block it branches or falls to that only
+        leads back to block i (quicksort's `addi a7, a7, 4; j scan`), and whether it is on
+        the taken side.  The loop then runs as a bare while with a copy of the latch: no
+        `b = i`, no `if b <= i` a round."""
+        block = self._blocks[i]
+        if not block or block[-1].word & 0x7F != d.OP_BRANCH:
+            return None
+        last = block[-1]
+        for target, on_taken in (((last.pc + d.imm_b(last.word)) & M, True), (last.npc, False)):
+            j = self._index.get(target)
+            if j is not None and j > i and self._copyable(j) \
+                    and self._successors(self._blocks[j]) == [block[0].pc]:
+                return j, on_taken
+        return None
+
+    def _bare_loop(self, i: int) -> bool:
+        """Block i runs as a bare while of its own (_end): it branches back to itself,
+        directly or through its latch."""
+        return _self_loop(self._blocks[i]) or self._latch(i) is not None
+
     def _end(self, i: int, block: list[Insn], facts: Facts, lines: list[str],
              index: dict[int, int], insns: dict[int, Insn | None], lo: int, hi: int,
              copies: bool) -> list[str]:
@@ -818,11 +856,25 @@ class Emitter:
             a, b, f3 = _reg(d.rs1(w), known), _reg(d.rs2(w), known), d.funct3(w)
             if f3 in (4, 5) and facts.span(d.rs1(w))[1] < S and facts.span(d.rs2(w))[1] < S:
                 f3 += 2  # both non-negative: the signed order is the unsigned one
-            cond = (BRANCH_ZERO if b == "0" else BRANCH_EXPR)[f3].format(a=a, b=b)
-            if _self_loop(block):  # a one-block loop: a bare while
+            if b == "0":
+                cond = BRANCH_ZERO[f3].format(a=a)
+            elif f3 in (4, 5):
+                cond = _signed(f3 == 5, a, b)
+            else:
+                cond = BRANCH_EXPR[f3].format(a=a, b=b)
+            latch = self._latch(i) if copies else None
+            if _self_loop(block) or latch is not None:  # a bare while
+                leave, out, latch_code = f"not ({cond})", last.npc, []
+                if latch is not None:  # with a copy of its latch, then round again
+                    j, on_taken = latch
+                    if not on_taken:
+                        leave, out = cond, (last.pc + d.imm_b(w)) & M
+                    self._copied[j] = self._copied.get(j, 0) + 1
+                    latch_code = self._straight(self._blocks[j], facts.copy())
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
-                        f"        if not ({cond}):", "            break",
-                        "    if b < 0:", "        break", *("    " + s for s in goto(last.npc))]
+                        f"        if {leave}:", "            break",
+                        *("    " + line for line in latch_code),
+                        "    if b < 0:", "        break", *("    " + s for s in goto(out))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
             if not taken:  # one arm only: fewer lines to compile
                 taken, fall, cond = fall, taken, f"not ({cond})"
@@ -902,7 +954,7 @@ class Emitter:
         if f3 == 2:
             if hi < S and uimm < S:  # both non-negative: the unsigned order
                 return [f"{dst} = 1 if {a} < {uimm} else 0"], (0, 1)
-            return [f"{dst} = 1 if ({a} ^ {S}) < {uimm ^ S} else 0"], (0, 1)
+            return [f"{dst} = 1 if ({_signed(False, a, str(uimm))}) else 0"], (0, 1)
         if f3 == 3:
             return [f"{dst} = 1 if {a} < {uimm} else 0"], (0, 1)
         if f3 == 5:
@@ -930,8 +982,8 @@ class Emitter:
         if (f7, f3) == (0, 7):
             return [f"{dst} = {a} & {b}"], (0, min(ahi, bhi))
         if (f7, f3) in ((0, 2), (0, 3)):
-            cond = "{a} < {b}" if f3 == 3 or small else SIGNED_LT
-            return [f"{dst} = 1 if ({cond.format(a=a, b=b)}) else 0"], (0, 1)
+            cond = f"{a} < {b}" if f3 == 3 or small else _signed(False, a, b)
+            return [f"{dst} = 1 if ({cond}) else 0"], (0, 1)
         if f3 == 5 and f7 in (0, 0x20) and (f7 == 0 or ahi < S):  # srl, or sra of a positive
             return [f"{dst} = {a} >> ({b} & 31)"], (0, ahi)
         if (f7, f3) == (1, 0) and ahi * bhi <= M:
