@@ -959,8 +959,8 @@ def emitted_blocks(code: list[int | None], leaders: list[int]) -> str:
 def test_a_loop_through_a_short_latch_is_a_bare_while() -> None:
     """The loop's latch (two instructions) follows the exit block in the layout: the
     loop runs as a bare while of the branch's block and a copy of the latch, knowing
-    what the branch's block knew, and the latch itself, entered only that way, is left
-    out."""
+    what the branch's block knew, charged once a round; the latch itself, entered only
+    that way, is left out."""
     source = emitted_blocks([
         d.enc_i(d.OP_LOAD, 10, 2, 11, 0),     # A: lw a0, 0(a1): a1 is now a RAM address
         d.enc_b(d.OP_BRANCH, 0, 10, 12, 12),  #    beq a0, a2, X
@@ -971,7 +971,9 @@ def test_a_loop_through_a_short_latch_is_a_bare_while() -> None:
     ], [0, 2, 4])
     body = source.split("while True:", 1)[1]
     loop = body.split("if b <= 0:\n            while True:\n", 1)[1]
-    branch = loop.index("if x10 == x12:\n                    break\n")
+    # One charge a round, for both blocks; leaving, the latch's share comes back.
+    assert "r -= 4\n" in loop and "r -= 2" not in loop
+    branch = loop.index("if x10 == x12:\n                    r += 2\n                    break\n")
     assert loop.count("x11 = x11 + 4\n") == 1 and branch < loop.index("x11 = x11 + 4\n")
     assert "if x11 > 4294967295" not in body and "b = " not in body.replace("b = -1", "")
     assert body.count("if b <= ") == 2  # A and X: C has no code of its own

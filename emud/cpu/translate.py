@@ -765,15 +765,16 @@ class Emitter:
         # What is known of the registers in this block (Facts).
         before = self._facts_out.get(self._sole.get(i, -1))
         facts = before.copy() if before is not None else Facts()
-        lines += self._straight(block, facts)
+        latch = self._latch(i)  # its charge is made here, once a round (_end)
+        lines += self._straight(block, facts, len(self._blocks[latch[0]]) if latch else 0)
         self._facts_out[i] = facts
         return self._end(i, block, facts, lines, index, insns, lo, hi, True)
 
-    def _straight(self, block: list[Insn], facts: Facts) -> list[str]:
+    def _straight(self, block: list[Insn], facts: Facts, ahead: int = 0) -> list[str]:
         """The block's charge and instructions (indented once), updating `facts`.  A
         constant is folded into what reads it, and dropped when written again before
-        anything may leave."""
-        n = len(block)
+        anything may leave.  `ahead`: instructions after the block charged with it."""
+        n = len(block) + ahead
         lines = [f"    r -= {n}"]
         known = facts.known
         droppable: dict[int, int] = {}  # register -> index of its constant's line
@@ -864,15 +865,17 @@ class Emitter:
                 cond = BRANCH_EXPR[f3].format(a=a, b=b)
             latch = self._latch(i) if copies else None
             if _self_loop(block) or latch is not None:  # a bare while
-                leave, out, latch_code = f"not ({cond})", last.npc, []
+                leave, out, latch_code, refund = f"not ({cond})", last.npc, [], []
                 if latch is not None:  # with a copy of its latch, then round again
                     j, on_taken = latch
                     if not on_taken:
                         leave, out = cond, (last.pc + d.imm_b(w)) & M
                     self._copied[j] = self._copied.get(j, 0) + 1
-                    latch_code = self._straight(self._blocks[j], facts.copy())
+                    # Charged with block i (_block): leaving, it gives the latch's back.
+                    latch_code = self._straight(self._blocks[j], facts.copy())[1:]
+                    refund = [f"            r += {len(self._blocks[j])}"]
                 return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
-                        f"        if {leave}:", "            break",
+                        f"        if {leave}:", *refund, "            break",
                         *("    " + line for line in latch_code),
                         "    if b < 0:", "        break", *("    " + s for s in goto(out))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
