@@ -24,6 +24,7 @@ from conftest import IMAGES, boot, serial_text
 from emud.chardev import RingBackend
 from emud.clock import VirtualClock
 from emud.cpu import decode as d
+from emud.cpu.debug import WATCH, Watchpoint
 from emud.cpu.hart import Hart
 from emud.cpu.translate import (
     COPIES,
@@ -499,6 +500,87 @@ handler:
     # The loop stays translated with the breakpoint set: its region leaves before target.
     t = translator(machine)
     assert t.regions and target not in t.code and target in t.exits
+
+
+SAVES = PROLOGUE + """
+loop:
+    addi s1, s1, 1
+    sw s1, 0(s3)            # one test for the six stores: a window of 16 bytes holds
+    sw s1, 4(s3)            # the first four, the others test their own granules
+    sw s1, 12(s3)
+    sw s1, 8(s3)
+    sw s1, 24(s3)
+    sw s1, 40(s3)
+    lw s4, 12(s3)
+    lw s5, 40(s3)
+    j loop
+handler:
+    j handler
+""" + DATA
+
+
+@pytest.mark.parametrize("offset", [0, 4, 8, 12, 24, 40])
+def test_a_watchpoint_on_any_store_of_a_group_stops_at_it(build_asm: Build, offset: int) -> None:
+    """Stores at one register's offsets share one address test (_group); a write
+    watchpoint on any of their words stops at that store, as the interpreter does,
+    and the loop stays translated (only the watched granule is flagged)."""
+    elf = build_asm(SAVES)
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        if accel == "translate":
+            translator(machine).hot = 2
+        machine.run_until_poweroff(max_insns=5_000)
+        data = machine.hart.x[19]
+        machine.hart.add_watchpoint(Watchpoint(data + offset, 4, WATCH))
+        stops = []
+        for _ in range(4):
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None and stop.addr == data + offset
+            stops.append((stop.pc, machine.clock.icount, machine.hart.x[9]))
+        runs.append((stops, snapshot(machine)))
+    assert runs[0] == runs[1]
+    assert translator(machine).regions
+
+
+@pytest.mark.parametrize("step", [4, 8, 16, -4, -8, -16])
+@pytest.mark.parametrize("offsets", [(0, 4, 8, 12), (0, -4, -8, -12), (0, -4, 8, -12)])
+@pytest.mark.parametrize("ram_size", [16 << 20, (16 << 20) + 4096])
+def test_a_group_reaching_out_of_ram_faults_at_the_access_outside(
+        build_asm: Build, step: int, offsets: tuple[int, ...], ram_size: int) -> None:
+    """Loads at a register's offsets share one test (_group); as the register walks to
+    either end of RAM (of a power-of-two size, whose test is a mask, or not), the first
+    load outside it takes the access fault, precisely (mepc, mtval), on both
+    accelerators."""
+    loads = "\n".join(f"    lw s{4 + k}, {off}(a0)" for k, off in enumerate(offsets))
+    elf = build_asm(PROLOGUE + f"""
+loop:
+{loads}
+    add s9, s4, s7
+    add a0, a0, a1
+    j loop
+handler:
+    j handler
+""" + DATA)
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel, ram_size=ram_size)
+        if accel == "translate":
+            translator(machine).hot = 2
+        base, end = machine.ram.base, machine.ram.base + machine.ram.size
+        start = end - 64 if step > 0 else base + 64
+        machine.hart.x[10:12] = [start, step & 0xFFFF_FFFF]
+        machine.run_until_poweroff(max_insns=400)
+        runs.append(snapshot(machine))
+    assert runs[0] == runs[1]
+    at = start  # where the walk leaves RAM: the first load outside it, in program order
+    while all(base <= at + off < end for off in offsets):
+        at += step
+    outside = next(at + off for off in offsets if not base <= at + off < end)
+    h = machine.hart
+    assert h.mcause == 5 and h.mtval == outside and h.x[10] == at
+    assert translator(machine).regions
 
 
 # --- random programs ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -636,6 +637,9 @@ class Emitter:
         self._facts_out: dict[int, Facts] = {}
         self._blocks: list[list[Insn]] = []
         self._index: dict[int, int] = {}
+        self._rest: tuple[list[Insn], int] = ([], 0)  # the block being emitted, from
+        # the instruction after the one being emitted
+        self._latches: dict[int, tuple[int, bool] | None] = {}
         self._reserve: dict[int, int] = {}
         self._leave = "b = -1; break"  # how the block being emitted leaves the region
         self._incoming: dict[int, int] = {}
@@ -657,6 +661,7 @@ class Emitter:
         self._sole = _sole_predecessors(blocks, edges, set(returns_to.values()))
         self._facts_out = {}
         self._blocks, self._reserve, self._index = blocks, reserve, index
+        self._latches = {}
         # Jumps into each block, and those that ran a copy of it instead (_end): a block
         # whose every way in is a copy is left out.  The entry and return sites are
         # entered from outside.
@@ -788,6 +793,7 @@ class Emitter:
                 droppable[rd] = len(lines)
                 lines.append(f"    x{rd} = {value}")
                 continue
+            self._rest = (block, k + 1)
             body = self._body(insn, facts) or []
             if any(BAIL in line for line in body):
                 droppable.clear()
@@ -796,6 +802,7 @@ class Emitter:
             lines += ["    " + line for line in body]
             if insn.word & 0x7F in WRITES_RD and rd in droppable and body:
                 lines[droppable.pop(rd)] = ""  # overwritten before anything could leave
+        self._rest = ([], 0)
         return [line for line in lines if line]
 
     def _copyable(self, j: int) -> bool:
@@ -810,6 +817,9 @@ class Emitter:
         leads back to block i (quicksort's `addi a7, a7, 4; j scan`), and whether it is on
         the taken side.  The loop then runs as a bare while with a copy of the latch: no
         `b = i`, no `if b <= i` a round."""
+        if i in self._latches:
+            return self._latches[i]
+        self._latches[i] = None
         block = self._blocks[i]
         if not block or block[-1].word & 0x7F != d.OP_BRANCH:
             return None
@@ -818,8 +828,9 @@ class Emitter:
             j = self._index.get(target)
             if j is not None and j > i and self._copyable(j) \
                     and self._successors(self._blocks[j]) == [block[0].pc]:
-                return j, on_taken
-        return None
+                self._latches[i] = (j, on_taken)
+                break
+        return self._latches[i]
 
     def _bare_loop(self, i: int) -> bool:
         """Block i runs as a bare while of its own (_end): it branches back to itself,
@@ -1013,12 +1024,12 @@ class Emitter:
             facts.checked[where] = (before[0], True) if store else before
             return lines
         bad = self.bad_address[size]
-        if store:
-            # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's
-            # store then does what the flag asks (invalidates, tells, stops or traps).
-            bad += f" or flags[o >> {FLAG_SHIFT}]"
-        elif self.config.watch_loads:  # a load from a watched granule leaves
-            bad += f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}"
+        # The test may cover the block's later accesses at rs1 + other offsets too (a
+        # function's saves and restores): one test, which leaves before the first.
+        more, covered = self._more_tests(rs1, imm, size, store)
+        bad += more
+        for k, entry in covered.items():
+            facts.checked[(rs1, imm + k)] = entry
         facts.checked[where] = (size, store or (before is not None and before[1]))
         # Passed: rs1 lies in the RAM the offset reaches (an exact range if it cannot wrap).
         lo = self.config.base - imm
@@ -1026,6 +1037,58 @@ class Emitter:
             low, high = facts.span(rs1)
             facts.ranges[rs1] = (max(low, lo), min(high, lo + self.config.size - 1))
         return lines + [f"if {bad}:", f"    {BAIL}"]
+
+    def _more_tests(self, rs1: int, imm: int, size: int,
+                    store: bool) -> tuple[str, dict[int, tuple[int, bool]]]:
+        """What the address test of an access at rs1 + imm adds for flags, and to cover
+        the later accesses of _group too; with what it then tells of those (offset ->
+        facts.checked's entry).  A group is tested only when that costs fewer bytecodes
+        than their own tests, counted: 4 for an address test, 6 more for a store's
+        flags, 4 for each end of the range and 7 for each flag test the group adds."""
+        # Any flag leaves (code, watcher, watchpoint, trigger): the interpreter's store
+        # then does what the flag asks (invalidates, tells, stops or traps).
+        own = f" or flags[o >> {FLAG_SHIFT}]" if store else ""
+        if self.config.watch_loads:  # a load from a watched granule leaves
+            return own or f" or flags[o >> {FLAG_SHIFT}] & {FLAG_LOAD}", {}
+        group = self._group(rs1, imm, size)
+        if not group:
+            return own, {}
+        low = min([0, *group])
+        high = max([size, *(k + n for k, (n, _) in group.items())])
+        stores = {k: n for k, (n, st) in group.items() if st} | ({0: size} if store else {})
+        window = _flag_window(stores, 0 if store else None)
+        flag_at = sorted({min(window), max(k + stores[k] for k in window) - 1}) if window else []
+        saved = sum(10 if k in window else 4 for k in group)
+        cost = 4 * ((low < 0) + (high > size)) + 7 * (len(flag_at) - store)
+        if saved <= cost:
+            return own, {}
+        if low < 0 and high > size:
+            test = f" or not {-low} <= o <= {self.config.size - high}"
+        elif low < 0:
+            test = f" or o < {-low}"
+        else:
+            test = f" or o > {self.config.size - high}" if high > size else ""
+        test += "".join(f" or flags[{_plus('o', at)} >> {FLAG_SHIFT}]" for at in flag_at)
+        return test, {k: (n, k in window) for k, (n, _) in group.items()}
+
+    def _group(self, rs1: int, imm: int, size: int) -> dict[int, tuple[int, bool]]:
+        """The block's later accesses at rs1 + another offset, before rs1 changes, whose
+        alignment follows from this one's: offset from imm -> (largest size, any store)."""
+        found: dict[int, tuple[int, bool]] = {}
+        block, start = self._rest
+        for insn in itertools.islice(block, start, None):
+            w = insn.word
+            op = w & 0x7F
+            if op in (d.OP_LOAD, d.OP_STORE) and d.rs1(w) == rs1:
+                store = op == d.OP_STORE
+                k = (d.imm_s(w) if store else d.imm_i(w)) - imm
+                n = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
+                if k and n <= size and k % n == 0:
+                    had, stored = found.get(k, (0, False))
+                    found[k] = (max(had, n), stored or store)
+            if op in WRITES_RD and d.rd(w) == rs1:
+                break
+        return found
 
     def _load(self, insn: Insn, facts: Facts) -> tuple[list[str], Span]:
         w, rd = insn.word, d.rd(insn.word)
@@ -1058,6 +1121,23 @@ def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str]
     if op == "+":
         return [line, f"if {dst} > {M}:", f"    {dst} -= {M + 1}"], FULL
     return [line, f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
+
+
+def _plus(a: str, k: int) -> str:
+    """a + k as an operand."""
+    return a if not k else f"({a} {'+' if k > 0 else '-'} {abs(k)})"
+
+
+def _flag_window(stores: dict[int, int], must: int | None) -> set[int]:
+    """Of stores (offset -> size), those inside the 16 bytes from one of them that hold
+    the most (two granules at most: the flags at its first and last byte cover them),
+    `must` among them if given."""
+    best: set[int] = set()
+    for start in stores:
+        inside = {k for k, n in stores.items() if start <= k and k + n <= start + GRANULE}
+        if (must is None or must in inside) and len(inside) > len(best):
+            best = inside
+    return best
 
 
 def _self_loop(block: list[Insn]) -> bool:
