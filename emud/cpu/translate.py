@@ -46,7 +46,7 @@ import functools
 import hashlib
 import itertools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from emud import log
@@ -649,7 +649,10 @@ class Emitter:
         """The source of a module defining `region(x, r) -> (next_pc, r)`."""
         entry, leaders, insns = found.entry, set(found.leaders), dict(found.insns)
         by_pc = {pc: self._block_insns(pc, leaders, insns) for pc in found.leaders}
-        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()})
+        branches = {pc for pc, block in by_pc.items()
+                    if block and block[-1].word & 0x7F == d.OP_BRANCH}
+        order = _layout(entry, {pc: self._successors(block) for pc, block in by_pc.items()},
+                        branches)
         index = {pc: i for i, pc in enumerate(order)}
         blocks = [by_pc[pc] for pc in order]
         edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
@@ -1218,24 +1221,47 @@ def translatable(w: int) -> bool:
     return op in (d.OP_JALR, d.OP_MISC_MEM) and f3 == 0
 
 
-def _layout(entry: int, successors: dict[int, list[int]]) -> list[int]:
+def _layout(entry: int, successors: dict[int, list[int]],
+            branches: set[int]) -> list[int]:
     """Blocks in reverse postorder from the entry: every jump goes to a later block except
     those closing a loop, and a loop's blocks stay together.  A branch's target is placed
-    right after it, its fall-through later."""
+    right after it, its fall-through later, unless the fall-through is on the shorter
+    way back to the branch (`branches`: the blocks ending in one): the innermost loop's
+    blocks then come first, so that the loop is one Python loop (quicksort's swap,
+    between its scans)."""
+    def visits(pc: int) -> Iterator[int]:
+        succ = successors[pc]
+        if pc in branches and len(succ) == 2 and \
+                _way_back(succ[1], pc, successors) < _way_back(succ[0], pc, successors):
+            return iter(succ)  # the fall-through is visited last: placed right after
+        return iter(succ[::-1])
+
     postorder: list[int] = []
     seen = {entry}
-    stack = [(entry, iter(successors[entry][::-1]))]
+    stack = [(entry, visits(entry))]
     while stack:
         pc, todo = stack[-1]
         for succ in todo:
             if succ in successors and succ not in seen:
                 seen.add(succ)
-                stack.append((succ, iter(successors[succ][::-1])))
+                stack.append((succ, visits(succ)))
                 break
         else:
             stack.pop()
             postorder.append(pc)
     return postorder[::-1]
+
+
+def _way_back(start: int, pc: int, successors: dict[int, list[int]]) -> int:
+    """How many jumps from start lead back to pc at the fewest (more than any: never)."""
+    seen, frontier = {start}, [start]
+    for steps in range(len(successors) + 1):
+        if pc in seen:
+            return steps
+        reached = [t for f in frontier for t in successors.get(f, ()) if t not in seen]
+        seen.update(reached)
+        frontier = reached
+    return len(successors) + 1
 
 
 def _nested_loops(edges: list[list[int]]) -> dict[int, int]:
