@@ -584,6 +584,104 @@ handler:
     assert translator(machine).regions
 
 
+COUNTED = PROLOGUE + """
+    mv a0, s3
+    li t0, 0
+    li t3, 64
+    li t4, 73
+fill:                       # a counted loop too: t0 counts, a0 steps
+    mul t1, t0, t4
+    sw t1, 0(a0)
+    addi a0, a0, 4
+    addi t0, t0, 1
+    bne t0, t3, fill
+    li s2, 40
+again:
+    andi t2, s2, 15
+    addi t2, t2, 1
+    slli t2, t2, 2          # 1 to 16 words this time round
+    mv a0, s3
+    add a2, s3, t2
+    addi a1, s3, 512
+copy:                       # up, both pointers stepping
+    lw t0, 0(a0)
+    sw t0, 0(a1)
+    addi a0, a0, 4
+    addi a1, a1, 4
+    bne a0, a2, copy
+    mv a3, s3
+    add a0, s3, t2
+sum:                        # down, stepping before the load
+    addi a0, a0, -4
+    lw t1, 512(a0)
+    add s4, s4, t1
+    bne a0, a3, sum
+    addi s2, s2, -1
+    bnez s2, again
+""" + END
+
+
+def test_counted_loops_match_the_interpreter(build_asm: Build) -> None:
+    """Loops that count a register to a bound run their rounds at once when a guard on
+    entry allows (_counted); with budgets that end anywhere the guard often does not,
+    and the loop runs tested: the same state as the interpreter either way."""
+    elf = build_asm(COUNTED)
+    for slices in (in_odd_slices(60_000), lambda m: m.run_until_poweroff(max_insns=60_000)):
+        snap, machine = both(elf, slices)
+        assert snap["exit"] == 0 and snap["x"][20] != 0
+
+
+def test_a_watchpoint_in_a_counted_loop_stops_at_its_store(build_asm: Build) -> None:
+    """The guard finds the watched granule among the stores' flags: the loop runs
+    tested, and stops at the store to the watched word, as the interpreter does."""
+    elf = build_asm(COUNTED)
+    runs = []
+    for accel in ("interp", "translate"):
+        machine = boot(elf, accel=accel)
+        if accel == "translate":  # translated at once, and kept
+            translator(machine).hot = 2
+            translator(machine).payback = translator(machine).review = 0
+        machine.run_until_poweroff(max_insns=3_000)
+        watched = machine.hart.x[19] + 512 + 20
+        machine.hart.add_watchpoint(Watchpoint(watched, 4, WATCH))
+        stops = []
+        for _ in range(5):
+            machine.run_slice()
+            stop = machine.hart.debug_stop
+            assert stop is not None and stop.addr == watched
+            stops.append((stop.pc, machine.clock.icount, machine.hart.x[11]))
+        runs.append((stops, snapshot(machine)))
+    assert runs[0] == runs[1]
+    assert translator(machine).regions
+
+
+@pytest.mark.parametrize(("start", "step", "gap", "outside"), [
+    (0x8100_0000 - 8000, 8, 4, 0x8100_0000),
+    (0x8100_0000 - 8000, 8, 8016, 0x8100_0000),
+    (0x8000_0000 + 8000, -8, -8008, 0x7FFF_FFF8),
+])
+def test_a_counted_loop_out_of_ram_faults_there(build_asm: Build, start: int, step: int,
+                                               gap: int, outside: int) -> None:
+    """A pointer stepping by 8 from 8000 bytes inside an end of RAM towards a bound `gap`
+    bytes on: at 4 it never meets it (the guard sees the rounds do not divide), at 8016
+    it would, past the end (the guard sees the last round's load outside RAM), and so
+    at -8008 below the start (its loads come after its steps); each time the loop runs
+    tested, and its load faults at the first address outside RAM."""
+    elf = build_asm(PROLOGUE + f"""
+    li a0, {start}
+    li a2, {start + gap}
+walk:
+    addi a0, a0, {step}
+    lw t1, 0(a0)
+    add s4, s4, t1
+    bne a0, a2, walk
+    .align 2                 # mtvec takes aligned handlers only
+""" + END)
+    snap, machine = both(elf, lambda m: m.run_until_poweroff(max_insns=20_000))
+    h = machine.hart
+    assert h.mcause == 5 and h.mtval == outside and snap["pc"] == h.mtvec
+
+
 # --- random programs ------------------------------------------------------------------------
 
 CODE, DATA_AREA, TRAP = 0x8000_0000, 0x8000_4000, 0x8000_6000

@@ -640,6 +640,7 @@ class Emitter:
         self._rest: tuple[list[Insn], int] = ([], 0)  # the block being emitted, from
         # the instruction after the one being emitted
         self._latches: dict[int, tuple[int, bool] | None] = {}
+        self._counted_loop: list[str] | None = None  # _counted's lines, for _end
         self._reserve: dict[int, int] = {}
         self._leave = "b = -1; break"  # how the block being emitted leaves the region
         self._incoming: dict[int, int] = {}
@@ -773,6 +774,9 @@ class Emitter:
         # What is known of the registers in this block (Facts).
         before = self._facts_out.get(self._sole.get(i, -1))
         facts = before.copy() if before is not None else Facts()
+        self._counted_loop = None
+        if _self_loop(block) and reserve is not None:
+            self._counted_loop = self._counted(block, facts.copy(), reserve)
         latch = self._latch(i)  # its charge is made here, once a round (_end)
         lines += self._straight(block, facts, len(self._blocks[latch[0]]) if latch else 0)
         self._facts_out[i] = facts
@@ -888,9 +892,12 @@ class Emitter:
                     # Charged with block i (_block): leaving, it gives the latch's back.
                     latch_code = self._straight(self._blocks[j], facts.copy())[1:]
                     refund = [f"            r += {len(self._blocks[j])}"]
-                return [lines[0], "    while True:", *("    " + line for line in lines[1:]),
+                loop = ["    while True:", *("    " + line for line in lines[1:]),
                         f"        if {leave}:", *refund, "            break",
-                        *("    " + line for line in latch_code),
+                        *("    " + line for line in latch_code)]
+                if self._counted_loop is not None and latch is None:
+                    loop = [*self._counted_loop, "    else:", *("    " + line for line in loop)]
+                return [lines[0], *loop,
                         "    if b < 0:", "        break", *("    " + s for s in goto(out))]
             taken, fall = goto((last.pc + d.imm_b(w)) & M), goto(last.npc)
             if not taken:  # one arm only: fewer lines to compile
@@ -910,6 +917,71 @@ class Emitter:
         else:
             lines += ["    " + s for s in goto(last.npc)]
         return lines
+
+    def _counted(self, block: list[Insn], facts: Facts,
+                 reserve: int) -> list[str] | None:
+        """A one-block loop that counts a register to a bound (`bne p, q` with one
+        `addi p, p, c` and q unchanged), run `n` times at once when a guard on entry
+        shows its budget and its accesses at registers that step by a constant (or
+        not at all) good for all n rounds: the guard's lines, and the fast loop's
+        (a `for` with those accesses untested, charged once if nothing can leave).
+        None when the loop is not such a loop or nothing would be untested.
+        `facts`: what is known at the block's start (changed here)."""
+        if not self.unwrapped or self.config.watch_loads:
+            return None
+        last, known = block[-1], facts.known
+        if d.funct3(last.word) != 1:  # bne
+            return None
+        steps, written = _steps(block)
+        p, q = d.rs1(last.word), d.rs2(last.word)
+        if p not in steps:
+            p, q = q, p
+        if p not in steps or q in written:
+            return None
+        base, ram, length = self.config.base, self.config.size, len(block)
+        tests: list[str] = []
+        stores: list[str] = []
+        guarded = set()
+        for k, insn in enumerate(block):
+            w = insn.word
+            op = w & 0x7F
+            if op not in (d.OP_LOAD, d.OP_STORE) or (d.rs1(w) in written
+                                                      and d.rs1(w) not in steps):
+                continue
+            store = op == d.OP_STORE
+            rs1, imm = d.rs1(w), d.imm_s(w) if store else d.imm_i(w)
+            size = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
+            step, at = steps.get(rs1, (0, length))
+            if step % size:
+                continue
+            ahead = step if at < k else 0  # its register already stepped this round
+            first = _plus(_reg(rs1, known), ahead + imm - base)
+            last_o = f"{first} + {step} * (n - 1)" if step else first
+            mask = -ram | (size - 1)  # its first round's offset and its last's
+            tests += [f"{first} & {mask}"] + ([f"({last_o}) & {mask}"] if step else [])
+            if store:
+                lo, hi = (first, last_o) if step >= 0 else (last_o, first)
+                stores.append(f"any(flags[({lo}) >> {FLAG_SHIFT}:"
+                              f"({hi} + {size - 1} >> {FLAG_SHIFT}) + 1])")
+            guarded.add(insn.pc)
+            if rs1 and rs1 not in known:  # where it lies at the start of every round
+                low, high = base - ahead - imm, base + ram - size - ahead - imm
+                was = facts.ranges.get(rs1, FULL)
+                facts.ranges[rs1] = (max(was[0], low, 0), min(was[1], high, M))
+        if not guarded:
+            return None
+        facts.guarded = frozenset(guarded)
+        step = steps[p][0]
+        a, b = _reg(p, known), _reg(q, known)
+        distance = f"({b} - {a}) & {M}" if step > 0 else f"({a} - {b}) & {M}"
+        body = self._straight(block, facts)
+        leaves = any("b = -1; break" in line for line in body)
+        charge = [] if leaves else [f"        r -= n * {length}"]
+        ok = " or ".join(tests + stores)
+        return [f"    n, e = divmod({distance}, {abs(step)})",
+                f"    if n and not e and r - n * {length} >= {reserve - length} "
+                f"and not ({ok}):", *charge, "        for _ in range(n):",
+                *("        " + line for line in (body if leaves else body[1:]))]
 
     def _offset(self, a: str, imm: int) -> str:
         base = self.config.base
@@ -1021,6 +1093,9 @@ class Emitter:
         lines = [] if facts.o == where else [self._offset(_reg(rs1, facts.known), imm)]
         facts.o = where
         before = facts.checked.get(where)
+        if insn.pc in facts.guarded:  # a counted loop's guard tested it, flags too
+            facts.checked[where] = (size, True)
+            return lines
         if before is not None and before[0] >= size:  # aligned and inside RAM already
             if store and not before[1]:
                 lines += [f"if flags[o >> {FLAG_SHIFT}]:", f"    {BAIL}"]
@@ -1126,6 +1201,23 @@ def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str]
     return [line, f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
 
 
+def _steps(block: list[Insn]) -> tuple[dict[int, tuple[int, int]], set[int]]:
+    """Of the registers a block writes, those it writes once, by `addi r, r, c` (c not
+    0): r -> (c, the addi's index); and all it writes."""
+    writes: dict[int, list[int]] = {}
+    for k, insn in enumerate(block):
+        w = insn.word
+        if w & 0x7F in WRITES_RD and d.rd(w):
+            writes.setdefault(d.rd(w), []).append(k)
+    steps = {}
+    for rd, at in writes.items():
+        w = block[at[0]].word
+        if len(at) == 1 and w & 0x7F == d.OP_IMM and d.funct3(w) == 0 and d.rs1(w) == rd \
+                and d.imm_i(w):
+            steps[rd] = (d.imm_i(w), at[0])
+    return steps, set(writes)
+
+
 def _plus(a: str, k: int) -> str:
     """a + k as an operand."""
     return a if not k else f"({a} {'+' if k > 0 else '-'} {abs(k)})"
@@ -1173,11 +1265,12 @@ class Facts:
         self.ranges: dict[int, Span] = {}
         self.checked: dict[tuple[int, int], tuple[int, bool]] = {}
         self.o: tuple[int, int] | None = None
+        self.guarded: frozenset[int] = frozenset()  # accesses (pcs) a loop's guard tested
 
     def copy(self) -> Facts:
         facts = Facts()
         facts.known, facts.ranges = dict(self.known), dict(self.ranges)
-        facts.checked, facts.o = dict(self.checked), self.o
+        facts.checked, facts.o, facts.guarded = dict(self.checked), self.o, self.guarded
         return facts
 
     def span(self, n: int) -> Span:
