@@ -609,12 +609,20 @@ copy:                       # up, both pointers stepping
     addi a0, a0, 4
     addi a1, a1, 4
     bne a0, a2, copy
+    addi a1, s3, 768
+    add a2, a1, t2
+mark:                       # a pointer that is a value too: it keeps its register
+    sw a1, 0(a1)
+    addi a1, a1, 4
+    bne a1, a2, mark
     mv a3, s3
     add a0, s3, t2
-sum:                        # down, stepping before the load
+sum:                        # down, stepping before the loads
     addi a0, a0, -4
     lw t1, 512(a0)
+    lw t5, 768(a0)
     add s4, s4, t1
+    xor s4, s4, t5
     bne a0, a3, sum
     addi s2, s2, -1
     bnez s2, again

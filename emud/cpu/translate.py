@@ -779,6 +779,8 @@ class Emitter:
             self._counted_loop = self._counted(block, facts.copy(), reserve)
         latch = self._latch(i)  # its charge is made here, once a round (_end)
         lines += self._straight(block, facts, len(self._blocks[latch[0]]) if latch else 0)
+        if self._counted_loop is not None:
+            facts.o = None  # o after its counted loop is not o after this code
         self._facts_out[i] = facts
         return self._end(i, block, facts, lines, index, insns, lo, hi, True)
 
@@ -974,14 +976,25 @@ class Emitter:
         step = steps[p][0]
         a, b = _reg(p, known), _reg(q, known)
         distance = f"({b} - {a}) & {M}" if step > 0 else f"({a} - {b}) & {M}"
+        start = facts.copy()
         body = self._straight(block, facts)
         leaves = any("b = -1; break" in line for line in body)
+        setup: list[str] = []
+        after: list[str] = []
+        if not leaves:  # nothing leaves mid-loop: registers only used as bases go by index
+            start.indexed = _indexable(block, guarded, steps, known)
+            if start.indexed:
+                body = self._straight(block, start)
+            for rs1, shift in start.indexed.items():
+                setup.append(f"        i{rs1} = (x{rs1} - {base}) >> {shift}")
+                if rs1 in steps:
+                    after.append(f"        x{rs1} = (x{rs1} + {steps[rs1][0]} * n) & {M}")
         charge = [] if leaves else [f"        r -= n * {length}"]
         ok = " or ".join(tests + stores)
         return [f"    n, e = divmod({distance}, {abs(step)})",
                 f"    if n and not e and r - n * {length} >= {reserve - length} "
-                f"and not ({ok}):", *charge, "        for _ in range(n):",
-                *("        " + line for line in (body if leaves else body[1:]))]
+                f"and not ({ok}):", *charge, *setup, "        for _ in range(n):",
+                *("        " + line for line in (body if leaves else body[1:])), *after]
 
     def _offset(self, a: str, imm: int) -> str:
         base = self.config.base
@@ -1029,6 +1042,8 @@ class Emitter:
         f3, imm, dst, a = d.funct3(w), d.imm_i(w), f"x{d.rd(w)}", _reg(rs1, facts.known)
         lo, hi = facts.span(rs1)
         shamt, uimm = imm & 31, imm & M
+        if f3 == 0 and d.rd(w) == rs1 and rs1 in facts.indexed:  # steps its index instead
+            return [f"i{rs1} += {imm >> facts.indexed[rs1]}"], FULL
         if f3 == 0 and imm and a != "0":
             return _sum(dst, a, "+" if imm > 0 else "-", abs(imm), (lo + imm, hi + imm))
         if f3 == 0:
@@ -1095,6 +1110,9 @@ class Emitter:
         before = facts.checked.get(where)
         if insn.pc in facts.guarded:  # a counted loop's guard tested it, flags too
             facts.checked[where] = (size, True)
+            if rs1 in facts.indexed:  # at i<rs1>, an index into the view
+                facts.o = None
+                return []
             return lines
         if before is not None and before[0] >= size:  # aligned and inside RAM already
             if store and not before[1]:
@@ -1173,7 +1191,7 @@ class Emitter:
         kind = LOADS[d.funct3(w)]
         view, shift, mask = LOAD_VIEW[kind]
         lines = self._check(insn, facts, kind[0], False)
-        index = f"o >> {shift}" if shift else "o"
+        index = _index(insn, facts, shift)
         span = (0, (1 << 8 * kind[0]) - 1) if not kind[1] else FULL
         return lines + ([f"x{rd} = {view}[{index}]{mask}"] if rd else []), span
 
@@ -1182,7 +1200,7 @@ class Emitter:
         view, shift, mask = STORE_VIEW[size]
         lines = self._check(insn, facts, size, True)
         b = _reg(d.rs2(insn.word), facts.known)
-        return lines + [f"{view}[{f'o >> {shift}' if shift else 'o'}] = {b}{mask}"]
+        return lines + [f"{view}[{_index(insn, facts, shift)}] = {b}{mask}"]
 
 
 Span = tuple[int, int]  # the lowest and highest value a register may hold
@@ -1201,6 +1219,36 @@ def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str]
     return [line, f"if {dst} < 0:", f"    {dst} += {M + 1}"], FULL
 
 
+def _indexable(block: list[Insn], guarded: set[int], steps: dict[int, tuple[int, int]],
+               known: dict[int, int]) -> dict[int, int]:
+    """Registers of a counted loop that serve only as bases of its guarded accesses, all
+    of one size and at multiples of it (and step by one): register -> log2 of the
+    size.  Its loop keeps an index into the view for each, in place of the address."""
+    sizes: dict[int, set[int]] = {}
+    other: set[int] = set()  # read otherwise
+    for insn in block[:-1]:  # the branch does not run in the counted loop
+        w = insn.word
+        op, rs1 = w & 0x7F, d.rs1(w)
+        if op in (d.OP_LOAD, d.OP_STORE) and insn.pc in guarded:
+            store = op == d.OP_STORE
+            size = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
+            imm = d.imm_s(w) if store else d.imm_i(w)
+            sizes.setdefault(rs1, set()).add(size if imm % size == 0 else -1)
+            if store:
+                other.add(d.rs2(w))
+            continue
+        if rs1 in steps and steps[rs1][1] < len(block) and block[steps[rs1][1]] is insn:
+            continue  # its own step
+        if op in READS_RS1:
+            other.add(rs1)
+        if op in READS_RS2:
+            other.add(d.rs2(w))
+    one = {rs1: min(size) for rs1, size in sizes.items() if len(size) == 1}
+    return {rs1: size.bit_length() - 1 for rs1, size in one.items()
+            if rs1 and rs1 not in known and rs1 not in other and size > 0
+            and steps.get(rs1, (0, 0))[0] % size == 0}
+
+
 def _steps(block: list[Insn]) -> tuple[dict[int, tuple[int, int]], set[int]]:
     """Of the registers a block writes, those it writes once, by `addi r, r, c` (c not
     0): r -> (c, the addi's index); and all it writes."""
@@ -1216,6 +1264,17 @@ def _steps(block: list[Insn]) -> tuple[dict[int, tuple[int, int]], set[int]]:
                 and d.imm_i(w):
             steps[rd] = (d.imm_i(w), at[0])
     return steps, set(writes)
+
+
+def _index(insn: Insn, facts: Facts, shift: int) -> str:
+    """The index into a RAM view of an access whose offset o its test left (or, in a
+    counted loop, of one at an indexed register: i<n> plus its offset, in units)."""
+    w = insn.word
+    rs1 = d.rs1(w)
+    if rs1 in facts.indexed and insn.pc in facts.guarded:
+        k = (d.imm_s(w) if w & 0x7F == d.OP_STORE else d.imm_i(w)) >> shift
+        return f"i{rs1} + {k}" if k > 0 else f"i{rs1} - {-k}" if k else f"i{rs1}"
+    return f"o >> {shift}" if shift else "o"
 
 
 def _plus(a: str, k: int) -> str:
@@ -1266,11 +1325,13 @@ class Facts:
         self.checked: dict[tuple[int, int], tuple[int, bool]] = {}
         self.o: tuple[int, int] | None = None
         self.guarded: frozenset[int] = frozenset()  # accesses (pcs) a loop's guard tested
+        self.indexed: dict[int, int] = {}  # register -> shift: its accesses use i<n>
 
     def copy(self) -> Facts:
         facts = Facts()
         facts.known, facts.ranges = dict(self.known), dict(self.ranges)
         facts.checked, facts.o, facts.guarded = dict(self.checked), self.o, self.guarded
+        facts.indexed = self.indexed
         return facts
 
     def span(self, n: int) -> Span:
