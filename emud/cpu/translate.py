@@ -193,11 +193,11 @@ def _registers(insns: list[Insn]) -> tuple[list[int], list[int]]:
         w = insn.word
         op = w & 0x7F
         if op in WRITES_RD:
-            written.add(d.rd(w))
+            written.add(w >> 7 & 31)  # rd, rs1 and rs2 (decode's, inline: it runs a lot)
         if op in READS_RS1:
-            used.add(d.rs1(w))
+            used.add(w >> 15 & 31)
         if op in READS_RS2:
-            used.add(d.rs2(w))
+            used.add(w >> 20 & 31)
     written.discard(0)
     used |= written
     used.discard(0)
@@ -233,14 +233,14 @@ IMM_AS_RR = {0: (0x00, 0), 2: (0x00, 2), 3: (0x00, 3), 4: (0x00, 4), 6: (0x00, 6
 def _fold(insn: Insn, known: dict[int, int]) -> int | None:
     """The value an instruction writes to rd (not x0) when it depends on constants only."""
     w = insn.word
-    op, rd = w & 0x7F, d.rd(w)
-    if not rd:
+    op = w & 0x7F
+    if not w & 0xF80:  # rd is x0
         return None
     if op == d.OP_LUI:
         return d.imm_u(w)
     if op == d.OP_AUIPC:
         return (insn.pc + d.imm_u(w)) & M
-    if op not in (d.OP_IMM, d.OP_OP):
+    if op not in (d.OP_IMM, d.OP_OP) or not known and w & 0xF8000:  # rs1 unknown
         return None
     a = 0 if not d.rs1(w) else known.get(d.rs1(w))
     if a is None:
@@ -804,7 +804,7 @@ class Emitter:
                 continue
             self._rest = (block, k + 1)
             body = self._body(insn, facts) or []
-            if any(BAIL in line for line in body):
+            if BAIL in "".join(body):
                 droppable.clear()
                 bail = f"npc = {insn.pc | 1}; r += {n - k}; {self._leave}"
                 body = [line.replace(BAIL, bail) for line in body]
