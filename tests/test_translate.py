@@ -584,6 +584,28 @@ handler:
     assert translator(machine).regions
 
 
+@pytest.mark.parametrize("branch", ["bne s1, s5, spin", "beq s1, s5, latch"])
+def test_a_branch_whose_both_ways_loop_is_not_a_latch_loop(build_asm: Build,
+                                                           branch: str) -> None:
+    """A branch to itself with a latch on its fall-through, or to the latch that is also
+    its fall-through: every way goes round again.  The guest spins on, the same on
+    both accelerators, wherever the budget ends."""
+    elf = build_asm(PROLOGUE + f"""
+    li s5, 3
+spin:
+    addi s1, s1, 1
+    andi s1, s1, 7
+    {branch}
+latch:
+    addi s4, s4, 1
+    j spin
+handler:
+    j handler
+""" + DATA)
+    snap, _ = both(elf, in_odd_slices(20_000), hot=20)  # hot once the latch has run
+    assert snap["exit"] is None and snap["x"][20] > 0
+
+
 COUNTED = PROLOGUE + """
     mv a0, s3
     li t0, 0

@@ -830,10 +830,15 @@ class Emitter:
             return self._latches[i]
         self._latches[i] = None
         block = self._blocks[i]
-        if not block or block[-1].word & 0x7F != d.OP_BRANCH:
+        # A branch back to itself is a bare loop already; one whose two ways go to one
+        # block has no way out to test.
+        if not block or block[-1].word & 0x7F != d.OP_BRANCH or _self_loop(block):
             return None
         last = block[-1]
-        for target, on_taken in (((last.pc + d.imm_b(last.word)) & M, True), (last.npc, False)):
+        taken = (last.pc + d.imm_b(last.word)) & M
+        if taken == last.npc:
+            return None
+        for target, on_taken in ((taken, True), (last.npc, False)):
             j = self._index.get(target)
             if j is not None and j > i and self._copyable(j) \
                     and self._successors(self._blocks[j]) == [block[0].pc]:
