@@ -955,9 +955,7 @@ class Emitter:
             if op not in (d.OP_LOAD, d.OP_STORE) or (d.rs1(w) in written
                                                       and d.rs1(w) not in steps):
                 continue
-            store = op == d.OP_STORE
-            rs1, imm = d.rs1(w), d.imm_s(w) if store else d.imm_i(w)
-            size = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
+            rs1, (store, imm, size) = d.rs1(w), _access(w)
             step, at = steps.get(rs1, (0, length))
             if step % size:
                 continue
@@ -1181,9 +1179,8 @@ class Emitter:
             w = insn.word
             op = w & 0x7F
             if op in (d.OP_LOAD, d.OP_STORE) and d.rs1(w) == rs1:
-                store = op == d.OP_STORE
-                k = (d.imm_s(w) if store else d.imm_i(w)) - imm
-                n = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
+                store, k, n = _access(w)
+                k -= imm
                 if k and n <= size and k % n == 0:
                     had, stored = found.get(k, (0, False))
                     found[k] = (max(had, n), stored or store)
@@ -1231,18 +1228,16 @@ def _indexable(block: list[Insn], guarded: set[int], steps: dict[int, tuple[int,
     size.  Its loop keeps an index into the view for each, in place of the address."""
     sizes: dict[int, set[int]] = {}
     other: set[int] = set()  # read otherwise
-    for insn in block[:-1]:  # the branch does not run in the counted loop
+    for k, insn in enumerate(block[:-1]):  # the branch does not run in the counted loop
         w = insn.word
         op, rs1 = w & 0x7F, d.rs1(w)
         if op in (d.OP_LOAD, d.OP_STORE) and insn.pc in guarded:
-            store = op == d.OP_STORE
-            size = STORES[d.funct3(w)] if store else LOADS[d.funct3(w)][0]
-            imm = d.imm_s(w) if store else d.imm_i(w)
+            store, imm, size = _access(w)
             sizes.setdefault(rs1, set()).add(size if imm % size == 0 else -1)
             if store:
                 other.add(d.rs2(w))
             continue
-        if rs1 in steps and steps[rs1][1] < len(block) and block[steps[rs1][1]] is insn:
+        if steps.get(rs1, (0, -1))[1] == k:
             continue  # its own step
         if op in READS_RS1:
             other.add(rs1)
@@ -1271,13 +1266,21 @@ def _steps(block: list[Insn]) -> tuple[dict[int, tuple[int, int]], set[int]]:
     return steps, set(writes)
 
 
+def _access(w: int) -> tuple[bool, int, int]:
+    """A load's or store's (store, offset, size)."""
+    store = w & 0x7F == d.OP_STORE
+    if store:
+        return True, d.imm_s(w), STORES[d.funct3(w)]
+    return False, d.imm_i(w), LOADS[d.funct3(w)][0]
+
+
 def _index(insn: Insn, facts: Facts, shift: int) -> str:
     """The index into a RAM view of an access whose offset o its test left (or, in a
     counted loop, of one at an indexed register: i<n> plus its offset, in units)."""
     w = insn.word
     rs1 = d.rs1(w)
     if rs1 in facts.indexed and insn.pc in facts.guarded:
-        k = (d.imm_s(w) if w & 0x7F == d.OP_STORE else d.imm_i(w)) >> shift
+        k = _access(w)[1] >> shift
         return f"i{rs1} + {k}" if k > 0 else f"i{rs1} - {-k}" if k else f"i{rs1}"
     return f"o >> {shift}" if shift else "o"
 
