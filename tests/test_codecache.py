@@ -50,6 +50,19 @@ def test_round_trip(tmp_path: Path) -> None:
     assert (cache.misses, cache.stores, again.hits, again.misses) == (1, 2, 2, 0)
 
 
+def test_values_other_than_code(tmp_path: Path) -> None:
+    """The translator's records (tuples of bytes and ints) round-trip as code does; a
+    value marshal cannot write is not stored, and nothing is left behind."""
+    cache = CodeCache(tmp_path)
+    record = (b"key", ((0x8000_0000, 0x13, 4), (0x8000_0004, 0, 0)),
+              ((0x8000_0000, b"\x13\0\0\0"),))
+    cache.put(b"record", record)
+    cache.put(b"unwritable", (b"key", object()))
+    assert CodeCache(tmp_path).get(b"record") == record
+    assert cache.get(b"unwritable") is None and cache.stores == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry(cache, b"record").name]
+
+
 @pytest.mark.parametrize("what", ["version", "cache_tag", "translator"])
 def test_another_salt_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              what: str) -> None:

@@ -28,6 +28,7 @@ from emud.cpu.debug import WATCH, Watchpoint
 from emud.cpu.hart import Hart
 from emud.cpu.translate import (
     COPIES,
+    HEAD,
     STRETCH,
     Config,
     Discovery,
@@ -36,7 +37,7 @@ from emud.cpu.translate import (
     Translator,
     _layout,
     _signed,
-    region_key,
+    entry_key,
     translatable,
 )
 from emud.loader import load_elf
@@ -977,66 +978,210 @@ def test_a_short_region_that_goes_on_into_another_is_not_demoted(
 
 
 class MemoryCache:
-    """A CodeCache in a dict, counting what it is asked."""
+    """A CodeCache in a dict, counting its hits."""
 
     def __init__(self) -> None:
-        self.codes: dict[bytes, types.CodeType] = {}
+        self.values: dict[bytes, Any] = {}
         self.hits = 0
 
-    def get(self, key: bytes) -> types.CodeType | None:
-        code = self.codes.get(key)
-        self.hits += code is not None
-        return code
+    @property
+    def codes(self) -> list[types.CodeType]:
+        """The code of each record."""
+        return [v[2] for v in self.values.values() if isinstance(v, tuple) and len(v) == 3]
 
-    def put(self, key: bytes, code: types.CodeType) -> None:
-        self.codes[key] = code
+    def get(self, key: bytes) -> object:
+        value = self.values.get(key)
+        self.hits += value is not None
+        return value
+
+    def put(self, key: bytes, value: object) -> None:
+        self.values[key] = value
+
+
+class Counted:
+    """Counts of one translated run: emissions, discoveries, interpreted instructions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.emitted = self.discovered = self.interpreted = 0
+        source, discover, interpret = Emitter.source, Translator._discover, Hart.interpret
+
+        def counted_source(emitter: Emitter, found: Discovery) -> str:
+            self.emitted += 1
+            return source(emitter, found)
+
+        def counted_discover(tr: Translator, *args: Any, **kwargs: Any) -> Any:
+            self.discovered += 1
+            return discover(tr, *args, **kwargs)
+
+        def counted_interpret(hart: Hart, budget: int) -> int:
+            done = interpret(hart, budget)
+            self.interpreted += done
+            return done
+        monkeypatch.setattr(Emitter, "source", counted_source)
+        monkeypatch.setattr(Translator, "_discover", counted_discover)
+        monkeypatch.setattr(Hart, "interpret", counted_interpret)
+
+
+def cached_run(cache: MemoryCache, image: Path, monkeypatch: pytest.MonkeyPatch,
+               setup: Callable[[Machine], object] | None = None,
+               max_insns: int = 1_000_000) -> tuple[dict[str, Any], Translator, Counted]:
+    """A translated run of `image` with `cache`, counted."""
+    with monkeypatch.context() as patch:
+        counted = Counted(patch)
+        machine = Machine(RingBackend())
+        machine.hart.accel = tr = Translator(machine.hart, cache)
+        machine.load(load_elf(image))
+        if setup is not None:
+            setup(machine)
+        machine.run_until_poweroff(max_insns=max_insns)
+    return snapshot(machine), tr, counted
 
 
 def test_a_cache_hit_runs_the_stored_code_and_emits_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of an image that ran before finds its regions in the cache at their entries'
+    first visits: it emits (almost) nothing, and the interpreter runs less
+    than half of the cold run's warm-up.  Regions made that early can change where later
+    ones start, so the second run may make a few of its own; the third finds them all."""
     cache = MemoryCache()
-    snaps, regions = [], []
-    for run in range(2):
-        machine = Machine(RingBackend())
-        machine.hart.accel = tr = Translator(machine.hart, cache)
-        machine.load(load_elf(IMAGES / "compute.elf"))
-        if run:  # the second run finds every region in the cache
-            stored = len(cache.codes)
-
-            def no_emission(*args: object) -> str:
-                raise AssertionError("emitted a region the cache holds")
-            monkeypatch.setattr(Emitter, "source", no_emission)
-        machine.run_until_poweroff(max_insns=1_000_000)
-        snaps.append(snapshot(machine))
-        regions.append(tr.regions)
-    assert stored and len(cache.codes) == stored and cache.hits == len(regions[1])
-    stored_functions = {c for code in cache.codes.values() for c in code.co_consts
+    first, _, cold = cached_run(cache, IMAGES / "compute.elf", monkeypatch)
+    second, _, warm = cached_run(cache, IMAGES / "compute.elf", monkeypatch)
+    stored, hits = len(cache.values), cache.hits
+    third, tr, hot = cached_run(cache, IMAGES / "compute.elf", monkeypatch)
+    assert first == second == third
+    assert cold.emitted >= 10 and warm.emitted <= cold.emitted // 10
+    assert hot.emitted == 0 and len(cache.values) == stored
+    assert max(warm.interpreted, hot.interpreted) < cold.interpreted // 2
+    assert cache.hits - hits == len(tr.regions)
+    stored_functions = {c for code in cache.codes for c in code.co_consts
                         if isinstance(c, types.CodeType)}
-    assert all(inspect.unwrap(f).__code__ in stored_functions for f in regions[1].values())
-    assert regions[0].keys() == regions[1].keys() and snaps[0] == snaps[1]
+    assert all(inspect.unwrap(f).__code__ in stored_functions for f in tr.regions.values())
 
 
-def test_the_cache_key_changes_with_every_input_of_emission() -> None:
-    add, jal = Insn(0x8000_0000, 0x0015_0513, 4), Insn(0x8000_0004, 0xFFDF_F06F, 4)
-    found = Discovery(0x8000_0000, (0x8000_0000,), (),
-                      ((add.pc, add), (jal.pc, jal), (0x8000_0008, None)))
+# A loop whose instruction at `patched` lies past the bytes an entry's record key holds.
+RECALLED_LOOP = PROLOGUE + """
+    li s2, 300
+loop:
+    addi s1, s1, 100
+    addi s1, s1, 100
+    addi s1, s1, 100
+    addi s1, s1, 100
+    addi s1, s1, 100
+patched:
+    addi s4, s4, 100
+    addi s2, s2, -1
+    bnez s2, loop
+""" + END
+
+
+def interpreted(image: Path, setup: Callable[[Machine], object] | None = None
+                ) -> dict[str, Any]:
+    machine = Machine(RingBackend(), accel="interp")
+    machine.load(load_elf(image))
+    if setup is not None:
+        setup(machine)
+    machine.run_until_poweroff(max_insns=1_000_000)
+    return snapshot(machine)
+
+
+def test_a_record_of_other_code_is_not_recalled(
+        build_asm: Build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instruction changed inside a recorded region, past the bytes its record's key
+    holds: the record does not match RAM, so the region is discovered and emitted again
+    from the code now there, and the run agrees with the interpreter."""
+    image = build_asm(RECALLED_LOOP)
+    at = load_elf(image).symbols["patched"]
+    cache = MemoryCache()
+    cached_run(cache, image, monkeypatch)
+    _, _, warm = cached_run(cache, image, monkeypatch)
+    assert warm.emitted == 0  # recalled: the test below is of a record that does not match
+
+    def patch(machine: Machine) -> None:  # addi s4, s4, 100 -> addi s4, s4, 200
+        machine.hart.bus.debug_write(at, d.enc_i(d.OP_IMM, 20, 0, 20, 200).to_bytes(4, "little"))
+    snap, tr, counted = cached_run(cache, image, monkeypatch, setup=patch)
+    assert snap == interpreted(image, patch) and snap["x"][20] == 300 * 200
+    assert counted.emitted >= 1 and any(at in tr.members[e][0] for e in tr.regions)
+
+
+def test_a_record_with_a_breakpoint_inside_is_not_recalled(
+        build_asm: Build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A breakpoint set at an instruction of a recorded region: that region is not
+    recalled (it would run through the breakpoint), and the run stops there as the
+    interpreter does."""
+    image = build_asm(RECALLED_LOOP)
+    at = load_elf(image).symbols["patched"]
+    cache = MemoryCache()
+    cached_run(cache, image, monkeypatch)
+
+    def stop_at(machine: Machine) -> None:
+        machine.hart.set_breakpoint(at, True)
+    snaps = []
+    for accel in ("interp", "translate"):
+        machine = Machine(RingBackend(), accel=accel)
+        if accel == "translate":
+            machine.hart.accel = Translator(machine.hart, cache)
+        machine.load(load_elf(image))
+        stop_at(machine)
+        for _ in range(3):  # three stops at the breakpoint, resumed each time
+            machine.run_slice()
+            assert machine.hart.debug_stop is not None and machine.hart.pc == at
+            snaps.append(snapshot(machine))
+    assert snaps[:3] == snaps[3:]
+
+
+Spoil = Callable[[Any], object]
+SPOILED: dict[str, Spoil] = {  # what a record is made into
+    "none": lambda record: None,
+    "an int": lambda record: 7,
+    "bytes": lambda record: b"junk",
+    "empty": lambda record: (),
+    "too long": lambda record: (*record, 1),
+    "strings": lambda record: ("listed", "runs", record[2]),
+    "no code": lambda record: (*record[:2], b"code"),
+    "no instructions": lambda record: ((), *record[1:]),
+    "short instructions": lambda record: (tuple(i[:2] for i in record[0]), *record[1:]),
+    "instructions not a tuple": lambda record: (5, *record[1:]),
+    "runs of ints": lambda record: (
+        record[0], tuple((a, 5) for a, _ in record[1]), record[2]),
+    "runs before RAM": lambda record: (record[0], ((-4, b"\0"),), record[2]),
+    "runs of fewer instructions": lambda record: (record[0][:1], *record[1:]),
+    "no entry instruction": lambda record: (  # consistent, but for the other pcs
+        record[0][1:], ((record[1][0][0] + record[0][0][2], record[1][0][1][record[0][0][2]:]),
+                        *record[1][1:]), record[2]),
+    "runs of other bytes": lambda record: (
+        record[0], tuple((a, bytes(len(b))) for a, b in record[1]), record[2]),
+}
+
+
+@pytest.mark.parametrize("spoil", SPOILED.values(), ids=SPOILED.keys())
+def test_a_record_that_is_not_one_is_ignored(
+        build_asm: Build, monkeypatch: pytest.MonkeyPatch, spoil: Spoil) -> None:
+    """Whatever a record holds (the cache checks only that its file is whole), a recall
+    of it either matches RAM and finds code, or does nothing; the run agrees with the
+    interpreter."""
+    image = build_asm(RECALLED_LOOP)
+    cache = MemoryCache()
+    cached_run(cache, image, monkeypatch)
+    originals = dict(cache.values)
+    for key, record in originals.items():
+        cache.values[key] = spoil(record)
+    snap, tr, _ = cached_run(cache, image, monkeypatch)
+    assert snap == interpreted(image) and tr.recalled and tr.regions
+    for entry in tr.regions:  # each depends on all of its code, as when it was made
+        listed = originals[entry_key(tr.emitter.config, entry, tr._head(entry))][0]
+        assert tr.members[entry][0] == [pc for pc, _, length in listed if length]
+
+
+def test_entry_key_names_the_config_the_entry_and_its_first_bytes() -> None:
     config = Config(0x8000_0000, 16 << 20)
-    variants = [
-        (config, found._replace(entry=0x8000_0004)),
-        (config, found._replace(leaders=(0x8000_0000, 0x8000_0004))),
-        (config, found._replace(returns=(0x8000_0008,))),
-        (config, found._replace(insns=((add.pc, add._replace(word=0x0025_0513)),
-                                       *found.insns[1:]))),
-        (config, found._replace(insns=((add.pc, add._replace(length=2)), *found.insns[1:]))),
-        (config, found._replace(insns=found.insns[:2])),
-        (config, found._replace(insns=(*found.insns[:2], (0x8000_0008, add)))),
-        (config._replace(base=0x4000_0000), found),
-        (config._replace(size=24 << 20), found),
-    ]
-    key = region_key(config, found)
-    assert region_key(Config(*config), Discovery(*found)) == key
-    keys = {region_key(c, f) for c, f in variants}
-    assert len(keys) == len(variants) and key not in keys
+    key = entry_key(config, 0x8000_0000, b"\x13" * HEAD)
+    assert entry_key(Config(*config), 0x8000_0000, b"\x13" * HEAD) == key
+    variants = {entry_key(config._replace(watch_loads=True), 0x8000_0000, b"\x13" * HEAD),
+                entry_key(config._replace(base=0x4000_0000), 0x8000_0000, b"\x13" * HEAD),
+                entry_key(config._replace(size=24 << 20), 0x8000_0000, b"\x13" * HEAD),
+                entry_key(config, 0x8000_0002, b"\x13" * HEAD),
+                entry_key(config, 0x8000_0000, b"\x13" * (HEAD - 1) + b"\x93")}
+    assert len(variants) == 5 and key not in variants
 
 
 def test_emission_reads_only_its_inputs() -> None:

@@ -1,20 +1,21 @@
 """The persistent translation cache: compiled regions kept on disk between runs.
 
 The translator compiles a region's Python source to a code object; compiling
-costs more than most short runs execute.  This cache keeps those code objects
-under `$XDG_CACHE_HOME/emud/translations/` (default `~/.cache/emud/...`), so a
-run of an image that ran before (a test suite running the same guest again)
-starts hot.
+costs more than most short runs execute.  This cache keeps, for each region, a
+record holding its code object and the code bytes it was built from
+(translate.py, `Translator._recall`), under `$XDG_CACHE_HOME/emud/translations/`
+(default `~/.cache/emud/...`), so a run of an image that ran before (a test suite
+running the same guest again) starts hot.  It holds any value `marshal` writes;
+what a value means is the translator's business.
 
-- Keys: the translator's key bytes (which name the code bytes the region was
-  built from), salted with emud's version, the Python bytecode tag
-  (`sys.implementation.cache_tag`), a hash of the translator's sources
-  (translate.py, shapes.py that compiles its sources, and interp.py and decode.py
-  it builds on) and FORMAT, so a
-  changed translator never loads old code, even at the same version.  A file's
-  name is the sha256 of the salted key, in hex.
+- Keys: the translator's key bytes (`translate.entry_key`), salted with emud's
+  version, the Python bytecode tag (`sys.implementation.cache_tag`), a hash of
+  the translator's sources (translate.py, shapes.py that compiles its sources,
+  and interp.py and decode.py it builds on) and FORMAT, so a changed translator
+  never loads old code, even at the same version.  A file's name is the sha256
+  of the salted key, in hex.
 - Files: a header (MAGIC, FORMAT, the full key digest, the payload's length and
-  sha256), then `marshal` of the code object.  A file that is truncated,
+  sha256), then `marshal` of the value.  A file that is truncated,
   corrupt, of another key or another format, not a regular file of ours or open
   to other users is a miss: it is removed (and the region rebuilt and stored
   again), never loaded.
@@ -42,14 +43,14 @@ import stat
 import struct
 import sys
 import time
-import types
 from pathlib import Path
+from typing import Any
 
 from emud import __version__
 from emud.hostfiles import FILE_MODE, UnsafePathError, ensure_private_dir, open_private
 
 ENV = "EMUD_TRANSLATION_CACHE"
-FORMAT = 1  # of the files, and of what they hold: bump on any change to either
+FORMAT = 2  # of the files, and of what they hold: bump on any change to either
 MAGIC = b"EMUDTC\r\n"  # a text-mode mangling shows as a wrong magic
 HEADER = struct.Struct("<8sI32sQ32s")  # magic, format, key digest, payload length, sha256
 MAX_FILES = 8192
@@ -96,15 +97,16 @@ def salt() -> bytes:
     return _salt
 
 
-def encode(digest: bytes, code: types.CodeType) -> bytes:
-    """A cache file's contents for `code` under the salted key `digest`."""
-    payload = marshal.dumps(code)
+def encode(digest: bytes, value: Any) -> bytes:
+    """A cache file's contents for `value` (anything marshal writes; else ValueError) under
+    the salted key `digest`."""
+    payload = marshal.dumps(value)
     return HEADER.pack(MAGIC, FORMAT, digest, len(payload),
                        hashlib.sha256(payload).digest()) + payload
 
 
-def decode(digest: bytes, blob: bytes) -> types.CodeType | None:
-    """The code object of a cache file, or None unless it is whole and of this key."""
+def decode(digest: bytes, blob: bytes) -> object:
+    """The value of a cache file, or None unless it is whole and of this key."""
     if len(blob) < HEADER.size:
         return None
     magic, version, stored, length, checksum = HEADER.unpack_from(blob)
@@ -113,14 +115,14 @@ def decode(digest: bytes, blob: bytes) -> types.CodeType | None:
             or hashlib.sha256(payload).digest() != checksum):
         return None
     try:
-        code = marshal.loads(payload)
+        return marshal.loads(payload)
     except (ValueError, EOFError, TypeError):  # checked above: only another Python's
         return None
-    return code if isinstance(code, types.CodeType) else None
 
 
 class CodeCache:
-    """Code objects by key, in `directory` (None: a cache that is off)."""
+    """Code objects (and the translator's records) by key, in `directory` (None: a
+    cache that is off)."""
 
     def __init__(self, directory: str | Path | None, *, max_files: int = MAX_FILES,
                  max_bytes: int = MAX_BYTES) -> None:
@@ -144,8 +146,8 @@ class CodeCache:
 
     # --- the translator's side ----------------------------------------------------------
 
-    def get(self, key: bytes) -> types.CodeType | None:
-        """The code stored under `key`; None for a miss or when the cache is off."""
+    def get(self, key: bytes) -> object:
+        """The value stored under `key`; None for a miss or when the cache is off."""
         if not self._ready():
             return None
         assert self.directory is not None
@@ -167,22 +169,22 @@ class CodeCache:
             blob = b""
         finally:
             os.close(fd)
-        code = decode(digest, blob)
-        if code is None:
+        value = decode(digest, blob)
+        if value is None:
             self._discard(path)
             self.misses += 1
             return None
         self.hits += 1
-        return code
+        return value
 
-    def put(self, key: bytes, code: types.CodeType) -> None:
-        """Store `code` under `key` (atomically; quietly nothing when the cache is off)."""
+    def put(self, key: bytes, value: object) -> None:
+        """Store `value` under `key` (atomically; quietly nothing when the cache is off)."""
         if not self._ready():
             return
         assert self.directory is not None
         digest = self._digest(key)
         try:
-            blob = encode(digest, code)
+            blob = encode(digest, value)
         except ValueError:  # holds something marshal cannot write: not cacheable
             return
         name = digest.hex()

@@ -30,14 +30,16 @@ copied again, so that a loop head shared by hundreds of switch cases is
 compiled a few times, not once per case.
 Only counts decide, so runs stay repeatable.  Emission (`Emitter`) is a pure
 function of the discovered code and the RAM config, so compiled regions can be
-cached under `region_key`; sources that differ only in their literals share one
-compile() (`shapes.Shapes`).  RAM granules with translated code are flagged
-FLAG_CODE, so a region's store there leaves the region like any store to a
-flagged granule; the interpreter's store then drops exactly the regions holding
-an instruction it overlaps (`invalidate`); fence.i drops them all.  A region
-also leaves before a breakpoint or an execute trigger's pc, so the interpreter
-stops there, and setting or clearing one drops the regions that contain or stop
-at it.
+cached: with a cache, an entry's first visit recalls the region last made there
+(`_recall`: its code, with the code bytes it came from, which must match RAM),
+so a run of an image that ran before skips the warm-up.  Sources that differ
+only in their literals share one compile() (`shapes.Shapes`).  RAM granules with
+translated code are flagged FLAG_CODE, so a region's store there leaves the
+region like any store to a flagged granule; the interpreter's store then drops
+exactly the regions holding an instruction it overlaps (`invalidate`); fence.i
+drops them all.  A region also leaves before a breakpoint or an execute
+trigger's pc, so the interpreter stops there, and setting or clearing one drops
+the regions that contain or stop at it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import functools
 import hashlib
 import itertools
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from emud import log
@@ -77,7 +79,8 @@ MAX_LOOP_DEPTH = 4  # Python allows 20 statically nested blocks
 BAIL = "@BAIL@"  # placeholder in emitted lines: leave before this instruction
 NAMESPACE = ("u32", "u16", "s16", "u8", "s8", "flags")  # RAM views, bound as defaults
 UNPACK_ALL = 12  # from this many registers, one `_, x1, ..., x31 = x` beats loading each
-KEY_FORMAT = b"emud-region-1"  # bump when the meaning of a key's inputs changes
+HEAD = 16  # bytes at an entry that tell one image's code there from another's (entry_key)
+KEY_FORMAT = b"emud-region-2"  # bump when the meaning of a key's inputs changes
 
 # Signed a < b from the unsigned values: by the sign of one, then of the other.  Faster
 # than comparing a ^ S with b ^ S, or picking the order by the sign of a ^ b: those
@@ -161,23 +164,27 @@ class Config(NamedTuple):
 
 
 class RegionCache(Protocol):
-    """Where compiled regions may persist (emud/cpu/codecache.py); get None: a miss."""
-    def get(self, key: bytes) -> types.CodeType | None: ...
-    def put(self, key: bytes, code: types.CodeType) -> None: ...
+    """Where the records of compiled regions may persist (emud/cpu/codecache.py): values
+    marshal writes; get None: a miss."""
+    def get(self, key: bytes) -> object: ...
+    def put(self, key: bytes, value: object) -> None: ...
 
 
-def region_key(config: Config, found: Discovery) -> bytes:
-    """The cache key of a region: a hash of every input of its emission.
+def entry_key(config: Config, entry: int, head: bytes) -> bytes:
+    """The cache key of the region last made at entry (`Translator._recall`), whose code
+    starts with the bytes `head`: other code at the same pc (another image's) has a
+    record of its own.  With the code bytes the record holds, it names every input of
+    emission (`Emitter.source` is a pure function of the Config and the Discovery, and
+    the cache salts keys with the translator's sources): a record is good wherever its
+    key and code bytes match."""
+    inputs = (FLAG_SHIFT, FLAG_CODE, FLAG_LOAD, tuple(config), entry)
+    return hashlib.sha256(KEY_FORMAT + repr(inputs).encode() + head).digest()
 
-    Emission (`Emitter.source`) is a pure function of the Config and the
-    Discovery, so a code object stored under this key is valid wherever it matches,
-    given the same emitter: the cache salts keys with this module's source (and
-    folded constants come from interp.ALU_RR, the reference semantics).
-    """
-    code = tuple((pc, None if i is None else (i.word, i.length)) for pc, i in found.insns)
-    inputs = (FLAG_SHIFT, FLAG_CODE, FLAG_LOAD, tuple(config), found.entry, found.leaders,
-              found.returns, code)
-    return hashlib.sha256(KEY_FORMAT + repr(inputs).encode()).digest()
+
+# What the cache keeps per entry: the region's instructions ((pc, word, length), length 0:
+# an exit), the code bytes it was built from as (address, bytes) runs, which a recall
+# compares with RAM, and its compiled code.
+Record = tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, bytes], ...], types.CodeType]
 
 
 # The register fields each major opcode reads and writes (x0 aside).
@@ -277,6 +284,7 @@ class Translator:
         self.runs: dict[int, int] = {}  # entry -> calls of its region, up to REVIEW
         self.ran: dict[int, int] = {}  # entry -> instructions its region ran in those calls
         self.demoted: set[int] = set()  # entries whose regions did not pay
+        self.recalled: set[int] = set()  # entries looked up in the cache's records
         self.lengths: dict[int, int] = {}  # cold pc -> instructions to its block end
         # What regions depend on: pc -> (length, entries) of each translated instruction,
         # pc -> entries of the regions that leave for the interpreter at it, and entry ->
@@ -368,6 +376,11 @@ class Translator:
         """
         heat = self.heat.get(pc, 0) + 1
         self.heat[pc] = heat
+        # Not while -d in_asm logs translations: its log stays what the guest alone makes.
+        if heat == 1 and self.cache is not None and not log.in_asm and pc not in self.recalled:
+            region = self._recall(pc)
+            if region is not None:
+                return region
         if heat < self.hot or heat < self.needed.get(pc, 0):
             return None
         found = self._discover(pc, ran_only=True)
@@ -516,14 +529,16 @@ class Translator:
             return None
         found = Discovery(entry, tuple(sorted(leaders)), tuple(sorted(returns)),
                           tuple(sorted(insns.items())))
-        code = key = None
+        emitter = self.emitter
+        code = self.shapes.compile(emitter.source(found), f"<region {entry:#010x}>")
         if self.cache is not None:
-            key = region_key(self.emitter.config, found)
-            code = self.cache.get(key)
-        if code is None:
-            code = self.shapes.compile(self.emitter.source(found), f"<region {entry:#010x}>")
-            if key is not None and self.cache is not None:
-                self.cache.put(key, code)
+            self.cache.put(entry_key(emitter.config, entry, self._head(entry)),
+                           self._record(found, code))
+        return self._install(entry, code, insns)
+
+    def _install(self, entry: int, code: types.CodeType,
+                 insns: dict[int, Insn | None]) -> Region:
+        """Make the region at entry from its compiled code, and record what it depends on."""
         namespace = self.namespace
         exec(code, namespace)
         region: Region = namespace.pop("region")  # type: ignore[assignment]
@@ -534,6 +549,49 @@ class Translator:
         if log.in_asm:
             log.translated(self.hart, entry, [i.pc for i in insns.values() if i is not None])
         return region
+
+    def _head(self, entry: int) -> bytes:
+        """The first HEAD bytes of RAM at entry (fewer at its end), for entry_key."""
+        ram = self.ram
+        start = entry - ram.base
+        return bytes(ram.data[start:start + HEAD])
+
+    def _record(self, found: Discovery, code: types.CodeType) -> Record:
+        """What the cache keeps of the region at found.entry for `_recall`."""
+        ram = self.ram
+        listed = tuple((pc, i.word, i.length) if i else (pc, 0, 0) for pc, i in found.insns)
+        return (listed, tuple((a, bytes(ram.data[a - ram.base:b - ram.base]))
+                              for a, b in _runs(listed)), code)
+
+    def _recall(self, entry: int) -> Region | None:
+        """The region last made at entry, from the cache's record, if the code bytes it
+        was built from are in RAM now and no stop lies in it: a run of an image that ran
+        before gets its regions at their first visit, without the interpreter's warm-up
+        runs, a discovery or an emission.  Asked once per entry (a flush does not ask
+        again)."""
+        assert self.cache is not None
+        self.recalled.add(entry)
+        if not self.ram.contains(entry, 2):
+            return None
+        record = self.cache.get(entry_key(self.emitter.config, entry, self._head(entry)))
+        if not isinstance(record, tuple) or len(record) != 3 \
+                or not isinstance(record[2], types.CodeType):
+            return None
+        listed, runs, code = record
+        ram, breakpoints, triggers = self.ram, self.hart.breakpoints, self.hart.triggers.execute
+        try:
+            insns = {pc: Insn(pc, word, length) if length else None
+                     for pc, word, length in listed}
+            # The bytes compared are exactly those of the instructions the region will
+            # depend on (for invalidation), and they are in RAM now.
+            if insns.get(entry) is None or [(a, a + len(b)) for a, b in runs] != _runs(listed) \
+                    or any(not ram.contains(a, len(b))
+                           or ram.data[a - ram.base:a - ram.base + len(b)] != b for a, b in runs) \
+                    or any(pc in breakpoints or pc in triggers for pc in insns):
+                return None
+        except (TypeError, ValueError):  # not a record this translator wrote
+            return None
+        return self._install(entry, code, insns)
 
     def _depend(self, entry: int, insns: dict[int, Insn | None]) -> None:
         """Record what the new region at entry depends on; flag its code's granules."""
@@ -1207,6 +1265,19 @@ class Emitter:
 
 Span = tuple[int, int]  # the lowest and highest value a register may hold
 FULL: Span = (0, M)
+
+
+def _runs(listed: Iterable[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """[start, end) of each run of contiguous code that a record's translated
+    instructions ((pc, word, length) by pc, length 0: an exit) cover."""
+    runs: list[tuple[int, int]] = []
+    for pc, _, length in listed:
+        if length:
+            if runs and runs[-1][1] == pc:
+                runs[-1] = (runs[-1][0], pc + length)
+            else:
+                runs.append((pc, pc + length))
+    return runs
 
 
 def _sum(dst: str, a: str, op: str, b: str | int, span: Span) -> tuple[list[str], Span]:
