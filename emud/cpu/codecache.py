@@ -121,7 +121,7 @@ def decode(digest: bytes, blob: bytes) -> object:
 
 
 class CodeCache:
-    """Code objects (and the translator's records) by key, in `directory` (None: a
+    """Values by key (the translator's records of its regions), in `directory` (None: a
     cache that is off)."""
 
     def __init__(self, directory: str | Path | None, *, max_files: int = MAX_FILES,

@@ -553,15 +553,13 @@ class Translator:
     def _head(self, entry: int) -> bytes:
         """The first HEAD bytes of RAM at entry (fewer at its end), for entry_key."""
         ram = self.ram
-        start = entry - ram.base
-        return bytes(ram.data[start:start + HEAD])
+        return self.hart.bus.read_bytes(entry, min(HEAD, ram.base + ram.size - entry))
 
     def _record(self, found: Discovery, code: types.CodeType) -> Record:
         """What the cache keeps of the region at found.entry for `_recall`."""
-        ram = self.ram
+        read = self.hart.bus.read_bytes
         listed = tuple((pc, i.word, i.length) if i else (pc, 0, 0) for pc, i in found.insns)
-        return (listed, tuple((a, bytes(ram.data[a - ram.base:b - ram.base]))
-                              for a, b in _runs(listed)), code)
+        return (listed, tuple((a, read(a, b - a)) for a, b in _runs(listed)), code)
 
     def _recall(self, entry: int) -> Region | None:
         """The region last made at entry, from the cache's record, if the code bytes it
@@ -578,15 +576,15 @@ class Translator:
                 or not isinstance(record[2], types.CodeType):
             return None
         listed, runs, code = record
-        ram, breakpoints, triggers = self.ram, self.hart.breakpoints, self.hart.triggers.execute
+        ram, read = self.ram, self.hart.bus.read_bytes
+        breakpoints, triggers = self.hart.breakpoints, self.hart.triggers.execute
         try:
             insns = {pc: Insn(pc, word, length) if length else None
                      for pc, word, length in listed}
             # The bytes compared are exactly those of the instructions the region will
             # depend on (for invalidation), and they are in RAM now.
             if insns.get(entry) is None or [(a, a + len(b)) for a, b in runs] != _runs(listed) \
-                    or any(not ram.contains(a, len(b))
-                           or ram.data[a - ram.base:a - ram.base + len(b)] != b for a, b in runs) \
+                    or any(not ram.contains(a, len(b)) or read(a, len(b)) != b for a, b in runs) \
                     or any(pc in breakpoints or pc in triggers for pc in insns):
                 return None
         except (TypeError, ValueError):  # not a record this translator wrote
