@@ -662,6 +662,136 @@ def test_counted_loops_match_the_interpreter(build_asm: Build) -> None:
         assert snap["exit"] == 0 and snap["x"][20] != 0
 
 
+SCANS = PROLOGUE + """
+    li s2, 1000             # rounds
+    li s6, 12345            # an LCG: the array's words, then a pivot a round
+    li s9, 1103515245
+    mv a0, s3
+    li t0, 64
+fill:
+    mul s6, s6, s9
+    addi s6, s6, 123
+    sw s6, 0(a0)
+    addi a0, a0, 4
+    addi t0, t0, -1
+    bnez t0, fill
+again:
+    mul s6, s6, s9
+    addi s6, s6, 123
+    ori s5, s6, 1           # the pivot: of either sign, never INT_MIN
+    srai s8, s6, 24         # a byte pivot: -128..127
+    srli t3, s6, 26
+    slli t3, t3, 2
+    add t3, t3, s3          # where the scans start
+    li t4, 0x7fffffff       # A and E stop at INT_MAX
+    sw t4, 256(s3)
+    mv a0, t3
+scanA:                      # value < pivot, the pivot as rs2
+    lw t1, 0(a0)
+    addi a0, a0, 4
+    blt t1, s5, scanA
+    add s4, s4, a0
+    mv a0, t3
+scanE:                      # the loop writes both operands
+    lw t1, 0(a0)
+    addi a0, a0, 4
+    mv s7, s5
+    blt t1, s7, scanE
+    add s4, s4, a0
+    li t4, 0x80000000       # the others stop at INT_MIN
+    sw t4, 256(s3)
+    mv a0, t3
+scanB:                      # pivot < value, the pivot as rs1
+    lw t1, 0(a0)
+    addi a0, a0, 4
+    blt s5, t1, scanB
+    xor s4, s4, a0
+    mv a0, t3
+scanC:                      # value >= pivot, through a latch on the taken side
+    lw t1, 0(a0)
+    bge t1, s5, latchC
+    j outC
+latchC:
+    addi a0, a0, 4
+    j scanC
+outC:
+    add s4, s4, a0
+    mv a0, t3
+scanD:                      # pivot >= value leaves, a latch on the fall-through
+    lw t1, 0(a0)
+    bge s5, t1, outD
+    addi a0, a0, 4
+    j scanD
+outD:
+    xor s4, s4, a0
+    li t4, -1               # F stops at byte 255
+    sw t4, 256(s3)
+    mv a0, t3
+scanF:                      # an unsigned byte (never negative) < a signed pivot
+    lbu t1, 0(a0)
+    addi a0, a0, 1
+    blt t1, s8, scanF
+    xor s4, s4, a0
+    addi s2, s2, -1
+    bnez s2, again
+""" + END
+
+
+def test_signed_scans_match_the_interpreter(build_asm: Build) -> None:
+    """Loops (bare, or through a latch on either side) that leave by a signed compare
+    of loaded words of both signs with a pivot of either sign, on either side of
+    it: each scan ends where the interpreter's does, wherever the budget ends."""
+    elf = build_asm(SCANS)
+    for slices in (in_odd_slices(150_000), lambda m: m.run_until_poweroff()):
+        snap, machine = both(elf, slices, hot=4)
+        assert snap["x"][20] != 0
+    assert snap["exit"] == 0
+    assert machine.image is not None
+    scans = [machine.image.symbols[f"scan{c}"] for c in "ABCDEF"]
+    assert all(pc in translator(machine).code for pc in scans)
+
+
+def test_a_jump_out_of_two_loops_matches_the_interpreter(build_asm: Build) -> None:
+    """A jump from an inner loop to a block before the loop around it leaves both
+    (_after_loop passes it on), a jump back to the middle loop's head only the inner
+    one: the same state as the interpreter, wherever the budget ends."""
+    elf = build_asm(PROLOGUE + """
+    li s2, 5
+    li t3, 9
+    li t4, 6
+outer:
+    addi s1, s1, 1
+    li t0, 0
+mid:
+    addi t0, t0, 1
+    li t1, 0
+inner:
+    addi t1, t1, 1
+    add t2, t1, s1
+    andi t2, t2, 15
+    add s4, s4, t2
+    beq t2, s2, outer       # out of both loops
+    bltu t2, t0, mid        # out of the inner loop, back to the middle one's head
+    blt t1, t3, inner
+    blt t0, t4, mid
+    j outer
+handler:
+    j handler
+""" + DATA)
+    symbols = load_elf(elf).symbols
+
+    def run(seed: int) -> Callable[[Machine], object]:
+        def go(machine: Machine) -> None:
+            if isinstance(machine.hart.accel, Translator):  # one region holding all three
+                assert machine.hart.accel.translate(symbols["outer"]) is not None
+                machine.hart.accel.hot = 1 << 30  # and no other
+            in_odd_slices(40_000, seed)(machine)
+        return go
+    for seed in (1, 2, 3):
+        snap, _ = both(elf, run(seed))
+        assert snap["x"][20] != 0
+
+
 def test_a_watchpoint_in_a_counted_loop_stops_at_its_store(build_asm: Build) -> None:
     """The guard finds the watched granule among the stores' flags: the loop runs
     tested, and stops at the store to the watched word, as the interpreter does."""

@@ -701,6 +701,7 @@ class Emitter:
         self._leave = "b = -1; break"  # how the block being emitted leaves the region
         self._incoming: dict[int, int] = {}
         self._copied: dict[int, int] = {}
+        self._jumps: list[int | None] = []
 
     def source(self, found: Discovery) -> str:
         """The source of a module defining `region(x, r) -> (next_pc, r)`."""
@@ -730,6 +731,7 @@ class Emitter:
             for j in targets:
                 self._incoming[j] = self._incoming.get(j, 0) + 1
         self._copied = {}
+        self._jumps = []  # every b a jump sets (None: any, by T): _after_loop reads them
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
         start = ["    b = 0"]
         if len(blocks) == 1 and not returns_to and not _self_loop(blocks[0]):
@@ -794,12 +796,13 @@ class Emitter:
         while i <= hi:
             end = loops.get(i, i) if i != lo else i
             if end > i:
-                lines += [f"{pad}if b <= {end}:", f"{pad}    while True:",
-                          *self._emit(i, end, blocks, index, insns, loops, reserve, indent + 2),
+                mark = len(self._jumps)
+                inner = self._emit(i, end, blocks, index, insns, loops, reserve, indent + 2)
+                self._jumps.append(end + 1)  # falling off its end
+                lines += [f"{pad}if b <= {end}:", f"{pad}    while True:", *inner,
                           f"{pad}        if b <= {end}:", f"{pad}            b = {end + 1}",
                           f"{pad}        break",
-                          f"{pad}    if b < {lo} or b > {hi}:", f"{pad}        break",
-                          f"{pad}    if b < {i}:", f"{pad}        continue"]
+                          *(pad + line for line in self._after_loop(i, end, lo, hi, mark))]
                 i = end + 1
                 continue
             if i in self._copied and self._copied[i] == self._incoming.get(i):
@@ -813,6 +816,21 @@ class Emitter:
                       for line in self._block(i, blocks[i], index, insns, lo, hi, reserve.get(i))]
             i += 1
         return lines
+
+    def _after_loop(self, i: int, end: int, lo: int, hi: int, mark: int) -> list[str]:
+        """What follows the inner loop over blocks i..end inside the loop over lo..hi:
+        pass on what left it (b out of lo..hi, -1 an exit) and go round again for a
+        jump back (b < i).  Tests only for the values of b that its jumps can set
+        (self._jumps since `mark`): a loop left only forward within lo..hi, quicksort's
+        scans, tests just for an exit."""
+        out = {j for j in self._jumps[mark:] if j is None or not i <= j <= end}
+        if None in out:  # a return's jump to whichever block T gives
+            return [f"    if b < {lo} or b > {hi}:", "        break",
+                    f"    if b < {i}:", "        continue"]
+        far = any(j is not None and not lo <= j <= hi for j in out)
+        back = any(j is not None and lo <= j < i for j in out)
+        return [f"    if b < {lo} or b > {hi}:" if far else "    if b < 0:", "        break",
+                *([f"    if b < {i}:", "        continue"] if back else [])]
 
     def _block(self, i: int, block: list[Insn], index: dict[int, int],
                insns: dict[int, Insn | None], lo: int, hi: int, reserve: int | None) -> list[str]:
@@ -922,6 +940,7 @@ class Emitter:
             j = index.get(target)
             if j is None:
                 return [f"npc = {target}; {self._leave}"]
+            self._jumps.append(j)
             if not lo <= j <= hi:
                 return [f"b = {j}", "break"]
             if j == i + 1:
@@ -973,6 +992,7 @@ class Emitter:
         elif op == d.OP_JALR and not self._returns_to:
             lines += [f"    npc = t; {self._leave}"]
         elif op == d.OP_JALR:  # a return to a call in the region continues there
+            self._jumps.append(None)  # any block T names
             lines += ["    b = T.get(t, -1)", "    if b < 0:", "        npc = t; break",
                       f"    if {lo} <= b <= {hi}:", "        continue", "    break"]
         elif insns.get(last.npc, 0) is None:  # the next instruction needs the interpreter
