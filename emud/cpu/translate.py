@@ -714,7 +714,6 @@ class Emitter:
         index = {pc: i for i, pc in enumerate(order)}
         blocks = [by_pc[pc] for pc in order]
         edges = [[index[t] for t in self._successors(block) if t in index] for block in blocks]
-        loops = _nested_loops(edges)
         # Where a jalr may continue in the region.
         returns_to = {pc: index[pc] for pc in found.returns if pc in index}
         reserve = _reserves(blocks, edges, set(returns_to.values()))
@@ -730,6 +729,12 @@ class Emitter:
         for targets in edges:
             for j in targets:
                 self._incoming[j] = self._incoming.get(j, 0) + 1
+        # A latch that only its block enters jumps back inside that block's bare while
+        # (_end): not a Python loop around the two, which would go round at most once.
+        latched = {latch[0]: i for i in range(len(blocks))
+                   if (latch := self._latch(i)) and self._incoming[latch[0]] == 1}
+        loops = _nested_loops([[t for t in targets if latched.get(k) != t]
+                               for k, targets in enumerate(edges)] if latched else edges)
         self._copied = {}
         self._jumps = []  # every b a jump sets (None: any, by T): _after_loop reads them
         body = self._emit(0, len(blocks) - 1, blocks, index, insns, loops, reserve, 2)
