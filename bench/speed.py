@@ -133,7 +133,7 @@ class Guest:
     name: str
     insns: int = 0
     cpu: dict[str, float] = field(default_factory=dict)           # in process, best
-    warm: float = 0.0  # in process, translate with a warm translation cache, best
+    warm: float = float("inf")  # in process, translate with a warm translation cache, best
     whole_cpu: dict[str, float] = field(default_factory=dict)     # best (warm with --cold-cache)
     whole_wall: dict[str, float] = field(default_factory=dict)
     cold_cpu: dict[str, float] = field(default_factory=dict)      # first run, --cold-cache
@@ -155,7 +155,7 @@ def measure_guest(name: str, runs: int, fresh_env: Callable[[], dict[str, str] |
                 g.insns, cpu = in_process(path, accel)
                 g.cpu[accel] = min(cpu, g.cpu.get(accel, cpu))
             cpu = in_process(path, "translate", cache=cache)[1]
-            g.warm = min(cpu, g.warm or cpu)
+            g.warm = min(cpu, g.warm)
     envs = {accel: fresh_env() for accel in ACCELERATORS}
     for run in range(runs):
         for accel in ACCELERATORS:

@@ -829,11 +829,10 @@ class Emitter:
         (self._jumps since `mark`): a loop left only forward within lo..hi, quicksort's
         scans, tests just for an exit."""
         out = {j for j in self._jumps[mark:] if j is None or not i <= j <= end}
-        if None in out:  # a return's jump to whichever block T gives
-            return [f"    if b < {lo} or b > {hi}:", "        break",
-                    f"    if b < {i}:", "        continue"]
-        far = any(j is not None and not lo <= j <= hi for j in out)
-        back = any(j is not None and lo <= j < i for j in out)
+        anywhere = None in out  # a return's jump to whichever block T gives
+        known = [j for j in out if j is not None]
+        far = anywhere or any(not lo <= j <= hi for j in known)
+        back = anywhere or any(lo <= j < i for j in known)
         return [f"    if b < {lo} or b > {hi}:" if far else "    if b < 0:", "        break",
                 *([f"    if b < {i}:", "        continue"] if back else [])]
 
