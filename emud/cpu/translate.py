@@ -189,6 +189,7 @@ Record = tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, bytes], ...], 
 
 # The register fields each major opcode reads and writes (x0 aside).
 WRITES_RD = frozenset((d.OP_LUI, d.OP_AUIPC, d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_JAL, d.OP_JALR))
+ACCESSES = frozenset((d.OP_LOAD, d.OP_STORE))
 READS_RS1 = frozenset((d.OP_IMM, d.OP_OP, d.OP_LOAD, d.OP_STORE, d.OP_BRANCH, d.OP_JALR))
 READS_RS2 = frozenset((d.OP_OP, d.OP_STORE, d.OP_BRANCH))
 
@@ -249,10 +250,11 @@ def _fold(insn: Insn, known: dict[int, int]) -> int | None:
         return (insn.pc + d.imm_u(w)) & M
     if op not in (d.OP_IMM, d.OP_OP) or not known and w & 0xF8000:  # rs1 unknown
         return None
-    a = 0 if not d.rs1(w) else known.get(d.rs1(w))
+    rs1 = w >> 15 & 31
+    a = known.get(rs1) if rs1 else 0
     if a is None:
         return None
-    f3 = d.funct3(w)
+    f3 = w >> 12 & 7
     if op == d.OP_IMM:
         imm = d.imm_i(w)
         if f3 == 5:
@@ -871,8 +873,9 @@ class Emitter:
         known = facts.known
         droppable: dict[int, int] = {}  # register -> index of its constant's line
         for k, insn in enumerate(block):
+            w = insn.word
             value = _fold(insn, known)
-            rd = d.rd(insn.word)
+            rd = w >> 7 & 31
             if value is not None:
                 if rd in droppable:
                     lines[droppable[rd]] = ""
@@ -881,13 +884,14 @@ class Emitter:
                 lines.append(f"    x{rd} = {value}")
                 continue
             self._rest = (block, k + 1)
-            body = self._body(insn, facts) or []
-            if BAIL in "".join(body):
+            body = self._lines(insn, facts)  # discovery left only translatable ones
+            op = w & 0x7F
+            if op in ACCESSES and BAIL in "".join(body):  # only _check's tests leave
                 droppable.clear()
                 bail = f"npc = {insn.pc | 1}; r += {n - k}; {self._leave}"
                 body = [line.replace(BAIL, bail) for line in body]
             lines += ["    " + line for line in body]
-            if insn.word & 0x7F in WRITES_RD and rd in droppable and body:
+            if op in WRITES_RD and rd in droppable and body:
                 lines[droppable.pop(rd)] = ""  # overwritten before anything could leave
         self._rest = ([], 0)
         return [line for line in lines if line]
@@ -1089,11 +1093,14 @@ class Emitter:
         """Python lines for one instruction (BAIL where it must leave before it), or None
         when it needs the interpreter.  `facts`: what is known of the registers, which
         the instruction's effects update."""
-        w = insn.word
-        if not translatable(w):
+        if not translatable(insn.word):
             return None
-        facts = facts or Facts()
-        op, rd = w & 0x7F, d.rd(w)
+        return self._lines(insn, facts or Facts())
+
+    def _lines(self, insn: Insn, facts: Facts) -> list[str]:
+        """_body's lines for a translatable instruction."""
+        w = insn.word
+        op, rd = w & 0x7F, w >> 7 & 31
         if op == d.OP_LOAD:
             lines, span = self._load(insn, facts)
         elif op == d.OP_STORE:
@@ -1451,8 +1458,10 @@ class Facts:
             self.known[rd] = value
         elif span != FULL:
             self.ranges[rd] = span
-        for where in [where for where in self.checked if where[0] == rd]:
-            del self.checked[where]
+        checked = self.checked
+        if checked:
+            for where in [where for where in checked if where[0] == rd]:
+                del checked[where]
         if self.o is not None and self.o[0] == rd:
             self.o = None
 
