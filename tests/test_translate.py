@@ -452,9 +452,12 @@ def test_stores_next_to_code_keep_regions() -> None:
     """Data on a code page (compute's lcg_state) must not drop the regions of that page."""
     machine = boot(IMAGES / "compute.elf", accel="translate")
     machine.run_until_poweroff(max_insns=3_000_000)
-    regions = dict(translator(machine).regions)
+    # A region still under review is its wrapper, which the review's end replaces with
+    # the region itself: the same region.
+    regions = {pc: inspect.unwrap(f) for pc, f in translator(machine).regions.items()}
     machine.run_until_poweroff(max_insns=1_000_000)
-    assert all(translator(machine).regions.get(pc) is f for pc, f in regions.items())
+    now = translator(machine).regions
+    assert all(pc in now and inspect.unwrap(now[pc]) is f for pc, f in regions.items())
 
 
 # --- breakpoints --------------------------------------------------------------------------
